@@ -1,0 +1,248 @@
+"""Typed configuration: the only place defaults live.
+
+A config is a YAML file with the sections ``model``, ``diffusion``, ``data``, ``train`` and ``run``, merged onto the
+dataclasses below, then dotted command-line overrides (``train.lr=1e-4 model.ch=64``). Unknown keys, wrong types and
+out-of-range values raise :class:`ConfigError`, whose message names the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or an override. The message is one line meant for the user."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ddpm_unet"  # ddpm_unet (Ho et al. 2020) | convnext_unet (the seed tutorial's U-Net)
+    ch: int = 128  # base channels
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    convnext_mult: int = 2  # convnext_unet only: expansion of the ConvNeXt block
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000  # T
+    beta_schedule: str = "linear"  # linear | cosine
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    objective: str = "eps"  # eps | x0 | v : what the network predicts
+    loss_type: str = "mse"  # mse | l1
+    var_type: str = "fixedlarge"  # fixedlarge (beta_t) | fixedsmall (posterior variance)
+    clip_x0: bool = True  # clip the predicted x0 to [-1, 1] while sampling
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # directory written by tools/prepare_data.py (MindRecord files + manifest.json)
+    image_size: int = 32
+    channels: int = 3
+    random_flip: bool = True
+    num_parallel_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int = 128  # summed over all workers; per-worker batch = global_batch / world_size
+    lr: float = 2e-4
+    warmup_steps: int = 5000
+    lr_decay: str = "none"  # none | cosine | linear (to 0 at total_steps, after warm-up)
+    total_steps: int = 800_000
+    grad_clip: float = 1.0  # global-norm clip after the all-reduce; 0 disables
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay = min(ema_decay, (1 + n) / (10 + n)) for the n-th update
+    amp_level: str = "auto"  # auto (O2 on Ascend/GPU, O0 on CPU) | O0 | O1 | O2
+    loss_scale: str = "dynamic"  # dynamic | static | none
+    loss_scale_value: float = 65536.0  # initial (dynamic) or fixed (static) scale
+    loss_scale_window: int = 2000  # dynamic: finite steps before the scale doubles
+    resume: str = "auto"  # auto | none | <path to a checkpoint>
+    ckpt_every: int = 5000
+    keep_last: int = 3
+    milestone_every: int = 0  # also keep every N-th step for good (0: none)
+    max_nonfinite: int = 50  # stop after this many consecutive non-finite losses
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto (Ascend, then GPU, then CPU) | Ascend | GPU | CPU
+    mode: str = "graph"  # graph | pynative
+    log_every: int = 100
+    sample_every: int = 10_000  # EMA sample grid to TensorBoard every N steps (0: never)
+    num_samples: int = 16  # images in that grid
+    sample_steps: int = 50  # DDIM steps for that grid (0: full ancestral DDPM)
+    barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_CHOICES = {
+    "model.arch": ("ddpm_unet", "convnext_unet"),
+    "diffusion.beta_schedule": ("linear", "cosine"),
+    "diffusion.objective": ("eps", "x0", "v"),
+    "diffusion.loss_type": ("mse", "l1"),
+    "diffusion.var_type": ("fixedlarge", "fixedsmall"),
+    "train.lr_decay": ("none", "cosine", "linear"),
+    "train.amp_level": ("auto", "O0", "O1", "O2"),
+    "train.loss_scale": ("dynamic", "static", "none"),
+    "run.device": ("auto", "Ascend", "GPU", "CPU"),
+    "run.mode": ("graph", "pynative"),
+}
+
+# key -> (predicate, description of the allowed range)
+_RANGES = {
+    "model.ch": (lambda v: v > 0, "> 0"),
+    "model.ch_mult": (lambda v: len(v) > 0 and all(m > 0 for m in v), "a non-empty list of positive ints"),
+    "model.num_res_blocks": (lambda v: v >= 1, ">= 1"),
+    "model.attn_resolutions": (lambda v: all(r > 0 for r in v), "a list of positive ints"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.convnext_mult": (lambda v: v >= 1, ">= 1"),
+    "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
+    "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
+    "data.channels": (lambda v: v in (1, 3), "1 or 3"),
+    "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
+    "train.global_batch": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.total_steps": (lambda v: v >= 1, ">= 1"),
+    "train.grad_clip": (lambda v: v >= 0, ">= 0"),
+    "train.adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "train.adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "train.adam_eps": (lambda v: v > 0, "> 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "train.loss_scale_value": (lambda v: v >= 1.0, ">= 1"),
+    "train.loss_scale_window": (lambda v: v >= 1, ">= 1"),
+    "train.ckpt_every": (lambda v: v >= 0, ">= 0"),
+    "train.keep_last": (lambda v: v >= 1, ">= 1"),
+    "train.milestone_every": (lambda v: v >= 0, ">= 0"),
+    "train.max_nonfinite": (lambda v: v >= 1, ">= 1"),
+    "run.log_every": (lambda v: v >= 1, ">= 1"),
+    "run.sample_every": (lambda v: v >= 0, ">= 0"),
+    "run.num_samples": (lambda v: v >= 1, ">= 1"),
+    "run.sample_steps": (lambda v: v >= 0, ">= 0"),
+    "run.barrier_timeout": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def validate(cfg: Config, source: str = "<config>") -> Config:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{source}: {key}: must be one of {', '.join(choices)} (got {value!r})")
+    for key, (ok, allowed) in _RANGES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{source}: {key}: must be {allowed} (got {value!r})")
+    if cfg.diffusion.beta_end < cfg.diffusion.beta_start:
+        raise ConfigError(f"{source}: diffusion.beta_end: must be >= diffusion.beta_start")
+    down = 2 ** (len(cfg.model.ch_mult) - 1)
+    if cfg.data.image_size % down:
+        raise ConfigError(
+            f"{source}: data.image_size: {cfg.data.image_size} is not divisible by {down} "
+            f"(2 ** (len(model.ch_mult) - 1) downsamplings)"
+        )
+    if cfg.model.ch % 8:
+        raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
+    return cfg
+
+
+def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "Key '" in msg and "not in" in msg:
+        return f"{source}: unknown key {key}"
+    return f"{source}: {key}: {msg}"
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (YAML) onto the defaults, apply dotted ``overrides``, validate, return a typed Config.
+
+    Raises ConfigError (one line, names the key and the file) for a missing file, bad YAML, an unknown key,
+    a wrong type or an out-of-range value.
+    """
+    schema = OmegaConf.structured(Config)
+    source = path or "<defaults>"
+    merged = schema
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_format_omegaconf_error(err, path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+        key = item.split("=", 1)[0]
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_format_omegaconf_error(err, f"override {key}")) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"{source}: required key {missing[0]} is not set")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_format_omegaconf_error(err, source)) from None
+    return validate(cfg, source)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (for YAML dumps and checkpoint embedding)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(data: dict, source: str = "<embedded config>") -> Config:
+    """Rebuild a validated Config from ``to_dict`` output (e.g. the config embedded in a checkpoint)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_format_omegaconf_error(err, source)) from None
+    return validate(cfg, source)

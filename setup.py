@@ -1,0 +1,27 @@
+"""Install ddpm-dist: `pip install -e .` (add `[dev]` for tests and lint, `[quickstart]` for the digits data set)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ddpm-dist",
+    version="0.1.0",
+    description="Data-parallel DDPM training on MindSpore (Ascend, GPU, CPU)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ddpm_dist", "ddpm_dist.*"]),
+    install_requires=[
+        "mindspore>=2.3",
+        "numpy>=1.25,<2",
+        "pyyaml",
+        "omegaconf>=2.3",
+        "tensorboardX",
+        "tqdm",
+        "pillow",
+    ],
+    extras_require={
+        "quickstart": ["scikit-learn"],
+        "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
+    },
+    entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train:main"]},
+)

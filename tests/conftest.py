@@ -1,0 +1,26 @@
+"""Shared test set-up: quiet MindSpore, fast CPU convolutions, and a temporary working directory per test
+(MindSpore writes rank_0/ and rewritten_network/ into the CWD on some errors)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GLOG_v", "3")
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
