@@ -214,11 +214,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
-        key = item.split("=", 1)[0]
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
-            raise ConfigError(_format_omegaconf_error(err, f"override {key}")) from None
+            raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{source}: required key {missing[0]} is not set")

@@ -1,0 +1,141 @@
+"""Noise schedules and their derived coefficients, in float64 numpy (no MindSpore here).
+
+Notation follows Ho et al. 2020: ``betas[t]`` is beta_{t+1} of the paper (t is 0-based), ``alphas = 1 - betas``,
+``alphas_cumprod[t] = prod_{s<=t} alphas[s]`` (alpha-bar).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """Ho et al. 2020, Sec. 4: betas linear from beta_start to beta_end. Returns float64 [T]."""
+    return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Nichol & Dhariwal 2021, eq. 17: alpha-bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2).
+
+    betas_t = 1 - alpha-bar(t+1)/alpha-bar(t), clipped to ``max_beta`` to avoid the singularity at t = T.
+    Returns float64 [T].
+    """
+
+    def f(u: np.ndarray) -> np.ndarray:
+        return np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    u = np.arange(timesteps + 1, dtype=np.float64) / timesteps
+    alpha_bar = f(u) / f(np.zeros(1))
+    return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
+
+
+def make_betas(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    if schedule == "linear":
+        return linear_betas(timesteps, beta_start, beta_end)
+    if schedule == "cosine":
+        return cosine_betas(timesteps)
+    raise ValueError(f"unknown beta schedule {schedule!r} (linear or cosine)")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """All per-timestep coefficients of a schedule, float64 [T] each.
+
+    ``timestep_map[i]`` is the original timestep (what the network was trained with) of step i; the identity for a
+    full schedule, a subsequence for a respaced one (DDIM or fewer-step DDPM).
+    """
+
+    betas: np.ndarray
+    timestep_map: np.ndarray
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.betas)
+
+    @property
+    def alphas(self) -> np.ndarray:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(self.alphas)
+
+    @property
+    def alphas_cumprod_prev(self) -> np.ndarray:
+        return np.append(1.0, self.alphas_cumprod[:-1])
+
+    @property
+    def sqrt_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(self.alphas_cumprod)
+
+    @property
+    def sqrt_one_minus_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 - self.alphas_cumprod)
+
+    @property
+    def sqrt_recip_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 / self.alphas_cumprod)
+
+    @property
+    def sqrt_recipm1_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 / self.alphas_cumprod - 1.0)
+
+    @property
+    def posterior_variance(self) -> np.ndarray:
+        """beta-tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t (Ho et al. eq. 7)."""
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_log_variance_clipped(self) -> np.ndarray:
+        """log beta-tilde with the t=0 value (which is 0) replaced by the t=1 value."""
+        var = self.posterior_variance
+        return np.log(np.append(var[1], var[1:]))
+
+    @property
+    def posterior_mean_coef1(self) -> np.ndarray:
+        """Coefficient of x0 in mu-tilde (Ho et al. eq. 7)."""
+        return self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_mean_coef2(self) -> np.ndarray:
+        """Coefficient of x_t in mu-tilde (Ho et al. eq. 7)."""
+        return (1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
+
+    def model_log_variance(self, var_type: str) -> np.ndarray:
+        """log sigma_t^2 of p(x_{t-1}|x_t): ``fixedsmall`` = beta-tilde_t, ``fixedlarge`` = beta_t (Ho et al. Sec. 3.2).
+
+        For ``fixedlarge`` the t=0 entry uses beta-tilde_1 as in the reference code (a better decoder variance).
+        """
+        if var_type == "fixedsmall":
+            return self.posterior_log_variance_clipped
+        if var_type == "fixedlarge":
+            return np.log(np.append(self.posterior_variance[1], self.betas[1:]))
+        raise ValueError(f"unknown var_type {var_type!r} (fixedlarge or fixedsmall)")
+
+
+def make_schedule(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    betas = make_betas(schedule, timesteps, beta_start, beta_end)
+    return Schedule(betas=betas, timestep_map=np.arange(timesteps, dtype=np.int64))
+
+
+def space_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """``steps`` evenly spaced original timesteps in [0, T), always including 0 and T-1. Returns int64 [steps]."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampling steps must be in [1, {num_timesteps}] (got {steps})")
+    if steps == 1:
+        return np.array([num_timesteps - 1], dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, num_timesteps - 1, steps)).astype(np.int64))
+
+
+def respace(base: Schedule, use_timesteps: np.ndarray) -> Schedule:
+    """A schedule that visits only ``use_timesteps`` (sorted original indices) with the same alpha-bar there.
+
+    New betas: beta'_i = 1 - abar[k_i] / abar[k_{i-1}] (Nichol & Dhariwal 2021, Sec. 4), so q(x_k|x_0) is unchanged.
+    """
+    use = np.asarray(sorted(set(int(k) for k in use_timesteps)), dtype=np.int64)
+    abar = base.alphas_cumprod[use]
+    prev = np.append(1.0, abar[:-1])
+    return Schedule(betas=1.0 - abar / prev, timestep_map=base.timestep_map[use])
