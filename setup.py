@@ -8,7 +8,7 @@ setup(
     description="Data-parallel DDPM training on MindSpore (Ascend, GPU, CPU)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["ddpm_dist", "ddpm_dist.*"]),
     install_requires=[
         "mindspore>=2.3",

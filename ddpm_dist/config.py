@@ -8,9 +8,10 @@ out-of-range values raise :class:`ConfigError`, whose message names the key and 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -188,7 +189,7 @@ def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     return f"{source}: {key}: {msg}"
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (YAML) onto the defaults, apply dotted ``overrides``, validate, return a typed Config.
 
     Raises ConfigError (one line, names the key and the file) for a missing file, bad YAML, an unknown key,

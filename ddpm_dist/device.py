@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from .config import ConfigError
+
 _DEVICES = ("Ascend", "GPU", "CPU")
 
 
@@ -32,9 +34,9 @@ def resolve_device(device: str) -> str:
 
     if device != "auto":
         if device not in _DEVICES:
-            raise ValueError(f"run.device: unknown device {device!r} (choose auto, Ascend, GPU or CPU)")
+            raise ConfigError(f"run.device: unknown device {device!r} (choose auto, Ascend, GPU or CPU)")
         if device != "CPU" and not _available(ms, device):
-            raise RuntimeError(f"run.device: {device} was requested but MindSpore cannot load its back end here")
+            raise ConfigError(f"run.device: {device} was requested but MindSpore cannot load its back end here")
         return device
     for candidate in _DEVICES:
         if candidate == "CPU" or _available(ms, candidate):

@@ -41,8 +41,8 @@ def test_cosine_schedule_matches_its_definition(T):
 def test_posterior_matches_bayes_rule():
     s = make_schedule("linear", 50, 1e-3, 0.2)
     t = np.arange(1, 50)
-    ab, ab_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod_prev[t], s.betas[t]
-    # q(x_{t-1}|x0) = N(sqrt(ab_prev) x0, 1-ab_prev), q(x_t|x_{t-1}) = N(sqrt(1-beta) x_{t-1}, beta): product of Gaussians
+    _ab, ab_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod_prev[t], s.betas[t]
+    # q(x_{t-1}|x0) = N(sqrt(ab_prev) x0, 1-ab_prev) times q(x_t|x_{t-1}) = N(sqrt(1-beta) x_{t-1}, beta)
     prec = 1 / (1 - ab_prev) + (1 - beta) / beta
     np.testing.assert_allclose(s.posterior_variance[t], 1 / prec, rtol=1e-10)
     np.testing.assert_allclose(s.posterior_mean_coef1[t], np.sqrt(ab_prev) / (1 - ab_prev) / prec, rtol=1e-10)
@@ -113,28 +113,49 @@ def test_training_loss_is_zero_for_the_exact_denoiser_and_matches_formula(object
 # ---------------------------------------------------------------- samplers against exact denoisers
 @pytest.mark.parametrize(
     "sampler,steps,objective,var_type",
-    [("ddpm", 0, "eps", "fixedlarge"), ("ddpm", 0, "v", "fixedsmall"), ("ddpm", 25, "x0", "fixedlarge"),
-     ("ddim", 20, "eps", "fixedlarge"), ("ddim", 100, "v", "fixedlarge")],
+    [
+        ("ddpm", 0, "eps", "fixedlarge"),
+        ("ddpm", 0, "v", "fixedsmall"),
+        ("ddpm", 25, "x0", "fixedlarge"),
+        ("ddim", 20, "eps", "fixedlarge"),
+        ("ddim", 100, "v", "fixedlarge"),
+    ],
 )
 def test_samplers_return_the_single_data_point(sampler, steps, objective, var_type):
     s = make_schedule("linear", 100, 1e-3, 0.1)
     x_star = np.clip(_rand(1, 3, 8, 8, seed=5) * 0.5, -1, 1)
-    step = build_sampler(PointOracle(s, x_star, objective=objective), s, sampler=sampler, steps=steps, eta=0.5,
-                         objective=objective, var_type=var_type)
+    step = build_sampler(
+        PointOracle(s, x_star, objective=objective),
+        s,
+        sampler=sampler,
+        steps=steps,
+        eta=0.5,
+        objective=objective,
+        var_type=var_type,
+    )
     out = sample_loop(step, Tensor(_rand(6, 3, 8, 8, seed=6))).asnumpy()
     np.testing.assert_allclose(out, np.repeat(x_star, 6, axis=0), atol=1e-4)
 
 
-@pytest.mark.parametrize("sampler,steps,eta,var_type", [("ddpm", 0, 0.0, "fixedsmall"), ("ddpm", 0, 0.0, "fixedlarge"),
-                                                        ("ddim", 500, 0.0, ""), ("ddim", 500, 1.0, "")])
+@pytest.mark.parametrize(
+    "sampler,steps,eta,var_type",
+    [("ddpm", 0, 0.0, "fixedsmall"), ("ddpm", 0, 0.0, "fixedlarge"), ("ddim", 500, 0.0, ""), ("ddim", 500, 1.0, "")],
+)
 def test_samplers_reproduce_gaussian_data(sampler, steps, eta, var_type):
     # DDIM's discretisation error shrinks with the step count (std 0.180 / 0.273 / 0.292 at 10 / 50 / 200 steps here),
     # so the exact-moment check uses 500 steps.
     mu, sd = 0.25, 0.3
     s = make_schedule("linear", 1000)
     ms.set_seed(0)
-    step = build_sampler(GaussianOracle(s, mu, sd), s, sampler=sampler, steps=steps, eta=eta, clip_x0=False,
-                         var_type=var_type or "fixedlarge")
+    step = build_sampler(
+        GaussianOracle(s, mu, sd),
+        s,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        clip_x0=False,
+        var_type=var_type or "fixedlarge",
+    )
     out = sample_loop(step, Tensor(_rand(4, 1, 64, 64, seed=7))).asnumpy()  # 16384 independent pixels
     assert abs(out.mean() - mu) < 0.01
     assert abs(out.std() - sd) / sd < 0.03

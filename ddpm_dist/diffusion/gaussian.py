@@ -55,7 +55,9 @@ class GaussianDiffusion(nn.Cell):
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. eq. 4)."""
-        return self.extract(self.sqrt_alphas_cumprod, t) * x0 + self.extract(self.sqrt_one_minus_alphas_cumprod, t) * noise
+        return (
+            self.extract(self.sqrt_alphas_cumprod, t) * x0 + self.extract(self.sqrt_one_minus_alphas_cumprod, t) * noise
+        )
 
     def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. eq. 6-7)."""
@@ -64,7 +66,10 @@ class GaussianDiffusion(nn.Cell):
 
     def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return self.extract(self.sqrt_recip_alphas_cumprod, t) * xt - self.extract(self.sqrt_recipm1_alphas_cumprod, t) * eps
+        return (
+            self.extract(self.sqrt_recip_alphas_cumprod, t) * xt
+            - self.extract(self.sqrt_recipm1_alphas_cumprod, t) * eps
+        )
 
     def predict_eps_from_x0(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         return (self.extract(self.sqrt_recip_alphas_cumprod, t) * xt - x0) / self.extract(
@@ -76,7 +81,9 @@ class GaussianDiffusion(nn.Cell):
         return self.extract(self.sqrt_alphas_cumprod, t) * xt - self.extract(self.sqrt_one_minus_alphas_cumprod, t) * v
 
     def v_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        return self.extract(self.sqrt_alphas_cumprod, t) * noise - self.extract(self.sqrt_one_minus_alphas_cumprod, t) * x0
+        return (
+            self.extract(self.sqrt_alphas_cumprod, t) * noise - self.extract(self.sqrt_one_minus_alphas_cumprod, t) * x0
+        )
 
     def predict_x0(self, xt: Tensor, t: Tensor, out: Tensor) -> Tensor:
         """x0 from the network output, whatever the objective."""

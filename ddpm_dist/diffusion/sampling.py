@@ -10,7 +10,7 @@ Shapes: x, noise: float32 [B, C, H, W]; x ends in [-1, 1] when ``clip_x0`` is se
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import mindspore as ms
 import numpy as np
@@ -131,8 +131,8 @@ def sample_loop(
     step: nn.Cell,
     x_T: Tensor,
     *,
-    noise_fn: Optional[Callable[[tuple], Tensor]] = None,
-    progress: Optional[Callable[[int], None]] = None,
+    noise_fn: Callable[[tuple], Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Run ``step`` from pure noise ``x_T`` down to x_0. ``noise_fn(shape)`` draws z on the device
     (default ``ops.standard_normal``); ``progress(k)`` is called after each of the k steps."""

@@ -1,0 +1,112 @@
+"""Rank-aware console output and the TensorBoard writer. Only rank 0 prints progress or writes events."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def info(msg: str, *, rank: int = 0) -> None:
+    """One line to stdout from rank 0 only (other ranks stay quiet)."""
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    """One line to stderr from any rank, prefixed with the rank when distributed."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class ProgressLine:
+    """One concise line per log interval: step, loss, lr, scale, images/s and ETA."""
+
+    def __init__(self, *, total_steps: int, start_step: int, rank: int):
+        self.total = total_steps
+        self.rank = rank
+        self.t0 = time.perf_counter()
+        self.start = start_step
+
+    def __call__(self, step: int, scalars: dict) -> None:
+        if self.rank != 0:
+            return
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - step) if done > 0 else 0.0
+        parts = [f"step {step}/{self.total}", f"loss {scalars.get('train/loss', float('nan')):.4f}"]
+        if "train/lr" in scalars:
+            parts.append(f"lr {scalars['train/lr']:.2e}")
+        if "train/loss_scale" in scalars:
+            parts.append(f"scale {scalars['train/loss_scale']:.0f}")
+        if "perf/images_per_sec" in scalars:
+            parts.append(f"{scalars['perf/images_per_sec']:.1f} img/s")
+        if scalars.get("train/skipped_steps"):
+            parts.append(f"skipped {scalars['train/skipped_steps']:.0f}")
+        parts.append(f"eta {format_duration(eta)}")
+        print(" | ".join(parts), flush=True)
+
+
+class TensorBoard:
+    """tensorboardX writer under ``<out_dir>/tb`` on rank 0; a no-op elsewhere."""
+
+    def __init__(self, out_dir: str, *, rank: int):
+        self.writer = None
+        if rank == 0:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(logdir=str(Path(out_dir) / "tb"), flush_secs=30)
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, float(value), step)
+
+    def images(self, tag: str, images: np.ndarray, step: int) -> None:
+        """``images``: float32 [N, C, H, W] in [-1, 1]."""
+        if self.writer is not None:
+            grid = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
+            self.writer.add_images(tag, grid, step, dataformats="NCHW")
+
+    def text(self, tag: str, value: str, step: int = 0) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def save_grid_png(images: np.ndarray, path, *, nrow: int | None = None) -> None:
+    """Write ``images`` (float32 [N, C, H, W] in [-1, 1]) as one PNG grid, atomically."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    pad = 2
+    grid = np.zeros((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), np.float32)
+    for k in range(n):
+        r, q = divmod(k, nrow)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = (
+            images[k] + 1.0
+        ) / 2.0
+    pixels = (np.clip(grid, 0.0, 1.0) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(pixels[:, :, 0] if c == 1 else pixels)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)

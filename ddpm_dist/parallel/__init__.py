@@ -1,0 +1,132 @@
+"""The one seam to ``mindspore.communication``: initialisation, rank, world size, and the collectives we use.
+
+The environment decides whether the run is distributed: msrun (and the scheduler/worker environment it sets:
+``MS_ROLE``, ``MS_WORKER_NUM``) or mpirun (``OMPI_COMM_WORLD_SIZE``) start several workers; anything else is a single
+process, and every helper here then degrades to the identity (``rank() == 0``, ``world_size() == 1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+_STATE = {"initialised": False, "rank": 0, "world_size": 1}
+
+
+def launched_distributed() -> bool:
+    """True when a launcher started this process as one of several workers."""
+    if os.environ.get("MS_ROLE") == "MS_WORKER":
+        return True
+    for var in ("MS_WORKER_NUM", "OMPI_COMM_WORLD_SIZE", "RANK_SIZE"):
+        if int(os.environ.get(var, "1") or 1) > 1:
+            return True
+    return False
+
+
+def init() -> tuple[int, int]:
+    """Initialise the collective library if launched distributed; return (rank, world_size).
+
+    Sets the DATA_PARALLEL context with gradient averaging, so ``nn.DistributedGradReducer`` averages.
+    Idempotent. Call after the device target is set.
+    """
+    if _STATE["initialised"]:
+        return _STATE["rank"], _STATE["world_size"]
+    if launched_distributed():
+        from mindspore.communication import get_group_size, get_rank
+        from mindspore.communication import init as comm_init
+
+        comm_init()
+        _STATE.update(rank=get_rank(), world_size=get_group_size())
+        ms.set_auto_parallel_context(
+            parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=_STATE["world_size"]
+        )
+    _STATE["initialised"] = True
+    return _STATE["rank"], _STATE["world_size"]
+
+
+def rank() -> int:
+    return _STATE["rank"]
+
+
+def world_size() -> int:
+    return _STATE["world_size"]
+
+
+def is_distributed() -> bool:
+    return _STATE["world_size"] > 1
+
+
+class _Identity(nn.Cell):
+    def construct(self, grads):
+        return grads
+
+
+def grad_reducer(parameters) -> nn.Cell:
+    """A Cell mapping a grad tuple to its mean over all ranks (the identity in a single process)."""
+    if not is_distributed():
+        return _Identity()
+    return nn.DistributedGradReducer(parameters, mean=True, degree=world_size())
+
+
+class AllReduce(nn.Cell):
+    """Sum (or max/min) of a tensor over all ranks, in the graph (the identity in a single process)."""
+
+    def __init__(self, op: str = "sum"):
+        super().__init__()
+        self.distributed = is_distributed()
+        if self.distributed:
+            reduce_op = {"sum": ops.ReduceOp.SUM, "max": ops.ReduceOp.MAX, "min": ops.ReduceOp.MIN}[op]
+            self.reduce = ops.AllReduce(reduce_op)
+
+    def construct(self, x):
+        if self.distributed:
+            return self.reduce(x)
+        return x
+
+
+class AllGather(nn.Cell):
+    """Concatenate a tensor from all ranks along axis 0, in rank order (the identity in a single process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.distributed = is_distributed()
+        if self.distributed:
+            self.gather = ops.AllGather()
+
+    def construct(self, x):
+        if self.distributed:
+            return self.gather(x)
+        return x
+
+
+_REDUCERS: dict = {}
+
+
+def all_reduce_host(values: np.ndarray, op: str = "sum") -> np.ndarray:
+    """Host convenience: reduce a small float32 vector over ranks (every rank must call it at the same point)."""
+    values = np.asarray(values, np.float32)
+    if not is_distributed():
+        return values
+    cell = _REDUCERS.setdefault(op, AllReduce(op))
+    return cell(Tensor(values)).asnumpy()
+
+
+def barrier() -> None:
+    """Wait until every rank arrives (no-op in a single process)."""
+    if is_distributed():
+        from mindspore.communication.comm_func import barrier as comm_barrier
+
+        comm_barrier()
+
+
+def check_identical(values: np.ndarray, what: str) -> None:
+    """Raise if ``values`` (a small vector, e.g. a weight fingerprint) differs between ranks."""
+    if not is_distributed():
+        return
+    hi = all_reduce_host(values, "max")
+    lo = all_reduce_host(values, "min")
+    if not np.array_equal(hi, lo):
+        raise RuntimeError(f"{what} differ between ranks (max |diff| {np.abs(hi - lo).max():.3g})")

@@ -1,0 +1,56 @@
+"""``python -m ddpm_dist.train --config configs/cifar.yaml [--dry-run] [key=value ...]``.
+
+User errors (config, data, checkpoint) end with one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+from ..config import ConfigError, load_config, to_yaml
+from ..device import prepare_env
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_dist.train", description="Train a DDPM (data-parallel).")
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings (GLOG_v=2)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.ch=64")
+    return parser.parse_args(argv)
+
+
+def fail(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        return fail(str(err))
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    prepare_env(verbose=args.verbose)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    from .. import parallel
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
+    from ..device import setup_device
+
+    try:
+        device = setup_device(cfg.run.device, cfg.run.mode)
+        parallel.init()
+        from .trainer import Trainer, TrainingError
+
+        Trainer(cfg, device=device).train()
+    except (ConfigError, CheckpointError, DataError, TrainingError) as err:
+        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    return 0

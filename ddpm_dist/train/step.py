@@ -1,0 +1,134 @@
+"""The compiled train step: one Cell, one graph, no logging, no host syncs.
+
+Order (each rank, every step):
+forward loss -> grads of (loss * scale) -> all-reduce mean -> unscale -> all_finite on the reduced grads (so every
+rank agrees) -> global grad norm, clip after the reduce -> Adam (if finite) -> EMA (if finite) -> loss-scale update.
+
+Statistics for logging are accumulated on the device in ``stats`` (float32 [NUM_STATS]) and read by the host only at
+log intervals (see :data:`STAT_NAMES`); ``nonfinite_run`` counts consecutive skipped steps.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from .. import parallel
+from .amp import LossScaler
+from .ema import EMA
+
+STAT_NAMES = (
+    "loss_sum",  # sum over finite steps of the rank's mean loss
+    "steps",  # steps taken
+    "skipped",  # non-finite steps (update skipped)
+    "grad_norm_sum",  # sum over finite steps of the global grad norm (after the reduce, before clipping)
+    "q0_sum", "q1_sum", "q2_sum", "q3_sum",  # sums of per-sample losses by timestep quartile
+    "q0_n", "q1_n", "q2_n", "q3_n",  # and their counts
+)  # fmt: skip
+NUM_STATS = len(STAT_NAMES)
+
+
+def _scale_grad(factor, g):
+    return g * factor.astype(g.dtype)
+
+
+def _sq_sum(g):
+    return ops.reduce_sum(ops.square(g.astype(ms.float32)))
+
+
+class TrainStep(nn.Cell):
+    """``step(x0, t, noise) -> loss`` (this rank's mean loss; everything else is state).
+
+    Args:
+        net: the network (possibly cast for mixed precision); its trainable params are the float32 master weights.
+        diffusion: a GaussianDiffusion (provides ``training_losses(net, x0, t, noise)``).
+        optimizer: built over ``net.trainable_params()``.
+        scaler: the LossScaler.
+        ema: the EMA over the same params.
+        grad_clip: global-norm clip (0: off).
+    """
+
+    def __init__(self, *, net, diffusion, optimizer, scaler: LossScaler, ema: EMA, grad_clip: float):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.diffusion = diffusion
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.ema = ema
+        self.weights = optimizer.parameters
+        self.reducer = parallel.grad_reducer(self.weights)
+        self.grad_fn = ms.value_and_grad(self.forward, None, self.weights, has_aux=True)
+        self.grad_clip = float(grad_clip)
+        self.hyper_map = ops.HyperMap()
+        self.quartile_edges = Tensor([diffusion.num_timesteps * k / 4.0 for k in (1, 2, 3)], ms.float32)
+        self.stats = Parameter(ops.zeros(NUM_STATS, ms.float32), name="stats", requires_grad=False)
+        self.nonfinite_run = Parameter(Tensor(0, ms.int32), name="nonfinite_run", requires_grad=False)
+
+    def forward(self, x0, t, noise, scale):
+        per_sample = self.diffusion.training_losses(self.net, x0, t, noise)
+        loss = per_sample.mean()
+        return loss * scale, (loss, per_sample)
+
+    def construct(self, x0, t, noise):
+        scale = self.scaler.value
+        (_, (loss, per_sample)), grads = self.grad_fn(x0, t, noise, scale)
+        grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
+        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / scale), grads)
+        finite = ms.amp.all_finite(grads)
+        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+        if self.grad_clip > 0:
+            factor = ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
+            grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
+        if finite:
+            self.optimizer(grads)
+            self.ema()
+        self.scaler.adjust(finite)
+
+        ok = finite.astype(ms.float32)
+        q_sums, q_counts = self._quartile_stats(t, per_sample)
+        head = ops.stack([ok * ops.nan_to_num(loss), Tensor(1.0, ms.float32), 1.0 - ok, ok * ops.nan_to_num(norm)])
+        update = ops.concat([head, ok * ops.nan_to_num(q_sums), ok * q_counts])
+        ops.assign_add(self.stats, update)
+        ops.assign(self.nonfinite_run, (self.nonfinite_run + 1) * (1 - finite.astype(ms.int32)))
+        return loss
+
+    def _quartile_stats(self, t, per_sample):
+        """Per-sample loss sums and counts by timestep quartile: float32 [4] each."""
+        q = (t.astype(ms.float32).reshape(-1, 1) >= self.quartile_edges.reshape(1, -1)).astype(ms.int32).sum(1)
+        onehot = ops.one_hot(q, 4, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))  # [B, 4]
+        sums = (onehot * per_sample.reshape(-1, 1)).sum(0)
+        return sums, onehot.sum(0)
+
+
+class ReadStats(nn.Cell):
+    """Return the accumulated ``stats`` and zero them, in the graph.
+
+    Host-side ``Parameter.set_data`` on a Parameter that a compiled graph already uses detaches it from that graph
+    (measured on MindSpore 2.10: the step then keeps accumulating into a buffer the host no longer sees), so every
+    write to train-step state after compilation goes through a small Cell like this one.
+    """
+
+    def __init__(self, stats: Parameter):
+        super().__init__(auto_prefix=False)
+        self.stats = stats
+
+    def construct(self):
+        value = self.stats * 1.0
+        return ops.depend(value, ops.assign(self.stats, ops.zeros_like(self.stats)))
+
+
+class CopyParams(nn.Cell):
+    """``dst[i] <- src[i]`` for two equally long parameter lists, in the graph (see ReadStats for why)."""
+
+    def __init__(self, src, dst):
+        super().__init__(auto_prefix=False)
+        self.src = ParameterTuple(src)
+        self.dst = ParameterTuple(dst)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(_copy, self.dst, self.src)
+
+
+def _copy(dst, src):
+    return ops.assign(dst, src.astype(dst.dtype))

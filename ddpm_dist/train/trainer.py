@@ -1,0 +1,314 @@
+"""The host training loop: builds the pieces from the config, feeds batches, logs, samples, checkpoints.
+
+No tensor maths here: the step is ``TrainStep`` (compiled), statistics come from its device-side accumulators at log
+intervals, and sampling is the diffusion package's compiled sampler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from .. import checkpoint, parallel
+from ..config import Config, ConfigError, to_dict, to_yaml
+from ..diffusion import build_diffusion, build_schedule
+from ..diffusion.sampling import build_sampler, sample_loop
+from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
+from ..models import build_model, fp32_cells
+from .amp import LossScaler, apply_amp, resolve_amp_level
+from .ema import EMA
+from .optim import build_optimizer, lr_at
+from .step import STAT_NAMES, CopyParams, ReadStats, TrainStep
+
+# Sections that must match for a checkpoint to be resumed into this run.
+COMPATIBLE_SECTIONS = ("model", "diffusion")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do."""
+
+
+def weight_fingerprint(params) -> np.ndarray:
+    """Per-parameter (sum, sum of squares) as float64 -> float32 vector, to compare weights across ranks."""
+    out = []
+    for p in params:
+        a = p.asnumpy().astype(np.float64)
+        out += [a.sum(), (a * a).sum()]
+    return np.asarray(out, np.float32)
+
+
+def reseed_dropout(net: nn.Cell, *, seed: int, rank: int) -> None:
+    """Give every dropout op of ``net`` its own rank-dependent seed.
+
+    All ranks build the network under the same global seed (identical initial weights), which also gives every rank
+    the same dropout seeds; re-creating the dropout primitives with (seed, rank, index)-derived seeds keeps the masks
+    independent across ranks.
+    """
+    for k, (_, cell) in enumerate(net.cells_and_names()):
+        if isinstance(cell, nn.Dropout) and hasattr(cell, "dropout"):
+            keep = 1.0 - cell.p if cell.p is not None else cell.keep_prob
+            s = np.random.SeedSequence([seed, rank, k]).generate_state(2)
+            cell.dropout = ops.Dropout(float(keep), int(s[0] % 2**31), int(s[1] % 2**31))
+
+
+class Trainer:
+    """One process's share of a (possibly data-parallel) training run.
+
+    Args:
+        cfg: the resolved config.
+        device: the resolved device target (Ascend, GPU or CPU).
+        data: optional iterable of (x0, t, noise) numpy batches replacing the MindRecord pipeline (tests).
+    """
+
+    def __init__(self, cfg: Config, *, device: str, data: Iterable | None = None):
+        self.cfg = cfg
+        self.device = device
+        self.rank, self.world_size = parallel.rank(), parallel.world_size()
+        self.out_dir = Path(cfg.run.out_dir)
+        self.ckpt_dir = checkpoint.checkpoint_dir(cfg.run.out_dir)
+        t = cfg.train
+        if t.global_batch % self.world_size:
+            raise ConfigError(
+                f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
+            )
+        self.per_rank_batch = t.global_batch // self.world_size
+
+        ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
+        self.net = build_model(cfg)
+        parallel.check_identical(weight_fingerprint(self.net.trainable_params()), "initial weights")
+        reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank)
+        self.amp_level = resolve_amp_level(t.amp_level, device)
+        apply_amp(self.net, self.amp_level, fp32_cells())
+
+        self.diffusion = build_diffusion(cfg)
+        self.optimizer = build_optimizer(cfg, self.net.trainable_params())
+        scale_mode = t.loss_scale if self.amp_level != "O0" or t.loss_scale == "none" else "none"
+        self.scaler = LossScaler(mode=scale_mode, value=t.loss_scale_value, window=t.loss_scale_window)
+        self.ema = EMA(self.net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup)
+        self.step_cell = TrainStep(
+            net=self.net,
+            diffusion=self.diffusion,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            ema=self.ema,
+            grad_clip=t.grad_clip,
+        )
+        self.step_cell.set_train(True)
+        self._read_stats = ReadStats(self.step_cell.stats)
+        self.step = 0
+        self._resume()
+        self.data = data if data is not None else self._build_data()
+        self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
+        self._sampler = None
+        self._sample_net = None
+
+    # ------------------------------------------------------------------ set-up
+    def _build_data(self):
+        from ..data.pipeline import TrainData
+
+        d = self.cfg.data
+        return TrainData(
+            path=d.path,
+            global_batch=self.cfg.train.global_batch,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.cfg.run.seed,
+            timesteps=self.cfg.diffusion.timesteps,
+            random_flip=d.random_flip,
+            image_size=d.image_size,
+            channels=d.channels,
+            start_step=self.step,
+            num_parallel_workers=d.num_parallel_workers,
+        )
+
+    def _resume(self) -> None:
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return
+        if mode == "auto":
+            found = checkpoint.latest(self.ckpt_dir)
+            if found is None:
+                return
+            path, params = found
+        else:
+            path, params = Path(mode), checkpoint.load(mode)
+        meta = checkpoint.meta_of(params)
+        if meta.get("kind") != checkpoint.KIND_TRAIN:
+            raise checkpoint.CheckpointError(f"{path}: not a ddpm-dist training checkpoint")
+        self._check_compatible(path, meta)
+        state = {k: v for k, v in params.items() if not k.startswith("meta.")}
+        not_loaded, _ = ms.load_param_into_net(self.step_cell, state, strict_load=True)
+        if not_loaded:
+            raise checkpoint.CheckpointError(f"{path}: missing parameters, e.g. {not_loaded[:3]}")
+        images_seen = int(meta["images_seen"])
+        self.step = images_seen // self.cfg.train.global_batch
+        if int(meta.get("world_size", self.world_size)) != self.world_size:
+            warn(
+                f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers: "
+                f"the data position is recomputed from images seen ({images_seen})"
+            )
+        info(f"resumed from {path} at step {self.step}", rank=self.rank)
+
+    def _check_compatible(self, path: Path, meta: dict) -> None:
+        import yaml
+
+        saved = yaml.safe_load(meta.get("config", "")) or {}
+        now = to_dict(self.cfg)
+        diffs = [
+            f"{sec}.{key}"
+            for sec in COMPATIBLE_SECTIONS
+            for key in now[sec]
+            if saved.get(sec, {}).get(key) != now[sec][key]
+        ]
+        if diffs:
+            raise checkpoint.CheckpointError(
+                f"{path}: checkpoint was trained with a different model config ({', '.join(diffs)}); "
+                "use train.resume=none or a new run.out_dir"
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / "config.yaml.tmp"
+            tmp.write_text(to_yaml(cfg), encoding="utf-8")
+            tmp.replace(self.out_dir / "config.yaml")
+            self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
+        info(
+            f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
+            f"batch {t.global_batch} ({self.per_rank_batch} per worker), steps {self.step}->{t.total_steps}, "
+            f"run dir {self.out_dir}",
+            rank=self.rank,
+        )
+        progress = ProgressLine(total_steps=t.total_steps, start_step=self.step, rank=self.rank)
+        check_every = min(cfg.run.log_every, t.max_nonfinite)
+        interval_t0, interval_step = time.perf_counter(), self.step
+        compile_s = None
+        for x0, ts, noise in self.data:
+            if self.step >= t.total_steps:
+                break
+            t0 = time.perf_counter()
+            self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
+            self.step += 1
+            if compile_s is None:
+                compile_s = time.perf_counter() - t0
+                info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
+                interval_t0, interval_step = time.perf_counter(), self.step
+            if self.step % check_every == 0:
+                self._check_nonfinite()
+            if self.step % cfg.run.log_every == 0 or self.step == t.total_steps:
+                elapsed = time.perf_counter() - interval_t0
+                scalars = self._log(self.step, self.step - interval_step, elapsed)
+                progress(self.step, scalars)
+                interval_t0, interval_step = time.perf_counter(), self.step
+            if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
+                self.sample_to_tensorboard(self.step)
+            if t.ckpt_every and self.step % t.ckpt_every == 0:
+                self.save()
+        if t.ckpt_every == 0 or self.step % t.ckpt_every:
+            self.save()
+        if not cfg.run.sample_every or self.step % cfg.run.sample_every:
+            self.sample_to_tensorboard(self.step)
+        self.tb.close()
+        info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _check_nonfinite(self) -> None:
+        run = int(self.step_cell.nonfinite_run.asnumpy())
+        if run >= self.cfg.train.max_nonfinite:
+            index = checkpoint.read_index(self.ckpt_dir)
+            last = str(self.ckpt_dir / index[-1]["file"]) if index else "none"
+            raise TrainingError(
+                f"{run} consecutive non-finite losses up to step {self.step} (train.max_nonfinite="
+                f"{self.cfg.train.max_nonfinite}); last good checkpoint: {last}"
+            )
+
+    def _log(self, step: int, steps: int, elapsed: float) -> dict:
+        """Read and reset the device accumulators, reduce them over ranks, write TensorBoard scalars."""
+        local = self._read_stats().asnumpy()
+        s = dict(zip(STAT_NAMES, parallel.all_reduce_host(local, "sum"), strict=False))
+        w = self.world_size
+        good = s["steps"] - s["skipped"]  # summed over ranks
+        scalars = {
+            "train/loss": s["loss_sum"] / good if good else float("nan"),
+            "train/grad_norm": s["grad_norm_sum"] / good if good else float("nan"),
+            "train/skipped_steps": s["skipped"] / w,
+            "train/loss_scale": float(self.scaler.value.asnumpy()),
+            "train/lr": lr_at(
+                max(int(self.optimizer.global_step.asnumpy().reshape(-1)[0]) - 1, 0),
+                lr=self.cfg.train.lr,
+                warmup_steps=self.cfg.train.warmup_steps,
+                decay=self.cfg.train.lr_decay,
+                total_steps=self.cfg.train.total_steps,
+            ),
+            "perf/step_time_s": elapsed / max(steps, 1),
+            "perf/images_per_sec": self.cfg.train.global_batch * steps / elapsed if elapsed > 0 else 0.0,
+        }
+        for q in range(4):
+            n = s[f"q{q}_n"]
+            if n:
+                scalars[f"loss_by_t/q{q}"] = s[f"q{q}_sum"] / n
+        self.tb.scalars(scalars, step)
+        return scalars
+
+    # ------------------------------------------------------------------ sampling and checkpoints
+    def ema_samples(self, num: int) -> np.ndarray:
+        """``num`` samples from the EMA weights; every rank draws its share, rank 0 gets all (float32 NCHW)."""
+        cfg = self.cfg
+        if self._sampler is None:
+            self._sample_net = build_model(cfg)
+            self._sample_net.set_train(False)
+            self._sampler = build_sampler(
+                self._sample_net,
+                build_schedule(cfg),
+                sampler="ddim" if cfg.run.sample_steps else "ddpm",
+                steps=cfg.run.sample_steps,
+                eta=0.0,
+                objective=cfg.diffusion.objective,
+                clip_x0=cfg.diffusion.clip_x0,
+                var_type=cfg.diffusion.var_type,
+            )
+            self._gather = parallel.AllGather()
+            self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
+        self._load_ema()
+        share = -(-num // self.world_size)
+        rng = np.random.default_rng([cfg.run.seed, 7, self.rank])
+        c, s = cfg.data.channels, cfg.data.image_size
+        x_T = Tensor(rng.standard_normal((share, c, s, s)).astype(np.float32))
+        images = sample_loop(self._sampler, x_T)
+        return self._gather(images).asnumpy()[:num]
+
+    def sample_to_tensorboard(self, step: int) -> Path | None:
+        images = self.ema_samples(self.cfg.run.num_samples)
+        if self.rank != 0:
+            return None
+        self.tb.images("samples/ema", images, step)
+        self.tb.flush()
+        path = self.out_dir / "samples" / f"ema_step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid_png(images, path)
+        info(f"EMA samples -> {path}", rank=self.rank)
+        return path
+
+    def save(self) -> None:
+        t = self.cfg.train
+        if self.rank == 0:
+            path = checkpoint.save(
+                self.step_cell,
+                self.ckpt_dir,
+                step=self.step,
+                meta={
+                    "images_seen": self.step * t.global_batch,
+                    "world_size": self.world_size,
+                    "config": to_yaml(self.cfg),
+                },
+                keep_last=t.keep_last,
+                milestone_every=t.milestone_every,
+            )
+            info(f"checkpoint -> {path}", rank=self.rank)
+        parallel.barrier()
