@@ -72,14 +72,16 @@ def grad_reducer(parameters) -> nn.Cell:
 
 
 class AllReduce(nn.Cell):
-    """Sum (or max/min) of a tensor over all ranks, in the graph (the identity in a single process)."""
+    """Sum of a tensor over all ranks, in the graph (the identity in a single process).
 
-    def __init__(self, op: str = "sum"):
+    Only the sum: MindSpore's CPU collective rejects max/min ("AllReduce only support reduce sum on CPU").
+    """
+
+    def __init__(self):
         super().__init__()
         self.distributed = is_distributed()
         if self.distributed:
-            reduce_op = {"sum": ops.ReduceOp.SUM, "max": ops.ReduceOp.MAX, "min": ops.ReduceOp.MIN}[op]
-            self.reduce = ops.AllReduce(reduce_op)
+            self.reduce = ops.AllReduce(ops.ReduceOp.SUM)
 
     def construct(self, x):
         if self.distributed:
@@ -102,31 +104,42 @@ class AllGather(nn.Cell):
         return x
 
 
-_REDUCERS: dict = {}
+_CELLS: dict = {}
 
 
-def all_reduce_host(values: np.ndarray, op: str = "sum") -> np.ndarray:
-    """Host convenience: reduce a small float32 vector over ranks (every rank must call it at the same point)."""
+def all_reduce_host(values: np.ndarray) -> np.ndarray:
+    """Host convenience: sum a small float32 vector over ranks (every rank must call it at the same point)."""
     values = np.asarray(values, np.float32)
     if not is_distributed():
         return values
-    cell = _REDUCERS.setdefault(op, AllReduce(op))
+    cell = _CELLS.setdefault("sum", AllReduce())
     return cell(Tensor(values)).asnumpy()
 
 
-def barrier() -> None:
-    """Wait until every rank arrives (no-op in a single process)."""
-    if is_distributed():
-        from mindspore.communication.comm_func import barrier as comm_barrier
+def all_gather_host(values: np.ndarray) -> np.ndarray:
+    """Host convenience: float32 [world_size, *values.shape], row r from rank r (every rank must call it)."""
+    values = np.asarray(values, np.float32)
+    if not is_distributed():
+        return values[None]
+    cell = _CELLS.setdefault("gather", AllGather())
+    return cell(Tensor(values[None])).asnumpy()
 
-        comm_barrier()
+
+def barrier() -> None:
+    """Wait until every rank arrives (no-op in a single process).
+
+    A one-element all-reduce whose result is read back: MindSpore's Barrier op has no CPU kernel, and a collective
+    every rank must join is a barrier on every back end.
+    """
+    if is_distributed():
+        all_reduce_host(np.ones(1, np.float32))
 
 
 def check_identical(values: np.ndarray, what: str) -> None:
     """Raise if ``values`` (a small vector, e.g. a weight fingerprint) differs between ranks."""
     if not is_distributed():
         return
-    hi = all_reduce_host(values, "max")
-    lo = all_reduce_host(values, "min")
-    if not np.array_equal(hi, lo):
-        raise RuntimeError(f"{what} differ between ranks (max |diff| {np.abs(hi - lo).max():.3g})")
+    rows = all_gather_host(values)
+    diff = np.abs(rows - rows[0]).max()
+    if diff != 0:
+        raise RuntimeError(f"{what} differ between ranks (max |diff| {diff:.3g})")

@@ -6,9 +6,8 @@ User errors (config, data, checkpoint) end with one line on stderr and exit stat
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..config import ConfigError, load_config, to_yaml
 from ..device import prepare_env
@@ -37,9 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
-    prepare_env(verbose=args.verbose)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return run(cfg, verbose=args.verbose)
 
+
+def run(
+    cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_done: Callable | None = None
+) -> int:
+    """Set up the device and the process group, then train; return the exit status.
+
+    Test workers use the hooks: ``wrap_data(iterable) -> iterable`` alters the batch stream (e.g. injects a
+    non-finite value); ``on_done(trainer)`` inspects the trainer after training.
+    """
+    prepare_env(verbose=verbose)
     from .. import parallel
     from ..checkpoint import CheckpointError
     from ..data import DataError
@@ -50,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parallel.init()
         from .trainer import Trainer, TrainingError
 
-        Trainer(cfg, device=device).train()
+        trainer = Trainer(cfg, device=device)
+        if wrap_data is not None:
+            trainer.data = wrap_data(trainer.data)
+        trainer.train()
+        if on_done is not None:
+            on_done(trainer)
     except (ConfigError, CheckpointError, DataError, TrainingError) as err:
         return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     return 0

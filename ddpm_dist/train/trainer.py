@@ -87,8 +87,7 @@ class Trainer:
 
         self.diffusion = build_diffusion(cfg)
         self.optimizer = build_optimizer(cfg, self.net.trainable_params())
-        scale_mode = t.loss_scale if self.amp_level != "O0" or t.loss_scale == "none" else "none"
-        self.scaler = LossScaler(mode=scale_mode, value=t.loss_scale_value, window=t.loss_scale_window)
+        self.scaler = LossScaler(mode=t.loss_scale, value=t.loss_scale_value, window=t.loss_scale_window)
         self.ema = EMA(self.net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup)
         self.step_cell = TrainStep(
             net=self.net,
@@ -231,7 +230,7 @@ class Trainer:
     def _log(self, step: int, steps: int, elapsed: float) -> dict:
         """Read and reset the device accumulators, reduce them over ranks, write TensorBoard scalars."""
         local = self._read_stats().asnumpy()
-        s = dict(zip(STAT_NAMES, parallel.all_reduce_host(local, "sum"), strict=False))
+        s = dict(zip(STAT_NAMES, parallel.all_reduce_host(local), strict=False))
         w = self.world_size
         good = s["steps"] - s["skipped"]  # summed over ranks
         scalars = {

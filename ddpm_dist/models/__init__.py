@@ -1,0 +1,67 @@
+"""Denoising networks: ``net(x, t)`` with x float32 [B, C, H, W], t int32 [B] in [0, T) -> float32 [B, C, H, W].
+
+:func:`build_model` is the only code here that reads the config. :func:`fp32_cells` lists the Cell types that must
+stay in float32 under float16 mixed precision; the amp code should black-list them, e.g.::
+
+    net = ms.amp.custom_mixed_precision(net, black_list=ms.amp.get_black_list() + fp32_cells(), dtype=ms.float16)
+
+Plain ``auto_mixed_precision(net, "O2")`` black-lists none of them: in GRAPH_MODE they still compute in float32
+(their explicit casts are kept) but read GroupNorm's parameters through float16 casts; in PyNative mode they run in
+float16 (a float16 Cell casts the inputs of every op in it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mindspore import nn
+
+from ddpm_dist.models.convnext_unet import ConvNextUNet
+from ddpm_dist.models.layers import GroupNorm32, SinusoidalEmbedding, Softmax32
+from ddpm_dist.models.unet import DDPMUNet
+
+if TYPE_CHECKING:
+    from ddpm_dist.config import Config
+
+__all__ = ["ConvNextUNet", "DDPMUNet", "build_model", "fp32_cells", "count_params"]
+
+
+def build_model(cfg: Config) -> nn.Cell:
+    """The network named by ``cfg.model.arch`` for ``cfg.data.channels`` x ``cfg.data.image_size``^2 images.
+
+    ``ddpm_unet`` reads model.ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv;
+    ``convnext_unet`` reads model.ch, ch_mult, convnext_mult.
+    """
+    m, d = cfg.model, cfg.data
+    if m.arch == "ddpm_unet":
+        return DDPMUNet(
+            image_size=d.image_size,
+            in_channels=d.channels,
+            out_channels=d.channels,
+            ch=m.ch,
+            ch_mult=tuple(m.ch_mult),
+            num_res_blocks=m.num_res_blocks,
+            attn_resolutions=tuple(m.attn_resolutions),
+            dropout=m.dropout,
+            resamp_with_conv=m.resamp_with_conv,
+        )
+    if m.arch == "convnext_unet":
+        return ConvNextUNet(
+            image_size=d.image_size,
+            in_channels=d.channels,
+            out_channels=d.channels,
+            ch=m.ch,
+            ch_mult=tuple(m.ch_mult),
+            convnext_mult=m.convnext_mult,
+        )
+    raise ValueError(f"model.arch: unknown architecture {m.arch!r} (choose ddpm_unet or convnext_unet)")
+
+
+def fp32_cells() -> list[type]:
+    """Cell types that must run in float32 under float16 mixed precision (add them to the amp black list)."""
+    return [GroupNorm32, SinusoidalEmbedding, Softmax32]
+
+
+def count_params(net: nn.Cell) -> int:
+    """Number of trainable scalars."""
+    return sum(int(p.size) for p in net.trainable_params())

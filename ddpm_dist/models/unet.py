@@ -1,0 +1,209 @@
+"""The DDPM U-Net of Ho et al. 2020 (appendix B; the reference ``diffusion_tf/models/unet.py``), the CIFAR-10 model.
+
+A PixelCNN++-style U-Net: ``num_res_blocks`` ResBlocks per resolution on the way down, ``num_res_blocks + 1`` on the
+way up (each fed the matching skip by concatenation), self-attention at ``attn_resolutions`` and in the middle, and a
+sinusoidal timestep embedding fed to every ResBlock. With ch=128, ch_mult=(1, 2, 2, 2), 2 ResBlocks, attention at 16
+and 32x32x3 images it has 35,746,307 parameters, as the reference.
+
+Initialisation follows the reference: Xavier-uniform weights, zero biases, and zeros for the last conv of every
+ResBlock, the attention output projection and the output conv, so that every block starts as the identity and the
+network's initial output is exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mindspore import Tensor, nn, ops
+
+from ddpm_dist.models.layers import (
+    Downsample,
+    SinusoidalEmbedding,
+    Softmax32,
+    Upsample,
+    conv2d,
+    dense,
+    group_norm,
+)
+
+
+class ResBlock(nn.Cell):
+    """x: [B, in_ch, H, W], temb: [B, temb_ch] -> [B, out_ch, H, W].
+
+    GroupNorm -> Swish -> conv3x3 -> + Dense(Swish(temb)) -> GroupNorm -> Swish -> Dropout -> conv3x3 (zero init),
+    plus the input (through a 1x1 conv, or a 3x3 one if ``conv_shortcut``, when the channel count changes).
+    """
+
+    def __init__(self, *, in_ch: int, out_ch: int, temb_ch: int, dropout: float, conv_shortcut: bool = False) -> None:
+        super().__init__()
+        self.act = nn.SiLU()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = conv2d(in_ch, out_ch, 3)
+        self.temb_proj = dense(temb_ch, out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(p=dropout)
+        self.conv2 = conv2d(out_ch, out_ch, 3, zero_init=True)
+        if in_ch == out_ch:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = conv2d(in_ch, out_ch, 3 if conv_shortcut else 1)
+
+    def construct(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = h + ops.expand_dims(ops.expand_dims(self.temb_proj(self.act(temb)), -1), -1)
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class AttnBlock(nn.Cell):
+    """Single-head self-attention over the H*W positions, with a residual. x: [B, C, H, W] -> [B, C, H, W].
+
+    q, k, v and the output projection are 1x1 convs (the reference's ``nin``); the output projection starts at zero.
+    Logits are scaled by C^-1/2 and the softmax runs in float32.
+    """
+
+    def __init__(self, *, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.q = conv2d(channels, channels, 1)
+        self.k = conv2d(channels, channels, 1)
+        self.v = conv2d(channels, channels, 1)
+        self.proj_out = conv2d(channels, channels, 1, zero_init=True)
+        self.scale = float(channels) ** -0.5
+        self.softmax = Softmax32(axis=-1)
+        self.bmm_qk = ops.BatchMatMul(transpose_a=True)  # [B, C, N]^T @ [B, C, N] -> [B, N, N]
+        self.bmm_vw = ops.BatchMatMul(transpose_b=True)  # [B, C, N] @ [B, N, N]^T -> [B, C, N]
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, c, hh, ww = x.shape
+        h = self.norm(x)
+        q = ops.reshape(self.q(h), (b, c, hh * ww))
+        k = ops.reshape(self.k(h), (b, c, hh * ww))
+        v = ops.reshape(self.v(h), (b, c, hh * ww))
+        w = self.softmax(self.bmm_qk(q, k) * self.scale)  # w[b, i, j]: query i attends to key j
+        h = ops.reshape(self.bmm_vw(v, w), (b, c, hh, ww))
+        return x + self.proj_out(h)
+
+
+class ResAttnBlock(nn.Cell):
+    """A ResBlock followed by self-attention if ``attn``. x: [B, in_ch, H, W], temb: [B, temb_ch] -> [B, out_ch, H,
+    W]."""
+
+    def __init__(self, *, in_ch: int, out_ch: int, temb_ch: int, dropout: float, attn: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(in_ch=in_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout)
+        self.attn = AttnBlock(channels=out_ch) if attn else nn.Identity()
+
+    def construct(self, x: Tensor, temb: Tensor) -> Tensor:
+        return self.attn(self.res(x, temb))
+
+
+class DDPMUNet(nn.Cell):
+    """The DDPM U-Net. x: float32 [B, in_channels, H, W], t: int32 [B] in [0, T) -> float32 [B, out_channels, H, W].
+
+    H = W = ``image_size``, divisible by 2 ** (len(ch_mult) - 1). The output is whatever the diffusion objective
+    trains it to be (eps, x0 or v); the network only knows that it takes t.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        out_channels: int,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        resamp_with_conv: bool = True,
+    ) -> None:
+        super().__init__()
+        num_levels = len(ch_mult)
+        if image_size % (2 ** (num_levels - 1)):
+            raise ValueError(f"image_size {image_size} is not divisible by 2 ** (len(ch_mult) - 1)")
+        self.num_levels = num_levels
+        self.num_res_blocks = num_res_blocks
+        temb_ch = 4 * ch
+
+        self.temb = nn.SequentialCell(
+            SinusoidalEmbedding(dim=ch), dense(ch, temb_ch), nn.SiLU(), dense(temb_ch, temb_ch)
+        )
+        self.conv_in = conv2d(in_channels, ch, 3)
+
+        # Down: skip_chs tracks the channels of every tensor pushed on the skip stack, in order.
+        down_blocks, downsamples = [], []
+        skip_chs = [ch]
+        cur_ch, res = ch, image_size
+        for level, mult in enumerate(ch_mult):
+            out_ch = ch * mult
+            for _ in range(num_res_blocks):
+                down_blocks.append(
+                    ResAttnBlock(
+                        in_ch=cur_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout, attn=res in attn_resolutions
+                    )
+                )
+                cur_ch = out_ch
+                skip_chs.append(cur_ch)
+            if level != num_levels - 1:
+                downsamples.append(Downsample(channels=cur_ch, with_conv=resamp_with_conv))
+                skip_chs.append(cur_ch)
+                res //= 2
+        self.down_blocks = nn.CellList(down_blocks)
+        self.downsamples = nn.CellList(downsamples)
+
+        self.mid_block1 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout)
+        self.mid_attn = AttnBlock(channels=cur_ch)
+        self.mid_block2 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout)
+
+        # Up: levels in reverse order; up_blocks[i * (num_res_blocks + 1) + j] is block j of the i-th level up.
+        up_blocks, upsamples = [], []
+        for level in reversed(range(num_levels)):
+            out_ch = ch * ch_mult[level]
+            for _ in range(num_res_blocks + 1):
+                skip_ch = skip_chs.pop()
+                up_blocks.append(
+                    ResAttnBlock(
+                        in_ch=cur_ch + skip_ch,
+                        out_ch=out_ch,
+                        temb_ch=temb_ch,
+                        dropout=dropout,
+                        attn=res in attn_resolutions,
+                    )
+                )
+                cur_ch = out_ch
+            if level != 0:
+                upsamples.append(Upsample(channels=cur_ch, with_conv=resamp_with_conv))
+                res *= 2
+        assert not skip_chs and res == image_size
+        self.up_blocks = nn.CellList(up_blocks)
+        self.upsamples = nn.CellList(upsamples)
+
+        self.norm_out = group_norm(cur_ch)
+        self.act = nn.SiLU()
+        self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
+
+    def construct(self, x: Tensor, t: Tensor) -> Tensor:
+        temb = self.temb(t)
+        nrb = self.num_res_blocks
+        h = self.conv_in(x)
+        hs = [h]
+        for level in range(self.num_levels):
+            for j in range(nrb):
+                h = self.down_blocks[level * nrb + j](h, temb)
+                hs.append(h)
+            if level != self.num_levels - 1:
+                h = self.downsamples[level](h)
+                hs.append(h)
+
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, temb)), temb)
+
+        # Consume the skip stack from the top by index (list.pop does not compile in GRAPH_MODE).
+        skip = len(hs) - 1
+        for level in range(self.num_levels):
+            for j in range(nrb + 1):
+                h = self.up_blocks[level * (nrb + 1) + j](ops.cat((h, hs[skip]), axis=1), temb)
+                skip -= 1
+            if level != self.num_levels - 1:
+                h = self.upsamples[level](h)
+        return self.conv_out(self.act(self.norm_out(h)))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The same data-parallel job through OpenMPI's mpirun (GPU/NCCL or Ascend/HCCL clusters).
+#   bash launch/run_mpi.sh CONFIG [key=value ...]
+# Environment: DEVICE_NUM [8] processes per node; HOSTFILE (optional) an OpenMPI hostfile for several nodes;
+#   MPIRUN_ARGS extra mpirun flags (e.g. --allow-run-as-root); DRY_RUN=1 prints the command instead of running it.
+# MindSpore's CPU collective library does not start under mpirun, so on CPU use run_8p.sh (msrun).
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: [DEVICE_NUM=8 HOSTFILE=...] $0 CONFIG [key=value ...]" >&2
+  exit 2
+fi
+CONFIG=$1; shift
+[ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
+DEVICE_NUM=${DEVICE_NUM:-8}
+NNODES=${NNODES:-1}
+ENTRY=$(python -c 'import ddpm_dist.train.__main__ as m; print(m.__file__)')
+CMD=(mpirun -n $((DEVICE_NUM * NNODES)) --map-by "ppr:${DEVICE_NUM}:node" --bind-to none -x PYTHONPATH -x GLOG_v)
+if [ -n "${HOSTFILE:-}" ]; then CMD+=(--hostfile "$HOSTFILE"); fi
+# shellcheck disable=SC2206
+CMD+=(${MPIRUN_ARGS:-} python "$ENTRY" --config "$CONFIG" "$@")
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf '%q ' "${CMD[@]}"; echo
+  exit 0
+fi
+python -m ddpm_dist.train --config "$CONFIG" --dry-run "$@" > /dev/null
+exec "${CMD[@]}"

@@ -1,0 +1,180 @@
+"""Training: CLI and config errors, the compiled step's pieces, a single-process run read back from its files,
+and the data-parallel path under msrun (2 real workers on CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+from train_helpers import ROOT, TINY, env, final_state, prepare_digits, run_msrun, run_train, scalars, worker_logs
+
+from ddpm_dist.train.optim import WarmupDecayLR, lr_at
+
+
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory):
+    return prepare_digits(tmp_path_factory.mktemp("data") / "digits8")
+
+
+# ---------------------------------------------------------------- CLI and config errors (no MindSpore start-up)
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lrr=1", "unknown key train.lrr"),
+        ("model.ch=abc", "model.ch"),
+        ("train.lr=-1", "train.lr: must be > 0"),
+        ("diffusion.objective=score", "diffusion.objective: must be one of"),
+        ("model.ch_mult=[1,2,2,2,2]", "data.image_size"),
+        ("train.global_batch", "expected key=value"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(override, needle):
+    res = run_train("--config", TINY, "--dry-run", override)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+    assert TINY in lines[0] or "override" in lines[0] or "train.lrr" in lines[0]
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  chanels: 3\n")
+    res = run_train("--config", str(bad), "--dry-run")
+    assert res.returncode == 2 and str(bad) in res.stderr and "model.chanels" in res.stderr
+    missing = run_train("--config", str(tmp_path / "nope.yaml"), "--dry-run")
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_dry_run_prints_resolved_config():
+    res = run_train("--config", str(ROOT / "configs" / "cifar.yaml"), "--dry-run", "train.lr=1e-4", "model.ch=64")
+    assert res.returncode == 0
+    import yaml
+
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["train"]["lr"] == 1e-4 and cfg["model"]["ch"] == 64 and cfg["model"]["ch_mult"] == [1, 2, 2, 2]
+
+
+def test_missing_data_is_one_line(tmp_path):
+    res = run_train("--config", TINY, f"data.path={tmp_path / 'none'}", f"run.out_dir={tmp_path / 'run'}")
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- pieces of the step
+@pytest.mark.parametrize("decay", ["none", "linear", "cosine"])
+def test_lr_schedule_graph_matches_host(decay):
+    sched = WarmupDecayLR(lr=1e-3, warmup_steps=10, decay=decay, total_steps=50)
+    for step in [0, 4, 9, 10, 30, 49, 80]:
+        got = float(sched(Tensor(step, ms.int32)).asnumpy())
+        assert got == pytest.approx(lr_at(step, lr=1e-3, warmup_steps=10, decay=decay, total_steps=50), rel=1e-5, abs=1e-9)
+    assert lr_at(0, lr=1.0, warmup_steps=10, decay="none", total_steps=50) == pytest.approx(0.1)
+
+
+def test_dynamic_loss_scaler_halves_and_grows():
+    from ddpm_dist.train.amp import LossScaler
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    s = LossScaler(mode="dynamic", value=1024.0, window=3)
+    seen = [float(s(Tensor(f)).asnumpy()) for f in [True, False, True, True, True, False, False]]
+    assert seen == [1024.0, 512.0, 512.0, 512.0, 1024.0, 512.0, 256.0]
+    static = LossScaler(mode="static", value=128.0)
+    assert float(static(Tensor(False)).asnumpy()) == 128.0
+
+
+# ---------------------------------------------------------------- a whole single-process run
+@pytest.mark.slow
+def test_single_process_run_writes_checkpoints_tensorboard_and_samples(digits8, tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run_dir}", "run.sample_every=6")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "step 6/6" in res.stdout and "eta" in res.stdout
+    assert (run_dir / "config.yaml").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == [
+        "step_00000003.ckpt",
+        "step_00000006.ckpt",
+    ]
+    assert (run_dir / "samples" / "ema_step_00000006.png").is_file()
+    tb = scalars(run_dir)
+    for tag in ["train/loss", "train/lr", "train/loss_scale", "train/grad_norm", "train/skipped_steps",
+                "perf/images_per_sec", "perf/step_time_s", "loss_by_t/q0"]:  # fmt: skip
+        assert [s for s, _ in tb[tag]] == [2, 4, 6], tag
+    assert all(np.isfinite(v) for _, v in tb["train/loss"])
+    assert tb["_images"]["samples/ema"] == [6]
+    assert tb["train/lr"][0][1] == pytest.approx(1e-3)  # warm-up of 2 steps is over after step 2
+    state = final_state(run_dir)
+    assert int(state["global_step"].reshape(-1)[0]) == 6 and int(state["ema.updates"]) == 6
+    assert any(k.startswith("moment1.") for k in state) and any(k.startswith("ema.") for k in state)
+
+
+# ---------------------------------------------------------------- data parallel under msrun
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_msrun_workers_match_one_process_on_the_same_global_batch(digits8, tmp_path):
+    common = [f"data.path={digits8}", "model.dropout=0", "train.total_steps=4", "train.ckpt_every=0"]
+    one = run_train("--config", TINY, f"run.out_dir={tmp_path / 'one'}", *common)
+    assert one.returncode == 0, one.stderr
+    launch = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), TINY, f"run.out_dir={tmp_path / 'two'}", *common],
+        env=env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(_port()), "LOG_DIR": str(tmp_path / "logs")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    logs = worker_logs(tmp_path / "logs")
+    assert launch.returncode == 0, launch.stderr + logs
+    assert "x 2 worker(s)" in logs and "batch 8 (4 per worker)" in logs
+    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    assert set(a) == set(b)
+    nets = [k for k in a if not k.startswith(("ema.", "moment", "stats", "beta", "global_step", "learning_rate"))]
+    assert len(nets) > 20
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-5, rtol=1e-4, err_msg=k)
+    # and training really moved the weights (the comparison is not between two untouched inits)
+    assert max(np.abs(a[k]).max() for k in nets if k.startswith("conv_out")) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_nonfinite_on_one_rank_skips_the_step_on_all_ranks(digits8, tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_msrun(
+        str(ROOT / "tests" / "workers" / "inject_nonfinite.py"), "3", "--config", TINY,
+        f"data.path={digits8}", f"run.out_dir={run_dir}", "train.loss_scale=dynamic", "train.loss_scale_value=1024",
+        "train.ckpt_every=0", "train.total_steps=6", "run.log_every=3",
+        log_dir=tmp_path / "logs",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + worker_logs(tmp_path / "logs")
+    r0, r1 = np.load(run_dir / "rank0.npz"), np.load(run_dir / "rank1.npz")
+    assert int(r0["global_step"][0]) == int(r1["global_step"][0]) == 5  # 6 steps, one skipped on both ranks
+    np.testing.assert_array_equal(r0["fingerprint"], r1["fingerprint"])
+    np.testing.assert_array_equal(r0["ema"], r1["ema"])
+    tb = scalars(run_dir)
+    assert dict(tb["train/skipped_steps"]) == {3: 1.0, 6: 0.0}
+    assert dict(tb["train/loss_scale"])[3] == 512.0  # halved by the overflow
+    assert all(np.isfinite(v) for _, v in tb["train/loss"])
+
+
+def test_mpirun_command_is_what_run_mpi_builds():
+    res = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_mpi.sh"), TINY, "train.lr=1e-4"],
+        env=env() | {"DRY_RUN": "1", "DEVICE_NUM": "4", "NNODES": "2", "HOSTFILE": "hosts.txt"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    cmd = res.stdout.split()
+    assert cmd[:3] == ["mpirun", "-n", "8"] and "ppr:4:node" in cmd and cmd[cmd.index("--hostfile") + 1] == "hosts.txt"
+    assert cmd[-4:] == ["--config", TINY, "train.lr=1e-4"][-3:] or cmd[-3:] == ["--config", TINY, "train.lr=1e-4"]
+    assert cmd[-4].endswith("ddpm_dist/train/__main__.py")
+
+
+def test_launch_scripts_reject_missing_config():
+    for script in ["run_8p.sh", "run_mpi.sh"]:
+        res = subprocess.run(["bash", str(ROOT / "launch" / script), "nope.yaml"], capture_output=True, text=True)
+        assert res.returncode == 2 and "config file not found" in res.stderr
+
+
+def _port() -> int:
+    from train_helpers import free_port
+
+    return free_port()

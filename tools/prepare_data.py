@@ -1,0 +1,65 @@
+"""Convert a data set into MindRecord files + manifest.json for ddpm-dist training.
+
+    python tools/prepare_data.py --source digits --output data/digits
+    python tools/prepare_data.py --source cifar10 --input cifar-10-python.tar.gz --output data/cifar10
+    python tools/prepare_data.py --source mnist --input fashion-mnist/ --output data/fmnist --image-size 32
+    python tools/prepare_data.py --source folder --input photos/ --output data/photos --image-size 64
+
+Errors in the input print one line, ``error: <message>``, on stderr and exit with status 2; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ddpm_dist.data import SOURCES, DataError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--input", help="file or folder to read (not needed for digits)")
+    p.add_argument("--output", required=True, help="directory to create (MindRecord files + manifest.json)")
+    p.add_argument("--image-size", type=int, help="output height = width (default: the source's own; digits 16)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="default: the source's own (folder: 3)")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--shards", type=int, help="number of MindRecord files (default: about 256 MiB of pixels each)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output data set")
+    p.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ddpm_dist.device import prepare_env
+
+    prepare_env()  # quiet MindSpore before the writer imports it
+    from ddpm_dist.data.convert import convert
+
+    try:
+        manifest = convert(
+            source=args.source,
+            input_path=args.input,
+            output=args.output,
+            image_size=args.image_size,
+            channels=args.channels,
+            split=args.split,
+            shards=args.shards,
+            overwrite=args.overwrite,
+            strict=args.strict,
+        )
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    s = manifest["image_size"]
+    skipped = manifest.get("skipped", 0)
+    print(
+        f"wrote {manifest['count']} images ({s}x{s}x{manifest['channels']}, {manifest['source']} {manifest['split']}) "
+        f"to {args.output} in {len(manifest['files'])} file(s)" + (f"; skipped {skipped} unreadable" if skipped else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
