@@ -85,6 +85,8 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
     append.update({f"meta.{k}": v for k, v in meta.items()})
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_dir.glob(".step_*.partial.ckpt"):  # left by a save that was killed
+            stale.unlink(missing_ok=True)
         ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

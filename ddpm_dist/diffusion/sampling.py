@@ -144,3 +144,162 @@ def sample_loop(
         if progress is not None:
             progress(k + 1)
     return x
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Keyed noise: the noise of sample i depends only on (seed, i, step), whatever the batch or the number of cards.
+#
+# Why a counter-based hash rather than the device RNG: MindSpore's random ops (``ops.standard_normal`` and the like)
+# keep one hidden state per op, so what sample i receives depends on its position in the batch, on the batch size and on
+# how many draws the op made before - the images would change with --batch-size and with the number of cards. Drawing
+# per-sample noise on the host (numpy generators seeded by (seed, i)) is reproducible but costs a host->device copy of
+# the whole noise tensor every step, which the sampler must not do. A stateless hash evaluated in the graph has neither
+# problem: z = f(seed, i, step, element) is pure arithmetic, recomputed inside the compiled step with no state and no
+# copy. The hash is Chris Wellons' ``lowbias32`` integer mixer (two multiplies and three xor-shifts) applied to a Weyl
+# sequence per (sample, step) stream - the SplitMix construction - and the 32-bit words become normals by Box-Muller.
+# Everything is int32 arithmetic (wrapping multiply, xor, and masked arithmetic shifts = logical shifts) because int32
+# bitwise ops exist on CPU, GPU and Ascend alike, where uint32/uint64 do not everywhere.
+# :func:`keyed_noise_reference` is the same function in numpy (the specification; the tests compare bit-exact words).
+# Limits: 32-bit keys (two (seed, i) pairs collide with probability ~2^-32), 24-bit uniforms (|z| is capped at 5.9).
+# Cost, measured by bench/sampling_speed.py: see docs/sampling.md.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MUL1 = 0x7FEB352D  # lowbias32 constants (https://nullprogram.com/blog/2018/07/31/)
+_MUL2 = 0x846CA68B
+_WEYL = 0x9E3779B9  # 2^32 / golden ratio
+X_T_STREAM = 0xFFFFFFFF  # the stream of x_T; step i of the sampler uses stream i
+
+
+def _i32(value: int) -> int:
+    """The int32 with the bits of ``value`` mod 2^32."""
+    return int(np.array(value & 0xFFFFFFFF, np.uint32).view(np.int32))
+
+
+def _mix(x: Tensor) -> Tensor:
+    """lowbias32 on int32 bits: x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16."""
+    x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF))
+    x = x * _i32(_MUL1)
+    x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 15), 0x1FFFF))
+    x = x * _i32(_MUL2)
+    return ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF))
+
+
+class KeyedNoise(nn.Cell):
+    """z = N(0, I) noise of shape [B, *shape] whose row b is a pure function of (seed, indices[b], stream).
+
+    ``construct(seed, indices, stream)``: seed int32 scalar (the bits of a uint32 seed, see :func:`seed_tensor`),
+    indices int32 [B] (global sample indices >= 0), stream int32 scalar (the sampler step i, or ``X_T_STREAM``
+    for x_T) -> float32 [B, *shape].
+
+    Per row: key = h(h(seed) ^ index); two streams s_j = h(key + h(2 stream + j)), j = 0, 1; words
+    w_j[c] = h(s_j + c * 0x9E3779B9) for pair c; u_j = (w_j >> 8 + 0.5) / 2^24; (z[2c], z[2c+1]) =
+    sqrt(-2 ln u_0) (cos 2 pi u_1, sin 2 pi u_1) (Box-Muller), with h = lowbias32 and all arithmetic mod 2^32.
+    """
+
+    def __init__(self, *, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.size = int(np.prod(self.shape))
+        pairs = (self.size + 1) // 2
+        weyl = (np.arange(pairs, dtype=np.uint64) * _WEYL % 2**32).astype(np.uint32).view(np.int32)
+        self.weyl = Tensor(weyl.reshape(1, 1, pairs), ms.int32)
+        self.lanes = Tensor(np.array([0, 1], np.int32), ms.int32)
+
+    def construct(self, seed: Tensor, indices: Tensor, stream: Tensor) -> Tensor:
+        key = _mix(ops.bitwise_xor(_mix(seed), indices))  # [B]
+        lane = _mix(stream * 2 + self.lanes)  # [2]
+        base = _mix(ops.expand_dims(key, 1) + ops.expand_dims(lane, 0))  # [B, 2]
+        words = _mix(ops.expand_dims(base, 2) + self.weyl)  # [B, 2, pairs]
+        u = (ops.bitwise_and(ops.bitwise_right_shift(words, 8), 0xFFFFFF).astype(ms.float32) + 0.5) * (2.0**-24)
+        radius = ops.sqrt(-2.0 * ops.log(u[:, 0]))
+        theta = (2.0 * np.pi) * u[:, 1]
+        z = ops.stack((radius * ops.cos(theta), radius * ops.sin(theta)), axis=-1)  # [B, pairs, 2]
+        b = indices.shape[0]
+        return ops.reshape(ops.reshape(z, (b, -1))[:, : self.size], (b,) + self.shape)
+
+
+def seed_tensor(seed: int) -> Tensor:
+    """The int32 scalar tensor KeyedNoise takes for a seed in [0, 2^32)."""
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed must be in [0, 2^32) (got {seed})")
+    return Tensor(_i32(int(seed)), ms.int32)
+
+
+def _mix_np(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(_MUL1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(_MUL2)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def keyed_noise_words(seed: int, indices, stream: int, pairs: int) -> np.ndarray:
+    """The specification of KeyedNoise's hash in numpy: uint32 [B, 2, pairs]."""
+    with np.errstate(over="ignore"):
+        idx = np.asarray(indices, np.int64).astype(np.uint32)
+        key = _mix_np(_mix_np(np.array([seed & 0xFFFFFFFF], np.uint32)) ^ idx)
+        lane = _mix_np(np.array([(2 * stream + j) & 0xFFFFFFFF for j in (0, 1)], np.uint32))
+        base = _mix_np(key[:, None] + lane[None, :])
+        weyl = (np.arange(pairs, dtype=np.uint64) * _WEYL % 2**32).astype(np.uint32)
+        return _mix_np(base[:, :, None] + weyl[None, None, :])
+
+
+def keyed_noise_reference(seed: int, indices, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+    """What ``KeyedNoise`` returns, computed in numpy float64: float32 [B, *shape] (equal to ~1e-6)."""
+    size = int(np.prod(shape))
+    words = keyed_noise_words(seed, indices, stream, (size + 1) // 2)
+    u = ((words >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0**-24
+    radius, theta = np.sqrt(-2.0 * np.log(u[:, 0])), 2.0 * np.pi * u[:, 1]
+    z = np.stack((radius * np.cos(theta), radius * np.sin(theta)), axis=-1).reshape(len(words), -1)[:, :size]
+    return z.reshape((len(words),) + tuple(shape)).astype(np.float32)
+
+
+class KeyedStep(nn.Cell):
+    """One compiled sampler step with its noise drawn in the same graph:
+    ``construct(x, i, seed, indices) = step(x, i, noise(seed, indices, stream=i))``."""
+
+    def __init__(self, step: nn.Cell, noise: KeyedNoise):
+        super().__init__(auto_prefix=False)
+        self.step = step
+        self.noise = noise
+
+    def construct(self, x: Tensor, i: Tensor, seed: Tensor, indices: Tensor) -> Tensor:
+        return self.step(x, i, self.noise(seed, indices, i))
+
+
+class KeyedSampler:
+    """Sampling in which sample ``n`` depends only on (seed, n): x_T and every step's z come from KeyedNoise.
+
+    ``step``: a DDPMStep/DDIMStep (see :func:`build_sampler`); ``shape``: (C, H, W) of one image. The two graphs
+    (x_T, step) compile once per batch size; keep the batch size fixed and pad the last batch (its extra rows do not
+    change the others).
+    """
+
+    def __init__(self, step: nn.Cell, *, shape: tuple[int, int, int]):
+        self.noise = KeyedNoise(shape=shape)
+        self.keyed_step = KeyedStep(step, self.noise)
+        self.num_steps = num_steps(step)
+        self._steps = [Tensor(i, ms.int32) for i in range(self.num_steps)]
+        self._x_T_stream = Tensor(_i32(X_T_STREAM), ms.int32)
+
+    def initial_noise(self, indices, *, seed: int) -> Tensor:
+        """x_T: float32 [B, C, H, W] for the sample ``indices`` (int [B])."""
+        return self.noise(seed_tensor(seed), Tensor(np.asarray(indices, np.int32)), self._x_T_stream)
+
+    def sample(self, indices, *, seed: int, progress: Callable[[int], None] | None = None) -> Tensor:
+        """x_0 for the samples ``indices`` (int [B], each in [0, 2^31)): float32 [B, C, H, W] on the device.
+
+        One host->device copy (the indices) per call; ``progress(k)`` after each of the k steps."""
+        indices = np.asarray(indices, np.int64)
+        if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= 2**31:
+            raise ValueError("indices must be a non-empty 1-D array of ints in [0, 2^31)")
+        idx = Tensor(indices.astype(np.int32))
+        seed_t = seed_tensor(seed)
+        x = self.noise(seed_t, idx, self._x_T_stream)
+        for k, i in enumerate(range(self.num_steps - 1, -1, -1)):
+            x = self.keyed_step(x, self._steps[i], seed_t, idx)
+            if progress is not None:
+                progress(k + 1)
+        return x

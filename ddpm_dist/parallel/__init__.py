@@ -8,6 +8,8 @@ process, and every helper here then degrades to the identity (``rank() == 0``, `
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import mindspore as ms
 import numpy as np
@@ -125,14 +127,35 @@ def all_gather_host(values: np.ndarray) -> np.ndarray:
     return cell(Tensor(values[None])).asnumpy()
 
 
-def barrier() -> None:
+def barrier(timeout: float | None = None, what: str = "barrier") -> None:
     """Wait until every rank arrives (no-op in a single process).
 
     A one-element all-reduce whose result is read back: MindSpore's Barrier op has no CPU kernel, and a collective
-    every rank must join is a barrier on every back end.
+    every rank must join is a barrier on every back end. With ``timeout`` (seconds) a rank that waits longer prints
+    one clear line and exits with status 3 (the launcher then ends the job) instead of hanging silently.
     """
-    if is_distributed():
+    if not is_distributed():
+        return
+    timer = None
+    if timeout:
+
+        def expire() -> None:
+            print(
+                f"error: rank {rank()} waited more than {timeout:.0f}s for {what} (run.barrier_timeout); "
+                "is rank 0's disk slow or full, or did a worker die?",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(3)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+    try:
         all_reduce_host(np.ones(1, np.float32))
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def check_identical(values: np.ndarray, what: str) -> None:

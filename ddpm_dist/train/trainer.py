@@ -6,6 +6,9 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,18 +45,61 @@ def weight_fingerprint(params) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def reseed_dropout(net: nn.Cell, *, seed: int, rank: int) -> None:
-    """Give every dropout op of ``net`` its own rank-dependent seed.
+def reseed_dropout(net: nn.Cell, *, seed: int, rank: int, start_step: int) -> None:
+    """Give every dropout op of ``net`` its own seed derived from (seed, rank, start_step, op index).
 
     All ranks build the network under the same global seed (identical initial weights), which also gives every rank
-    the same dropout seeds; re-creating the dropout primitives with (seed, rank, index)-derived seeds keeps the masks
-    independent across ranks.
+    the same dropout seeds; re-creating the dropout primitives makes the masks independent across ranks, and a resumed
+    run (new ``start_step``) does not replay the masks of step 0. MindSpore's dropout kernel keeps its RNG state
+    internally, where it can be neither saved nor restored: dropout masks are the one random stream that differs
+    between a resumed run and an uninterrupted one (everything else - weights, Adam, EMA, loss scale, data order,
+    timesteps and noise - continues exactly).
     """
     for k, (_, cell) in enumerate(net.cells_and_names()):
         if isinstance(cell, nn.Dropout) and hasattr(cell, "dropout"):
             keep = 1.0 - cell.p if cell.p is not None else cell.keep_prob
-            s = np.random.SeedSequence([seed, rank, k]).generate_state(2)
+            s = np.random.SeedSequence([seed, rank, start_step, k]).generate_state(2)
             cell.dropout = ops.Dropout(float(keep), int(s[0] % 2**31), int(s[1] % 2**31))
+
+
+class StopRequest:
+    """Graceful stop on SIGTERM / SIGINT (pre-emption, Ctrl-C), or when the launcher (msrun) is gone.
+
+    The handler only sets a flag; the loop finishes the current step, saves and returns. With several workers the
+    signal reaches them at slightly different times, so they agree every ``sync_every`` steps (a one-element
+    all-reduce: no per-step host sync) and all stop at the same step.
+    """
+
+    sync_every = 10
+
+    def __init__(self, *, distributed: bool):
+        self.distributed = distributed
+        self.reason = ""
+        self._flag = threading.Event()
+        self._ppid = os.getppid()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.reason = signal.Signals(signum).name
+        self._flag.set()
+
+    def local(self) -> bool:
+        if self.distributed and not self._flag.is_set() and os.getppid() != self._ppid:
+            self.reason = "the launcher exiting"
+            self._flag.set()
+        return self._flag.is_set()
+
+    def should_stop(self, step: int) -> bool:
+        if not self.distributed:
+            return self.local()
+        if step % self.sync_every:
+            return False
+        agreed = parallel.all_reduce_host(np.array([float(self.local())], np.float32))[0] > 0
+        if agreed and not self.reason:
+            self.reason = "a stop request on another worker"
+        return bool(agreed)
 
 
 class Trainer:
@@ -81,7 +127,6 @@ class Trainer:
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
         parallel.check_identical(weight_fingerprint(self.net.trainable_params()), "initial weights")
-        reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank)
         self.amp_level = resolve_amp_level(t.amp_level, device)
         apply_amp(self.net, self.amp_level, fp32_cells())
 
@@ -100,13 +145,29 @@ class Trainer:
         self.step_cell.set_train(True)
         self._read_stats = ReadStats(self.step_cell.stats)
         self.step = 0
+        self.resumed = False
         self._resume()
+        reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank, start_step=self.step)
+        self._check_writable()
         self.data = data if data is not None else self._build_data()
         self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
         self._sampler = None
         self._sample_net = None
+        self.stop = StopRequest(distributed=parallel.is_distributed())
 
     # ------------------------------------------------------------------ set-up
+    def _check_writable(self) -> None:
+        """Rank 0 must be able to write the run directory; fail before training, not at the first checkpoint."""
+        if self.rank != 0:
+            return
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / f".write_test_{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"run.out_dir: cannot write to {self.out_dir} ({err.strerror or err})") from None
+
     def _build_data(self):
         from ..data.pipeline import TrainData
 
@@ -151,6 +212,7 @@ class Trainer:
                 f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers: "
                 f"the data position is recomputed from images seen ({images_seen})"
             )
+        self.resumed = True
         info(f"resumed from {path} at step {self.step}", rank=self.rank)
 
     def _check_compatible(self, path: Path, meta: dict) -> None:
@@ -189,6 +251,7 @@ class Trainer:
         check_every = min(cfg.run.log_every, t.max_nonfinite)
         interval_t0, interval_step = time.perf_counter(), self.step
         compile_s = None
+        saved_at = self.step if self.resumed else None
         for x0, ts, noise in self.data:
             if self.step >= t.total_steps:
                 break
@@ -209,8 +272,19 @@ class Trainer:
             if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
                 self.sample_to_tensorboard(self.step)
             if t.ckpt_every and self.step % t.ckpt_every == 0:
-                self.save()
-        if t.ckpt_every == 0 or self.step % t.ckpt_every:
+                saved_at = self.save()
+            if self.stop.should_stop(self.step):
+                if saved_at != self.step:
+                    self.save()
+                self.tb.close()
+                where = checkpoint.read_index(self.ckpt_dir)[-1]["file"] if self.rank == 0 else "rank 0's run dir"
+                info(
+                    f"stopped by {self.stop.reason} at step {self.step}: checkpoint {self.ckpt_dir / where}; "
+                    "run the same command again (train.resume=auto) to continue",
+                    rank=self.rank,
+                )
+                return
+        if saved_at != self.step:
             self.save()
         if not cfg.run.sample_every or self.step % cfg.run.sample_every:
             self.sample_to_tensorboard(self.step)
@@ -220,8 +294,9 @@ class Trainer:
     def _check_nonfinite(self) -> None:
         run = int(self.step_cell.nonfinite_run.asnumpy())
         if run >= self.cfg.train.max_nonfinite:
-            index = checkpoint.read_index(self.ckpt_dir)
-            last = str(self.ckpt_dir / index[-1]["file"]) if index else "none"
+            first_bad = self.step - run + 1
+            good = [e for e in checkpoint.read_index(self.ckpt_dir) if e["step"] < first_bad]
+            last = str(self.ckpt_dir / good[-1]["file"]) if good else f"none kept from before step {first_bad}"
             raise TrainingError(
                 f"{run} consecutive non-finite losses up to step {self.step} (train.max_nonfinite="
                 f"{self.cfg.train.max_nonfinite}); last good checkpoint: {last}"
@@ -294,7 +369,8 @@ class Trainer:
         info(f"EMA samples -> {path}", rank=self.rank)
         return path
 
-    def save(self) -> None:
+    def save(self) -> int:
+        """Rank 0 writes the checkpoint of the current step; the others wait (bounded by run.barrier_timeout)."""
         t = self.cfg.train
         if self.rank == 0:
             path = checkpoint.save(
@@ -310,4 +386,5 @@ class Trainer:
                 milestone_every=t.milestone_every,
             )
             info(f"checkpoint -> {path}", rank=self.rank)
-        parallel.barrier()
+        parallel.barrier(timeout=self.cfg.run.barrier_timeout, what=f"checkpoint of step {self.step}")
+        return self.step

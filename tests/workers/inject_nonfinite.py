@@ -1,7 +1,8 @@
-"""msrun worker for the non-finite test: trains like ``python -m ddpm_dist.train`` but puts an inf into rank 1's
-batch at one step, then writes this rank's final weights fingerprint and optimizer step next to the run.
+"""Worker for the non-finite tests: trains like ``python -m ddpm_dist.train`` but puts an inf into the last rank's
+batch at step STEP (or at every step from STEP on, with ``STEP+``), then writes this rank's final weights fingerprint
+and optimizer step next to the run. Runs under msrun or as a single process.
 
-usage: inject_nonfinite.py STEP --config CONFIG [key=value ...]
+usage: inject_nonfinite.py STEP[+] --config CONFIG [key=value ...]
 """
 
 import sys
@@ -14,7 +15,8 @@ from ddpm_dist.train.cli import run
 
 
 def main() -> int:
-    bad_step = int(sys.argv[1])
+    bad_step = int(sys.argv[1].rstrip("+"))
+    onwards = sys.argv[1].endswith("+")
     args = sys.argv[2:]
     cfg = load_config(args[1], args[2:])
 
@@ -22,7 +24,8 @@ def main() -> int:
         from ddpm_dist import parallel
 
         for step, (x0, t, noise) in enumerate(batches, start=1):
-            if step == bad_step and parallel.rank() == 1:
+            hit = step >= bad_step if onwards else step == bad_step
+            if hit and parallel.rank() == parallel.world_size() - 1:
                 x0 = x0.copy()
                 x0[0, 0, 0, 0] = np.inf
             yield x0, t, noise
@@ -33,6 +36,8 @@ def main() -> int:
         holder["trainer"] = trainer
 
     code = run(cfg, wrap_data=wrap, on_done=keep)
+    if code:
+        return code
     from ddpm_dist import parallel
     from ddpm_dist.train.trainer import weight_fingerprint
 

@@ -1,0 +1,273 @@
+"""Inference checkpoints and sampling for single-card or data-parallel use after training.
+
+A training checkpoint (``meta.kind = ddpm-dist/train``) holds the whole train step: network weights, ``ema.<name>``
+EMA weights, Adam moments, loss-scale state. :func:`convert` keeps only one set of network weights (EMA by default) as
+float32, with the ``model``, ``diffusion`` and ``data`` config sections embedded, in an inference checkpoint
+(``meta.kind = ddpm-dist/inference``): a MindSpore ``.ckpt`` (CRC-checked) or a ``.safetensors`` file (the meta entries
+go to its string metadata). :func:`load_for_sampling` takes either kind and returns a ready network.
+
+:func:`generate` draws samples ``0 .. num_samples-1`` split over the ranks in contiguous ranges; sample n depends only
+on (seed, n) (see ``KeyedNoise``), so the images do not depend on the batch size or the number of cards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import checkpoint
+from .checkpoint import KIND_INFERENCE, KIND_TRAIN, CheckpointError
+from .config import Config, ConfigError, from_dict, to_dict
+
+WEIGHTS = ("ema", "raw")
+SUFFIXES = (".ckpt", ".safetensors")
+EMBEDDED_SECTIONS = ("model", "diffusion", "data")
+
+
+@dataclass
+class Loaded:
+    """A checkpoint's network and what it says about itself.
+
+    ``weights``: the network's ``name -> float32 ndarray``; ``meta``: the ``meta.*`` entries (kind, step, config, ...);
+    ``source_weights``: ``ema`` or ``raw``.
+    """
+
+    path: Path
+    cfg: Config
+    meta: dict
+    weights: dict
+    source_weights: str
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(name -> float ndarray of the non-meta entries, meta dict) of a .ckpt or .safetensors file."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = {k[5:]: v for k, v in (f.metadata() or {}).items() if k.startswith("meta.")}
+                arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        for key in ("step",):
+            if key in meta:
+                meta[key] = int(meta[key])
+        return arrays, meta
+    if path.suffix != ".ckpt":
+        raise CheckpointError(f"{path}: expected a MindSpore .ckpt or a .safetensors file")
+    params = checkpoint.load(path)
+    arrays = {k: v.asnumpy() for k, v in params.items() if not k.startswith("meta.") and hasattr(v, "asnumpy")}
+    return arrays, checkpoint.meta_of(params)
+
+
+def _config(path: Path, meta: dict) -> Config:
+    text = meta.get("config")
+    if not isinstance(text, str) or not text.strip():
+        raise CheckpointError(f"{path}: no embedded config (meta.config)")
+    try:
+        data = yaml.safe_load(text)
+        return from_dict({k: v for k, v in data.items() if k in EMBEDDED_SECTIONS}, source=f"{path} (meta.config)")
+    except (yaml.YAMLError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable embedded config ({_first_line(err)})") from None
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _network_names(cfg: Config) -> dict:
+    """name -> (shape, trainable) of the network ``cfg`` describes (built on the host, not compiled)."""
+    from .models import build_model
+
+    net = build_model(cfg)
+    return {p.name: (tuple(p.shape), p.requires_grad) for p in net.get_parameters()}
+
+
+def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (KIND_TRAIN, KIND_INFERENCE)) -> Loaded:
+    """Read the network weights (float32) and the config from a training or an inference checkpoint.
+
+    ``weights``: ``ema`` or ``raw`` from a training checkpoint (default ``ema``); for an inference checkpoint it must
+    be None or match what the file holds. ``kinds``: the accepted ``meta.kind`` values. Raises CheckpointError (one
+    line naming the file) for a missing, unreadable, wrong-kind or incomplete file.
+    """
+    path = Path(path)
+    if weights is not None and weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS} (got {weights!r})")
+    arrays, meta = _read(path)
+    kind = meta.get("kind")
+    if kind not in (KIND_TRAIN, KIND_INFERENCE):
+        raise CheckpointError(f"{path}: not a ddpm-dist checkpoint (meta.kind is {kind!r})")
+    if kind not in kinds:
+        wanted = " or ".join("a training" if k == KIND_TRAIN else "an inference" for k in kinds)
+        raise CheckpointError(f"{path}: is {'a training' if kind == KIND_TRAIN else 'an inference'} checkpoint; "
+                              f"{wanted} checkpoint is needed")  # fmt: skip
+    cfg = _config(path, meta)
+    expected = _network_names(cfg)
+    if kind == KIND_INFERENCE:
+        stored = meta.get("weights", "ema")
+        if weights is not None and weights != stored:
+            raise CheckpointError(f"{path}: holds {stored} weights only (asked for {weights})")
+        source, prefix = stored, ""
+    else:
+        source = weights or "ema"
+        prefix = "ema." if source == "ema" else ""
+    out = {}
+    for name, (shape, trainable) in expected.items():
+        key = prefix + name if trainable else name  # EMA covers the trainable parameters only
+        if key not in arrays:
+            raise CheckpointError(f"{path}: missing {key} for the {cfg.model.arch} in its embedded config")
+        value = arrays[key]
+        if tuple(value.shape) != shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {shape}")
+        out[name] = np.ascontiguousarray(value, dtype=np.float32)
+    return Loaded(path=path, cfg=cfg, meta=meta, weights=out, source_weights=source)
+
+
+def load_for_sampling(path, *, weights: str | None = None):
+    """(cfg, net, meta) from a training or inference checkpoint: ``net`` is the float32 network with the EMA (default)
+    or raw weights, in inference mode (``set_train(False)``: no dropout), not yet compiled."""
+    import mindspore as ms
+
+    from .models import build_model
+
+    loaded = read_weights(path, weights=weights)
+    net = build_model(loaded.cfg)
+    params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in loaded.weights.items()}
+    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
+    if not_loaded:  # read_weights checked every name; this is an internal invariant
+        raise CheckpointError(f"{loaded.path}: parameters not loaded: {not_loaded[:3]}")
+    net.set_train(False)
+    meta = dict(loaded.meta, weights=loaded.source_weights)
+    return loaded.cfg, net, meta
+
+
+def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
+    """Write the inference checkpoint of training checkpoint ``src`` to ``dst`` (``.ckpt`` or ``.safetensors``).
+
+    Holds the network's ``weights`` (``ema`` or ``raw``) as float32 under the network's own parameter names, and
+    ``meta.kind = ddpm-dist/inference``, ``meta.weights``, ``meta.step``, ``meta.config`` (model, diffusion and data
+    sections as YAML), ``meta.source`` and versions. Written to a temporary file, fsynced and renamed: an error
+    leaves no ``dst``. Raises CheckpointError.
+    """
+    import mindspore as ms
+
+    import ddpm_dist
+
+    src, dst = Path(src), Path(dst)
+    if dst.suffix not in SUFFIXES:
+        raise CheckpointError(f"{dst}: the output name must end in .ckpt or .safetensors")
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: exists; use --overwrite to replace it")
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"{dst}: the output must differ from the input")
+    loaded = read_weights(src, weights=weights, kinds=(KIND_TRAIN,))
+    sections = {k: v for k, v in to_dict(loaded.cfg).items() if k in EMBEDDED_SECTIONS}
+    meta = {
+        "meta.kind": KIND_INFERENCE,
+        "meta.weights": loaded.source_weights,
+        "meta.step": int(loaded.meta.get("step", 0)),
+        "meta.config": yaml.safe_dump(sections, sort_keys=False),
+        "meta.source": str(src),
+        "meta.mindspore_version": ms.__version__,
+        "meta.ddpm_dist_version": ddpm_dist.__version__,
+    }
+    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")  # MindSpore insists on the suffix
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(loaded.weights, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        else:
+            params = [{"name": k, "data": ms.Tensor(v)} for k, v in loaded.weights.items()]
+            ms.save_checkpoint(params, str(tmp), append_dict=meta, crc_check=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except (OSError, RuntimeError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {dst}: {_first_line(err)}") from None
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous sample indices [start, stop) of ``rank``: ceil(N / world_size) each, the last ones shorter."""
+    share = -(-num_samples // world_size)
+    return min(rank * share, num_samples), min((rank + 1) * share, num_samples)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (round((x + 1) * 127.5), clipped)."""
+    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def generate(
+    cfg: Config,
+    net,
+    *,
+    sampler: str,
+    steps: int,
+    eta: float,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray | None:
+    """Samples ``0 .. num_samples-1`` as uint8 [N, H, W, C] on rank 0 (None on the other ranks).
+
+    Every rank draws its :func:`rank_range` in batches of ``batch_size`` (the last one padded, so one graph serves
+    all; ``batch_size`` is capped at the per-rank share); after each batch the ranks all-gather it, so every rank
+    runs the same number of collectives. ``steps``: respaced sampling steps (0: the full schedule).
+    ``progress(done, total)`` is called after every sampler step with this rank's step counts.
+    """
+    from .diffusion import build_schedule
+    from .diffusion.sampling import KeyedSampler, build_sampler
+    from .parallel import AllGather, rank, world_size
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+    d = cfg.diffusion
+    step = build_sampler(
+        net, build_schedule(cfg), sampler=sampler, steps=steps, eta=eta,
+        objective=d.objective, clip_x0=d.clip_x0, var_type=d.var_type,
+    )  # fmt: skip
+    keyed = KeyedSampler(step, shape=(cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    r, w = rank(), world_size()
+    share = -(-num_samples // w)
+    batch_size = min(batch_size, share)
+    batches = -(-share // batch_size)
+    total = batches * keyed.num_steps
+    gather = AllGather()
+    out = np.zeros((num_samples, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
+    for b in range(batches):
+        indices, valid = batch_indices(num_samples, r, w, b, batch_size)
+        done = b * keyed.num_steps
+        tick = None if progress is None else (lambda k, done=done: progress(done + k, total))
+        images = keyed.sample(np.where(valid, indices, 0), seed=seed, progress=tick)
+        if w > 1:  # rows of every rank's batch b, in rank order
+            images = gather(images)
+            parts = [batch_indices(num_samples, q, w, b, batch_size) for q in range(w)]
+            indices, valid = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        rows = images.asnumpy()  # every rank waits for its collective to finish
+        if r == 0:
+            out[indices[valid]] = to_uint8(rows)[valid]
+    return out if r == 0 else None
+
+
+def batch_indices(num_samples: int, rank: int, world_size: int, batch: int, batch_size: int):
+    """(indices int64 [batch_size], valid bool [batch_size]) of ``rank``'s batch number ``batch``."""
+    start, stop = rank_range(num_samples, rank, world_size)
+    indices = start + batch * batch_size + np.arange(batch_size)
+    return indices, indices < stop

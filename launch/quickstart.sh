@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quickstart on the embedded data set: prepare scikit-learn's handwritten digits (no download) if needed, then train
+# data-parallel with msrun (DEVICE_NUM workers, default 2) and leave an EMA sample grid in runs/digits/samples/.
+#   bash launch/quickstart.sh [key=value ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-data/digits}
+if [ ! -f "$DATA/manifest.json" ]; then
+  python tools/prepare_data.py --source digits --output "$DATA"
+fi
+export DEVICE_NUM=${DEVICE_NUM:-2}
+export LOG_DIR=${LOG_DIR:-runs/digits/logs}
+exec bash launch/run_8p.sh configs/digits.yaml data.path="$DATA" "$@"

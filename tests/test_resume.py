@@ -1,0 +1,286 @@
+"""Checkpoints and exact resume: atomic saves, corrupt-file fallback, retention, step-exact continuation (1 process
+and 2 msrun workers), pre-emption by SIGTERM, a dead worker, runaway non-finite losses, and unwritable run dirs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+from train_helpers import ROOT, TINY, env, final_state, free_port, prepare_digits, run_train, worker_logs
+
+from ddpm_dist import checkpoint
+
+INJECT = str(ROOT / "tests" / "workers" / "inject_nonfinite.py")
+
+
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory):
+    return prepare_digits(tmp_path_factory.mktemp("data") / "digits8")
+
+
+def _events(run_dir: Path, newest_only: bool = False) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted((Path(run_dir) / "tb").glob("events.*"), key=lambda p: p.stat().st_mtime)
+    acc = EventAccumulator(str(files[-1] if newest_only else Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def _wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(e["step"] >= step for e in checkpoint.read_index(Path(run_dir) / "checkpoints")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early with {proc.returncode}")
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of step {step} after {timeout}s")
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ---------------------------------------------------------------- checkpoint files
+class _Small(nn.Cell):
+    def __init__(self, n: int = 64):
+        super().__init__()
+        self.dense = nn.Dense(n, n)
+
+
+def test_save_is_atomic_indexed_and_pruned(tmp_path):
+    cell = _Small()
+    for step in range(1, 8):
+        checkpoint.save(cell, tmp_path, step=step, meta={"images_seen": step * 8}, keep_last=2, milestone_every=3)
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert names == ["step_00000003.ckpt", "step_00000006.ckpt", "step_00000007.ckpt"]
+    assert [e["step"] for e in checkpoint.read_index(tmp_path)] == [3, 6, 7]
+    path, params = checkpoint.latest(tmp_path)
+    meta = checkpoint.meta_of(params)
+    assert path.name == "step_00000007.ckpt" and meta["step"] == 7 and meta["images_seen"] == 56
+    assert meta["kind"] == checkpoint.KIND_TRAIN and meta["mindspore_version"] == ms.__version__
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, damage):
+    cell = _Small()
+    for step in (1, 2):
+        checkpoint.save(cell, tmp_path, step=step, meta={"images_seen": step})
+    newest = tmp_path / "step_00000002.ckpt"
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="step_00000002"):
+        path, params = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000001.ckpt" and checkpoint.meta_of(params)["step"] == 1
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    cell = _Small()
+    checkpoint.save(cell, tmp_path, step=1, meta={"images_seen": 1})
+    before = (tmp_path / "step_00000001.ckpt").read_bytes()
+
+    def disk_full(obj, name, **kwargs):
+        Path(name).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ms, "save_checkpoint", disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left"):
+        checkpoint.save(cell, tmp_path, step=2, meta={"images_seen": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step_00000001.ckpt"]
+    assert (tmp_path / "step_00000001.ckpt").read_bytes() == before
+    assert checkpoint.latest(tmp_path)[0].name == "step_00000001.ckpt"
+
+
+_SAVER = """
+import sys
+from pathlib import Path
+import mindspore as ms
+from mindspore import nn
+from ddpm_dist import checkpoint
+cell = nn.Dense(1024, 2048)  # 8 MB of weights: a save takes long enough to be killed half-way
+for step in range(1, 100000):
+    checkpoint.save(cell, Path(sys.argv[1]), step=step, meta={"images_seen": step}, keep_last=2)
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_save_never_leaves_a_checkpoint_latest_would_pick(tmp_path):
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt")], env=env())
+        time.sleep(4 + rng.uniform(0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        found = checkpoint.latest(tmp_path / "ckpt")
+        assert found is not None
+        path, params = found
+        assert checkpoint.meta_of(params)["step"] == max(e["step"] for e in checkpoint.read_index(tmp_path / "ckpt"))
+        assert params["weight"].shape == (2048, 1024)
+
+
+# ---------------------------------------------------------------- resume
+@pytest.mark.slow
+def test_exact_resume_after_sigkill_single_process(digits8, tmp_path):
+    common = ["--config", TINY, f"data.path={digits8}", "model.dropout=0", "train.total_steps=240",
+              "train.ckpt_every=120", "run.log_every=20"]  # fmt: skip
+    straight = run_train(*common, f"run.out_dir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr
+
+    cmd = [sys.executable, "-m", "ddpm_dist.train", *common, f"run.out_dir={tmp_path / 'b'}"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(tmp_path / "b", 120, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [e["step"] for e in checkpoint.read_index(tmp_path / "b" / "checkpoints")] == [120]
+    resumed = run_train(*common, f"run.out_dir={tmp_path / 'b'}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "at step 120" in resumed.stdout
+
+    _assert_same_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    a, b = _events(tmp_path / "a"), _events(tmp_path / "b", newest_only=True)
+    for tag in ["train/loss", "train/grad_norm", "train/loss_scale", "loss_by_t/q1"]:
+        after = {s: v for s, v in a[tag].items() if s > 120}
+        assert after and after == b[tag], tag
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_exact_resume_two_workers_after_a_worker_is_killed(digits8, tmp_path):
+    """2 msrun workers: SIGKILL one worker after the step-40 checkpoint -> the whole job exits non-zero in bounded time;
+    relaunching continues from step 40 and ends bitwise equal to an uninterrupted 2-worker run."""
+    common = [TINY, f"data.path={digits8}", "model.dropout=0", "train.total_steps=80", "train.ckpt_every=40",
+              "run.log_every=20"]  # fmt: skip
+
+    def launch(run: str, **kw):
+        e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(tmp_path / run / "logs"),
+                     "CLUSTER_TIMEOUT": "120"}  # fmt: skip
+        return subprocess.Popen(["bash", str(ROOT / "launch" / "run_8p.sh"), *common, f"run.out_dir={tmp_path / run}"],
+                                env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # fmt: skip
+
+    straight = launch("a")
+    assert straight.wait(timeout=600) == 0, worker_logs(tmp_path / "a" / "logs")
+
+    victim = launch("b")
+    _wait_for_checkpoint(tmp_path / "b", 40, victim)
+    workers = subprocess.run(["pgrep", "-f", f"run.out_dir={tmp_path / 'b'}"], capture_output=True, text=True)
+    pids = [int(p) for p in workers.stdout.split()]
+    ranks = {p: _rank_of(p) for p in pids}
+    rank1 = [p for p, r in ranks.items() if r == "1"]
+    assert rank1, ranks
+    t0 = time.time()
+    os.kill(rank1[0], signal.SIGKILL)
+    code = victim.wait(timeout=300)
+    took = time.time() - t0
+    assert code != 0 and took < 120, (code, took)
+
+    resumed = launch("b")
+    assert resumed.wait(timeout=600) == 0, worker_logs(tmp_path / "b" / "logs")
+    assert "at step 40" in (tmp_path / "b" / "logs" / "worker_0.log").read_text()
+    _assert_same_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+
+
+def _rank_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    vals = dict(e.decode(errors="replace").split("=", 1) for e in environ if b"=" in e)
+    return vals.get("RANK_ID") if vals.get("MS_ROLE") == "MS_WORKER" else None
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_model_and_warns_on_another_world_size(digits8, tmp_path):
+    run = tmp_path / "run"
+    first = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.total_steps=4")
+    assert first.returncode == 0, first.stderr
+    other = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "model.ch=32",
+                      "model.num_res_blocks=2")  # fmt: skip
+    assert other.returncode == 2
+    line = other.stderr.strip().splitlines()[-1]
+    assert "model.ch" in line and "model.num_res_blocks" in line and "Traceback" not in other.stderr
+
+
+# ---------------------------------------------------------------- faults
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero_then_resume_continues(digits8, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ddpm_dist.train", "--config", TINY, f"data.path={digits8}", f"run.out_dir={run}",
+           "train.total_steps=100000", "train.ckpt_every=0", "run.log_every=10"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stopped = [ln for ln in out.splitlines() if ln.startswith("stopped by SIGTERM at step")]
+    assert stopped, out
+    step = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert (run / "checkpoints" / f"step_{step:08d}.ckpt").is_file()
+    again = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", f"train.total_steps={step + 4}")
+    assert again.returncode == 0 and f"at step {step}" in again.stdout and f"done: step {step + 4}" in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_the_launcher_stops_all_workers_at_one_step(digits8, tmp_path):
+    run = tmp_path / "run"
+    e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), TINY, f"data.path={digits8}", f"run.out_dir={run}",
+         "train.total_steps=100000", "train.ckpt_every=0", "run.log_every=10"],
+        env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while "step 20/" not in _read(tmp_path / "logs" / "worker_0.log"):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err + worker_logs(tmp_path / "logs")
+    assert "stopped by SIGTERM at step" in out
+    log0 = _read(tmp_path / "logs" / "worker_0.log")
+    step = int(log0.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert step % 10 == 0  # both workers agreed on a stop step at a sync point (msrun's 0 means both exited 0)
+    assert [e["step"] for e in checkpoint.read_index(run / "checkpoints")] == [step]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+@pytest.mark.slow
+def test_too_many_nonfinite_losses_stop_with_a_clear_error(digits8, tmp_path):
+    res = subprocess.run(
+        [sys.executable, INJECT, "5+", "--config", TINY, f"data.path={digits8}", f"run.out_dir={tmp_path / 'run'}",
+         "train.total_steps=200", "train.ckpt_every=3", "train.keep_last=10", "train.max_nonfinite=8",
+         "run.log_every=4"],
+        env=env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "8 consecutive non-finite losses up to step 12" in line and "step_00000003.ckpt" in line
+
+
+def test_unwritable_run_dir_is_a_clear_error(digits8, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={blocker / 'run'}")
+    assert res.returncode == 2 and "run.out_dir: cannot write" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,255 @@
+"""Inference checkpoints and sampling: conversion keeps the EMA network exactly, keyed noise is the specified
+function of (seed, sample, step), samples do not depend on the batch size or the number of workers, and bad inputs
+end in one ``error:`` line with exit status 2 and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+import yaml
+from mindspore import Tensor
+from PIL import Image
+from train_helpers import ROOT, TINY, env, free_port, prepare_digits, run_train, worker_logs
+
+from ddpm_dist import checkpoint, inference
+from ddpm_dist.checkpoint import KIND_INFERENCE, CheckpointError
+from ddpm_dist.config import from_dict
+from ddpm_dist.diffusion import build_schedule
+from ddpm_dist.diffusion.sampling import (
+    X_T_STREAM,
+    KeyedNoise,
+    KeyedSampler,
+    _i32,
+    build_sampler,
+    keyed_noise_reference,
+    seed_tensor,
+)
+from ddpm_dist.models import build_model
+
+SAMPLE = str(ROOT / "tools" / "sample.py")
+CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_graph():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    yield
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    """A training checkpoint of the tiny config after 4 steps (EMA decay 0.9, so EMA != raw weights)."""
+    root = tmp_path_factory.mktemp("sample")
+    data = prepare_digits(root / "digits8")
+    res = run_train("--config", TINY, f"data.path={data}", f"run.out_dir={root / 'run'}",
+                    "train.total_steps=4", "train.ckpt_every=0")  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    (path,) = (root / "run" / "checkpoints").glob("step_*.ckpt")
+    return path
+
+
+def run_tool(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def forward(net, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = Tensor(rng.standard_normal((3, 1, 8, 8)).astype(np.float32))
+    t = Tensor(np.array([0, 40, 99], np.int32))
+    return net(x, t).asnumpy()
+
+
+def net_from_training_ckpt(path, prefix: str):
+    """The tiny network with the ``prefix`` weights of a training checkpoint, loaded without ddpm_dist.inference."""
+    params = checkpoint.load(path)
+    cfg = from_dict(yaml.safe_load(checkpoint.meta_of(params)["config"]))
+    net = build_model(cfg)
+    names = [p.name for p in net.get_parameters()]
+    chosen = {n: ms.Parameter(params[prefix + n].asnumpy(), name=n) for n in names}
+    ms.load_param_into_net(net, chosen, strict_load=True)
+    net.set_train(False)
+    return net
+
+
+# ---------------------------------------------------------------- conversion
+@pytest.mark.slow
+def test_converted_network_equals_the_ema_weights_of_the_training_checkpoint(train_ckpt, tmp_path):
+    expected = forward(net_from_training_ckpt(train_ckpt, "ema."))
+    raw = forward(net_from_training_ckpt(train_ckpt, ""))
+    assert np.abs(expected - raw).max() > 1e-4  # EMA and raw weights differ, so the comparison below can fail
+
+    for name in ["ema.ckpt", "ema.safetensors"]:
+        out = inference.convert(train_ckpt, tmp_path / name)
+        cfg, net, meta = inference.load_for_sampling(out)
+        np.testing.assert_array_equal(forward(net), expected, err_msg=name)
+        assert meta["kind"] == KIND_INFERENCE and meta["weights"] == "ema" and meta["step"] == 4
+        assert set(yaml.safe_load(meta["config"])) == {"model", "diffusion", "data"}
+        assert cfg.model.ch == 16 and cfg.diffusion.timesteps == 100 and cfg.data.image_size == 8
+    stored = inference.read_weights(tmp_path / "ema.ckpt").weights
+    assert all(v.dtype == np.float32 for v in stored.values())
+    assert not any(k.startswith(("ema.", "moment", "global_step")) for k in stored)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ema.ckpt", "ema.safetensors"]  # no temporary left
+
+    res = run_tool(CONVERT, "--input", str(train_ckpt), "--output", str(tmp_path / "raw.ckpt"), "--weights", "raw")
+    assert res.returncode == 0, res.stderr
+    _, net, meta = inference.load_for_sampling(tmp_path / "raw.ckpt")
+    np.testing.assert_array_equal(forward(net), raw)
+    assert meta["weights"] == "raw"
+    # a training checkpoint loads directly too, EMA by default
+    _, net, _ = inference.load_for_sampling(train_ckpt)
+    np.testing.assert_array_equal(forward(net), expected)
+
+
+# ---------------------------------------------------------------- keyed noise
+def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
+    shape = (3, 5, 7)  # odd size: the last Box-Muller pair is cut
+    noise = KeyedNoise(shape=shape)
+
+    def draw(seed, indices, stream):
+        return noise(seed_tensor(seed), Tensor(np.asarray(indices, np.int32)), Tensor(_i32(stream), ms.int32)).asnumpy()
+
+    for seed, stream in [(0, 0), (2**32 - 1, 999), (12345, X_T_STREAM)]:
+        idx = [0, 1, 7, 2**31 - 1]
+        np.testing.assert_allclose(draw(seed, idx, stream), keyed_noise_reference(seed, idx, stream, shape), atol=2e-5)
+    a, b = draw(5, [3, 9, 4], 10), draw(5, [9, 3], 10)
+    # a row depends on its own index only, not on its batch (up to an ulp: log/cos/sin round by SIMD lane position)
+    np.testing.assert_allclose(a[0], b[1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a[1], b[0], rtol=0, atol=1e-6)
+    assert not np.allclose(draw(5, [3], 11), a[:1]) and not np.allclose(draw(6, [3], 10), a[:1])
+
+    big = KeyedNoise(shape=(1, 32, 32))
+    idx = Tensor(np.arange(64, dtype=np.int32))
+    z = np.stack([big(seed_tensor(0), idx, Tensor(s, ms.int32)).asnumpy().reshape(64, -1) for s in range(2)])
+    flat = z.ravel()  # 131072 draws
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01 and abs((flat**4).mean() - 3) < 0.1
+    assert abs((np.abs(flat) > 1.96).mean() - 0.05) < 0.004
+    corr = np.corrcoef(np.concatenate([z[0], z[1]]))  # 128 rows: 64 samples x 2 steps
+    off = corr[~np.eye(len(corr), dtype=bool)]
+    assert np.abs(off).max() < 0.15  # ~4.5 sigma for 1024-long rows
+
+
+# ---------------------------------------------------------------- determinism
+@pytest.mark.slow
+def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
+    cfg, net, _ = inference.load_for_sampling(train_ckpt)
+    step = build_sampler(net, build_schedule(cfg), sampler="ddpm", steps=20)
+    sampler = KeyedSampler(step, shape=(1, 8, 8))
+    four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
+    np.testing.assert_array_equal(sampler.sample([0, 1, 2, 3], seed=7).asnumpy(), four)
+    two = sampler.sample([2, 3], seed=7).asnumpy()
+    np.testing.assert_allclose(two, four[2:], atol=1e-5)  # conv rounding may differ by batch size, nothing else
+    other = sampler.sample([0, 1, 2, 3], seed=8).asnumpy()
+    assert np.abs(other - four).mean() > 0.1
+
+    kw = dict(sampler="ddim", steps=10, eta=1.0, num_samples=5, seed=3)
+    by4 = inference.generate(cfg, net, batch_size=4, **kw)
+    by2 = inference.generate(cfg, net, batch_size=2, **kw)
+    assert by4.shape == (5, 8, 8, 1) and by4.dtype == np.uint8
+    assert np.abs(by4.astype(int) - by2).max() <= 1 and (by4 != by2).mean() < 0.01
+    assert (inference.generate(cfg, net, batch_size=4, **(kw | {"seed": 4})) != by4).mean() > 0.5
+
+
+# ---------------------------------------------------------------- the CLI, one worker and two
+@pytest.mark.slow
+def test_sample_cli_writes_npz_grid_and_individual_pngs(train_ckpt, tmp_path):
+    ckpt = inference.convert(train_ckpt, tmp_path / "ema.ckpt")
+    out = tmp_path / "out"
+    res = run_tool(SAMPLE, "--ckpt", str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "5",
+                   "--num-samples", "6", "--batch-size", "4", "--seed", "3", "--png-individual")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "sampling 6 images (ddim-5" in res.stdout and "sampling: 100%" in res.stderr  # the progress bar
+    images = np.load(out / "samples.npz")["arr_0"]
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8 and images.std() > 0
+    pngs = sorted((out / "images").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{n:06d}.png" for n in range(6)]
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[4])), images[4, :, :, 0])
+    assert Image.open(out / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)
+    settings = yaml.safe_load((out / "samples.json").read_text())
+    assert settings["seed"] == 3 and settings["steps"] == 5 and settings["weights"] == "ema"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ema.ckpt", "out"]  # no staging folder left
+
+    again = run_tool(SAMPLE, "--ckpt", str(ckpt), "--out", str(out), "--rgb", "--overwrite", "--grid", "0",
+                     "--sampler", "ddim", "--steps", "5", "--num-samples", "6", "--seed", "3")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    rgb = np.load(out / "samples.npz")["arr_0"]
+    assert rgb.shape == (6, 8, 8, 3) and np.array_equal(rgb[..., 1:2], images)  # same seed, other batch size
+    assert not (out / "images").exists() and not (out / "grid.png").exists()  # old outputs replaced, not mixed
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_and_two_msrun_workers_draw_the_same_images(train_ckpt, tmp_path):
+    common = ["--ckpt", str(train_ckpt), "--sampler", "ddpm", "--num-samples", "5", "--seed", "11"]
+    one = run_tool(SAMPLE, *common, "--out", str(tmp_path / "one"), "--batch-size", "4")
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+        env=env() | {"ENTRY": SAMPLE, "DEVICE_NUM": "2", "MASTER_PORT": str(free_port()),
+                     "LOG_DIR": str(tmp_path / "logs")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    logs = worker_logs(tmp_path / "logs")
+    assert two.returncode == 0, two.stderr + logs
+    assert "x 2 worker(s)" in logs
+    a, b = np.load(tmp_path / "one" / "samples.npz")["arr_0"], np.load(tmp_path / "two" / "samples.npz")["arr_0"]
+    assert a.shape == b.shape == (5, 8, 8, 1)
+    # ranks draw samples 0-2 and 3-4 (the last batch of each rank padded); only conv rounding may differ
+    assert np.abs(a.astype(int) - b).max() <= 1 and (a != b).mean() < 0.01
+    assert len({a[k].tobytes() for k in range(5)}) == 5  # five different images, not one repeated
+
+
+# ---------------------------------------------------------------- bad inputs: one line, exit 2, nothing written
+def _fake_checkpoints(tmp_path):
+    rnd = tmp_path / "random.ckpt"
+    rnd.write_bytes(np.random.default_rng(0).bytes(4096))
+    foreign = tmp_path / "foreign.ckpt"  # a valid MindSpore checkpoint that ddpm-dist did not write
+    ms.save_checkpoint([{"name": "w", "data": Tensor(np.ones(3, np.float32))}], str(foreign))
+    infer = tmp_path / "infer.ckpt"  # has the inference kind; convert needs a training checkpoint
+    ms.save_checkpoint([{"name": "w", "data": Tensor(np.ones(3, np.float32))}], str(infer),
+                       append_dict={"meta.kind": KIND_INFERENCE})  # fmt: skip
+    return {"random": rnd, "foreign": foreign, "infer": infer, "missing": tmp_path / "nope.ckpt"}
+
+
+@pytest.mark.parametrize(
+    "tool,args,needle",
+    [
+        (SAMPLE, ["--ckpt", "{missing}"], "checkpoint not found"),
+        (SAMPLE, ["--ckpt", "{random}"], "not a readable MindSpore checkpoint"),
+        (SAMPLE, ["--ckpt", "{foreign}"], "not a ddpm-dist checkpoint"),
+        (SAMPLE, ["--ckpt", "{random}", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (SAMPLE, ["--ckpt", "{random}", "--seed", "-1"], "--seed"),
+        (SAMPLE, ["--ckpt", "{random}", "--sampler", "plms"], "invalid choice"),
+        (CONVERT, ["--input", "{missing}"], "checkpoint not found"),
+        (CONVERT, ["--input", "{infer}"], "a training checkpoint is needed"),
+        (CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint"),
+    ],
+)
+def test_bad_inputs_are_one_line_and_exit_2(tool, args, needle, tmp_path):
+    files = _fake_checkpoints(tmp_path)
+    out = tmp_path / ("out" if tool == SAMPLE else "out.ckpt")
+    res = run_tool(tool, *[a.format(**files) for a in args], "--out" if tool == SAMPLE else "--output", str(out))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
+    res = run_tool(SAMPLE, "--ckpt", str(train_ckpt), "--out", str(tmp_path / "o"), "--steps", "101")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: --steps 101 exceeds the model's 100 diffusion timesteps"
+    assert not (tmp_path / "o").exists()
+    target = tmp_path / "exists.ckpt"
+    target.write_bytes(b"keep me")
+    res = run_tool(CONVERT, "--input", str(train_ckpt), "--output", str(target))
+    assert res.returncode == 2 and "use --overwrite" in res.stderr and target.read_bytes() == b"keep me"
+    with pytest.raises(CheckpointError, match="must end in .ckpt or .safetensors"):
+        inference.convert(train_ckpt, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="holds ema weights only"):
+        inference.read_weights(inference.convert(train_ckpt, tmp_path / "e.ckpt"), weights="raw")

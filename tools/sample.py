@@ -1,0 +1,184 @@
+"""Draw samples from a ddpm-dist checkpoint (training or converted) on one device or data-parallel.
+
+    python tools/sample.py --ckpt cifar_ema.ckpt --out samples/cifar --num-samples 50000 --batch-size 256
+    python tools/sample.py --ckpt runs/cifar/checkpoints/step_00800000.ckpt --out s --sampler ddim --steps 50
+    ENTRY=tools/sample.py DEVICE_NUM=8 bash launch/run_8p.sh --ckpt cifar_ema.ckpt --out samples/cifar ...
+
+Writes into --out: ``samples.npz`` (``arr_0``: uint8 [N, H, W, C], the layout of the guided-diffusion evaluator),
+``grid.png`` (the first --grid samples), ``samples.json`` (the settings), and with --png-individual
+``images/000000.png ...`` (a folder pytorch-fid reads). Sample n depends only on (--seed, n): the same images come out
+for any --batch-size and any number of workers. Errors print one line, ``error: <message>``, on stderr and exit with
+status 2; the outputs appear only once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other error
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a training checkpoint or one written by tools/convert_ckpt.py")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--steps", type=int, help="sampling steps, respaced (default: ddpm all T, ddim 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (0: deterministic, 1: DDPM-like)")
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16, help="per worker")
+    p.add_argument("--seed", type=int, default=0, help="in [0, 2^32); sample n depends only on (seed, n)")
+    p.add_argument("--weights", choices=("ema", "raw"), help="of a training checkpoint (default: ema)")
+    p.add_argument("--png-individual", action="store_true", help="also write images/<n>.png")
+    p.add_argument("--grid", type=int, default=64, help="samples in grid.png (default 64; 0: no grid)")
+    p.add_argument("--rgb", action="store_true", help="repeat 1-channel images to 3 channels (for FID tools)")
+    p.add_argument("--device", choices=("auto", "Ascend", "GPU", "CPU"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, found before MindSpore starts; None if there is none."""
+    if args.num_samples < 1 or args.num_samples >= 2**31:
+        return f"--num-samples must be in [1, 2^31) (got {args.num_samples})"
+    if args.batch_size < 1:
+        return f"--batch-size must be >= 1 (got {args.batch_size})"
+    if args.steps is not None and args.steps < 1:
+        return f"--steps must be >= 1 (got {args.steps})"
+    if not args.eta >= 0.0:
+        return f"--eta must be >= 0 (got {args.eta})"
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be in [0, 2^32) (got {args.seed})"
+    if args.grid < 0:
+        return f"--grid must be >= 0 (got {args.grid})"
+    if not Path(args.ckpt).is_file():
+        return f"checkpoint not found: {args.ckpt}"
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a directory"
+    taken = [name for name in OUTPUTS if (out / name).exists()]
+    if taken and not args.overwrite:
+        return f"--out {out}: already holds {taken[0]}; use --overwrite to replace the earlier outputs"
+    return None
+
+
+def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: dict) -> None:
+    """Write everything into a hidden staging folder beside ``out``, then move it into place."""
+    import numpy as np
+    from PIL import Image
+
+    from ddpm_dist.logging import save_grid_png
+
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        stage.mkdir(parents=True)
+        with open(stage / "samples.npz", "wb") as f:
+            np.savez(f, arr_0=images)
+        if grid:
+            nchw = images[:grid].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+            save_grid_png(nchw, stage / "grid.png")
+        if individual:
+            (stage / "images").mkdir()
+            for n, image in enumerate(images):
+                Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
+                    stage / "images" / f"{n:06d}.png"
+                )
+        (stage / "samples.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            old = out / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
+            if (stage / name).exists():
+                os.replace(stage / name, old)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        return fail(problem)
+    from ddpm_dist.device import prepare_env
+
+    prepare_env(verbose=args.verbose)
+    from ddpm_dist import parallel
+    from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.config import ConfigError
+    from ddpm_dist.device import setup_device
+    from ddpm_dist.inference import generate, load_for_sampling
+    from ddpm_dist.logging import info
+
+    try:
+        device = setup_device(args.device, "graph")
+        rank, world_size = parallel.init()
+        cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
+        steps = (
+            args.steps
+            if args.steps is not None
+            else (0 if args.sampler == "ddpm" else min(50, cfg.diffusion.timesteps))
+        )
+        if steps > cfg.diffusion.timesteps:
+            raise ValueError(f"--steps {steps} exceeds the model's {cfg.diffusion.timesteps} diffusion timesteps")
+        label = f"{args.sampler}-{steps or cfg.diffusion.timesteps}" + (
+            f" eta {args.eta}" if args.sampler == "ddim" else ""
+        )
+        info(f"sampling {args.num_samples} images ({label}, seed {args.seed}) from {args.ckpt} ({meta['weights']} "
+             f"weights, step {meta.get('step')}) on {device} x {world_size} worker(s)", rank=rank)  # fmt: skip
+        images = generate(
+            cfg, net, sampler=args.sampler, steps=steps, eta=args.eta, num_samples=args.num_samples,
+            batch_size=args.batch_size, seed=args.seed, progress=_progress_bar(rank != 0 or args.no_progress),
+        )  # fmt: skip
+        if rank == 0:
+            if args.rgb and images.shape[3] == 1:
+                images = images.repeat(3, axis=3)
+            settings = {"ckpt": str(args.ckpt), "step": meta.get("step"), "weights": meta["weights"],
+                        "sampler": args.sampler, "steps": steps or cfg.diffusion.timesteps, "eta": args.eta,
+                        "seed": args.seed, "num_samples": args.num_samples, "world_size": world_size,
+                        "batch_size": args.batch_size, "arr_0": f"uint8 {list(images.shape)} NHWC"}  # fmt: skip
+            write_outputs(Path(args.out), images, grid=args.grid, individual=args.png_individual, settings=settings)
+            info(f"wrote {args.num_samples} samples to {args.out}", rank=rank)
+    except (CheckpointError, ConfigError, ValueError, OSError) as err:
+        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    return 0
+
+
+def _progress_bar(disable: bool):
+    from tqdm import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if disable:
+            return
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
+        state["bar"].update(done - state["bar"].n)
+        if done == total:
+            state["bar"].close()
+
+    return update
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
