@@ -86,14 +86,6 @@ def _config(path: Path, meta: dict) -> Config:
         raise CheckpointError(str(err)) from None
 
 
-def _network_names(cfg: Config) -> dict:
-    """name -> (shape, trainable) of the network ``cfg`` describes (built on the host, not compiled)."""
-    from .models import build_model
-
-    net = build_model(cfg)
-    return {p.name: (tuple(p.shape), p.requires_grad) for p in net.get_parameters()}
-
-
 def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (KIND_TRAIN, KIND_INFERENCE)) -> Loaded:
     """Read the network weights (float32) and the config from a training or an inference checkpoint.
 
@@ -101,6 +93,13 @@ def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (
     be None or match what the file holds. ``kinds``: the accepted ``meta.kind`` values. Raises CheckpointError (one
     line naming the file) for a missing, unreadable, wrong-kind or incomplete file.
     """
+    return _read_checked(path, weights=weights, kinds=kinds)[0]
+
+
+def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
+    """(Loaded, the network its config describes - built on the host to check names and shapes, not loaded)."""
+    from .models import build_model
+
     path = Path(path)
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS} (got {weights!r})")
@@ -113,7 +112,8 @@ def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (
         raise CheckpointError(f"{path}: is {'a training' if kind == KIND_TRAIN else 'an inference'} checkpoint; "
                               f"{wanted} checkpoint is needed")  # fmt: skip
     cfg = _config(path, meta)
-    expected = _network_names(cfg)
+    net = build_model(cfg)
+    expected = {p.name: (tuple(p.shape), p.requires_grad) for p in net.get_parameters()}
     if kind == KIND_INFERENCE:
         stored = meta.get("weights", "ema")
         if weights is not None and weights != stored:
@@ -131,7 +131,7 @@ def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (
         if tuple(value.shape) != shape:
             raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {shape}")
         out[name] = np.ascontiguousarray(value, dtype=np.float32)
-    return Loaded(path=path, cfg=cfg, meta=meta, weights=out, source_weights=source)
+    return Loaded(path=path, cfg=cfg, meta=meta, weights=out, source_weights=source), net
 
 
 def load_for_sampling(path, *, weights: str | None = None):
@@ -139,10 +139,7 @@ def load_for_sampling(path, *, weights: str | None = None):
     or raw weights, in inference mode (``set_train(False)``: no dropout), not yet compiled."""
     import mindspore as ms
 
-    from .models import build_model
-
-    loaded = read_weights(path, weights=weights)
-    net = build_model(loaded.cfg)
+    loaded, net = _read_checked(path, weights=weights, kinds=(KIND_TRAIN, KIND_INFERENCE))
     params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in loaded.weights.items()}
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     if not_loaded:  # read_weights checked every name; this is an internal invariant

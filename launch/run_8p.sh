@@ -45,7 +45,7 @@ def fail(msg, code=2):
     sys.exit(code)
 try:
     family, _, _, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as s:  # sends nothing: only looks up the route (as msrun does)
+    with socket.socket(family, socket.SOCK_DGRAM) as s:  # sends nothing: looks up the route (msrun's own test)
         s.connect(sockaddr)
         local = s.getsockname()[0] == sockaddr[0]
 except OSError as err:

@@ -128,9 +128,9 @@ def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
     flat = z.ravel()  # 131072 draws
     assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01 and abs((flat**4).mean() - 3) < 0.1
     assert abs((np.abs(flat) > 1.96).mean() - 0.05) < 0.004
-    corr = np.corrcoef(np.concatenate([z[0], z[1]]))  # 128 rows: 64 samples x 2 steps
-    off = corr[~np.eye(len(corr), dtype=bool)]
-    assert np.abs(off).max() < 0.15  # ~4.5 sigma for 1024-long rows
+    corr = np.corrcoef(np.concatenate([z[0], z[1]]))  # 128 rows: 64 samples x 2 steps, 1024 long
+    off = np.abs(corr[~np.eye(len(corr), dtype=bool)]) * np.sqrt(1024)  # ~|N(0, 1)| if independent
+    assert off.max() < 6.0 and abs(off.mean() - np.sqrt(2 / np.pi)) < 0.03
 
 
 # ---------------------------------------------------------------- determinism
@@ -151,7 +151,7 @@ def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
     by2 = inference.generate(cfg, net, batch_size=2, **kw)
     assert by4.shape == (5, 8, 8, 1) and by4.dtype == np.uint8
     assert np.abs(by4.astype(int) - by2).max() <= 1 and (by4 != by2).mean() < 0.01
-    assert (inference.generate(cfg, net, batch_size=4, **(kw | {"seed": 4})) != by4).mean() > 0.5
+    assert len({by4[k].tobytes() for k in range(5)}) == 5
 
 
 # ---------------------------------------------------------------- the CLI, one worker and two

@@ -69,7 +69,9 @@ def test_lr_schedule_graph_matches_host(decay):
     sched = WarmupDecayLR(lr=1e-3, warmup_steps=10, decay=decay, total_steps=50)
     for step in [0, 4, 9, 10, 30, 49, 80]:
         got = float(sched(Tensor(step, ms.int32)).asnumpy())
-        assert got == pytest.approx(lr_at(step, lr=1e-3, warmup_steps=10, decay=decay, total_steps=50), rel=1e-5, abs=1e-9)
+        assert got == pytest.approx(
+            lr_at(step, lr=1e-3, warmup_steps=10, decay=decay, total_steps=50), rel=1e-5, abs=1e-9
+        )
     assert lr_at(0, lr=1.0, warmup_steps=10, decay="none", total_steps=50) == pytest.approx(0.1)
 
 
@@ -178,3 +180,27 @@ def _port() -> int:
     from train_helpers import free_port
 
     return free_port()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["O1", "O2"])
+def test_mixed_precision_levels_train_with_float32_master_weights(level, tmp_path):
+    from ddpm_dist.config import load_config
+    from ddpm_dist.device import setup_device
+    from ddpm_dist.train.trainer import Trainer
+
+    cfg = load_config(TINY, [f"train.amp_level={level}", "train.total_steps=3", "train.ckpt_every=0",
+                             f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
+    device = setup_device("CPU", "graph")
+    rng = np.random.default_rng(0)
+    batches = iter(
+        lambda: (rng.uniform(-1, 1, (8, 1, 8, 8)).astype(np.float32), rng.integers(0, 100, 8).astype(np.int32),
+                 rng.standard_normal((8, 1, 8, 8)).astype(np.float32)), None
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=f"amp_level={level} on CPU"):
+        trainer = Trainer(cfg, device=device, data=batches)
+    trainer.train()
+    assert all(p.dtype == ms.float32 for p in trainer.net.trainable_params())
+    state = final_state(tmp_path / "run")
+    assert int(state["global_step"].reshape(-1)[0]) == 3
+    assert all(np.isfinite(v).all() for k, v in state.items() if v.dtype.kind == "f")

@@ -6,6 +6,21 @@ gathered from tensors in the graph, noise is drawn on the device. The network is
 ``timestep_map[i]`` it was trained on.
 
 Shapes: x, noise: float32 [B, C, H, W]; x ends in [-1, 1] when ``clip_x0`` is set.
+
+Keyed noise (:class:`KeyedNoise`, :class:`KeyedSampler`): the noise of sample n at step i - and its x_T - is a pure
+function of (seed, n, i), whatever the batch it is drawn in or the number of cards. Why a counter-based hash rather
+than the device RNG: MindSpore's random ops (``ops.standard_normal`` and the like) keep one hidden state per op, so
+what sample n receives depends on its position in the batch, the batch size and the draws made before; the images
+would change with the batch size and the number of cards. Per-sample numpy generators on the host are reproducible
+but copy the whole noise tensor host->device every step. A stateless hash evaluated inside the compiled step has
+neither problem: no state, no copy, one graph per step. The hash is Chris Wellons' ``lowbias32`` mixer (two
+multiplies, three xor-shifts) over a Weyl sequence per (sample, step) lane - the SplitMix construction - and pairs of
+32-bit words become normals by Box-Muller. It is written in int32 (wrapping multiply, xor, masked arithmetic shifts
+as logical shifts) because int32 is the integer type with the widest kernel coverage across back ends; only the CPU
+kernels were run here. :func:`keyed_noise_reference` is the same function in numpy (the specification). Rows agree
+across batch compositions to an ulp (log/cos/sin round differently by SIMD lane position), as the network's own
+convolutions do. Limits: 32-bit keys (two (seed, n) pairs collide with probability ~2^-32), 24-bit uniforms (|z| <=
+5.9). Cost: ``bench/sampling_speed.py`` (docs/sampling.md has the numbers).
 """
 
 from __future__ import annotations
@@ -146,27 +161,12 @@ def sample_loop(
     return x
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Keyed noise: the noise of sample i depends only on (seed, i, step), whatever the batch or the number of cards.
-#
-# Why a counter-based hash rather than the device RNG: MindSpore's random ops (``ops.standard_normal`` and the like)
-# keep one hidden state per op, so what sample i receives depends on its position in the batch, on the batch size and on
-# how many draws the op made before - the images would change with --batch-size and with the number of cards. Drawing
-# per-sample noise on the host (numpy generators seeded by (seed, i)) is reproducible but costs a host->device copy of
-# the whole noise tensor every step, which the sampler must not do. A stateless hash evaluated in the graph has neither
-# problem: z = f(seed, i, step, element) is pure arithmetic, recomputed inside the compiled step with no state and no
-# copy. The hash is Chris Wellons' ``lowbias32`` integer mixer (two multiplies and three xor-shifts) applied to a Weyl
-# sequence per (sample, step) stream - the SplitMix construction - and the 32-bit words become normals by Box-Muller.
-# Everything is int32 arithmetic (wrapping multiply, xor, and masked arithmetic shifts = logical shifts) because int32
-# bitwise ops exist on CPU, GPU and Ascend alike, where uint32/uint64 do not everywhere.
-# :func:`keyed_noise_reference` is the same function in numpy (the specification; the tests compare bit-exact words).
-# Limits: 32-bit keys (two (seed, i) pairs collide with probability ~2^-32), 24-bit uniforms (|z| is capped at 5.9).
-# Cost, measured by bench/sampling_speed.py: see docs/sampling.md.
-# ---------------------------------------------------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------------------------------------- keyed noise
 _MUL1 = 0x7FEB352D  # lowbias32 constants (https://nullprogram.com/blog/2018/07/31/)
 _MUL2 = 0x846CA68B
 _WEYL = 0x9E3779B9  # 2^32 / golden ratio
+_SEED_SALT = 0x243F6A88  # digits of pi: keep h(seed) away from h's fixed point h(0) = 0
+_STREAM_SALT = 0x85A308D3
 X_T_STREAM = 0xFFFFFFFF  # the stream of x_T; step i of the sampler uses stream i
 
 
@@ -191,9 +191,11 @@ class KeyedNoise(nn.Cell):
     indices int32 [B] (global sample indices >= 0), stream int32 scalar (the sampler step i, or ``X_T_STREAM``
     for x_T) -> float32 [B, *shape].
 
-    Per row: key = h(h(seed) ^ index); two streams s_j = h(key + h(2 stream + j)), j = 0, 1; words
+    Per row: key = h(h(seed + a) ^ index); two lanes s_j = h(key ^ h(2 stream + j + b)), j = 0, 1; words
     w_j[c] = h(s_j + c * 0x9E3779B9) for pair c; u_j = (w_j >> 8 + 0.5) / 2^24; (z[2c], z[2c+1]) =
-    sqrt(-2 ln u_0) (cos 2 pi u_1, sin 2 pi u_1) (Box-Muller), with h = lowbias32 and all arithmetic mod 2^32.
+    sqrt(-2 ln u_0) (cos 2 pi u_1, sin 2 pi u_1) (Box-Muller), with h = lowbias32, salts a, b, and all arithmetic
+    mod 2^32. Key and lane are hashed apart and joined by xor: a symmetric join such as h(h(n) + h(2 stream + j))
+    gives equal lanes to (n, j) and (j, n) - correlated samples, which the test of row correlations catches.
     """
 
     def __init__(self, *, shape: tuple[int, ...]):
@@ -206,9 +208,9 @@ class KeyedNoise(nn.Cell):
         self.lanes = Tensor(np.array([0, 1], np.int32), ms.int32)
 
     def construct(self, seed: Tensor, indices: Tensor, stream: Tensor) -> Tensor:
-        key = _mix(ops.bitwise_xor(_mix(seed), indices))  # [B]
-        lane = _mix(stream * 2 + self.lanes)  # [2]
-        base = _mix(ops.expand_dims(key, 1) + ops.expand_dims(lane, 0))  # [B, 2]
+        key = _mix(ops.bitwise_xor(_mix(seed + _i32(_SEED_SALT)), indices))  # [B]
+        lane = _mix(stream * 2 + self.lanes + _i32(_STREAM_SALT))  # [2]
+        base = _mix(ops.bitwise_xor(ops.expand_dims(key, 1), ops.expand_dims(lane, 0)))  # [B, 2]
         words = _mix(ops.expand_dims(base, 2) + self.weyl)  # [B, 2, pairs]
         u = (ops.bitwise_and(ops.bitwise_right_shift(words, 8), 0xFFFFFF).astype(ms.float32) + 0.5) * (2.0**-24)
         radius = ops.sqrt(-2.0 * ops.log(u[:, 0]))
@@ -239,9 +241,9 @@ def keyed_noise_words(seed: int, indices, stream: int, pairs: int) -> np.ndarray
     """The specification of KeyedNoise's hash in numpy: uint32 [B, 2, pairs]."""
     with np.errstate(over="ignore"):
         idx = np.asarray(indices, np.int64).astype(np.uint32)
-        key = _mix_np(_mix_np(np.array([seed & 0xFFFFFFFF], np.uint32)) ^ idx)
-        lane = _mix_np(np.array([(2 * stream + j) & 0xFFFFFFFF for j in (0, 1)], np.uint32))
-        base = _mix_np(key[:, None] + lane[None, :])
+        key = _mix_np(_mix_np(np.array([(seed + _SEED_SALT) & 0xFFFFFFFF], np.uint32)) ^ idx)
+        lane = _mix_np(np.array([(2 * stream + j + _STREAM_SALT) & 0xFFFFFFFF for j in (0, 1)], np.uint32))
+        base = _mix_np(key[:, None] ^ lane[None, :])
         weyl = (np.arange(pairs, dtype=np.uint64) * _WEYL % 2**32).astype(np.uint32)
         return _mix_np(base[:, :, None] + weyl[None, None, :])
 

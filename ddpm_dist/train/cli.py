@@ -52,11 +52,11 @@ def run(
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
+    from .trainer import Trainer, TrainingError
 
     try:
         device = setup_device(cfg.run.device, cfg.run.mode)
         parallel.init()
-        from .trainer import Trainer, TrainingError
 
         trainer = Trainer(cfg, device=device)
         if wrap_data is not None:

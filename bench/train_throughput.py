@@ -1,0 +1,120 @@
+"""Throughput of the whole framework's training (pipeline + compiled step + logging) for 1 and N workers.
+
+Runs the real entry points - ``python -m ddpm_dist.train`` for 1 worker and ``launch/run_8p.sh`` (msrun) for more -
+on a synthetic prepared data set of the config's image size, then reads the trainer's own TensorBoard scalars and
+console line back. Prints one JSON object::
+
+    python bench/train_throughput.py          # the paper U-Net (configs/cifar.yaml), batch 8, 1 and 2 workers
+    python bench/train_throughput.py --config configs/digits.yaml --batch 64 --steps 40
+
+Fields per worker count: workers, global_batch, per_device_batch, compile_s (first step, mostly graph compilation),
+step_s (mean over the timed steps, after compilation), images_per_s (global) and images_per_s_per_device,
+wall_s (the whole command, including start-up). ``speedup`` is the global images/s of N workers over 1 worker,
+measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "cifar.yaml"))
+    p.add_argument("--batch", type=int, default=8, help="global batch (default 8)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps after the compiling one (default 6)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
+    return p.parse_args(argv)
+
+
+def _scalar(run_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def run_one(args, workers: int, data: Path, work: Path, port: int) -> dict:
+    run_dir = work / f"run_{workers}"
+    total = args.steps + 1  # step 1 compiles; the log interval of the last `steps` steps is the measurement
+    overrides = [
+        f"data.path={data}", f"run.out_dir={run_dir}", f"train.global_batch={args.batch}", f"train.total_steps={total}",
+        "train.ckpt_every=0", "run.sample_every=0", "run.num_samples=1", "run.sample_steps=1",
+        f"run.log_every={total}", *args.overrides,
+    ]  # fmt: skip
+    env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"))
+    if workers == 1:
+        cmd = [sys.executable, "-m", "ddpm_dist.train", "--config", args.config, *overrides]
+    else:
+        cmd = ["bash", str(ROOT / "launch" / "run_8p.sh"), args.config, *overrides]
+        env |= {"DEVICE_NUM": str(workers), "MASTER_PORT": str(port), "LOG_DIR": str(run_dir / "logs")}
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    text = res.stdout + res.stderr
+    if workers > 1 and (run_dir / "logs" / "worker_0.log").is_file():
+        text += (run_dir / "logs" / "worker_0.log").read_text(errors="replace")
+    if res.returncode:
+        raise SystemExit(f"error: {workers}-worker run failed ({res.returncode}): {text.strip()[-800:]}")
+    compile_s = float(re.search(r"graph compile\) took ([0-9.]+)s", text).group(1))
+    step_s = _scalar(run_dir, "perf/step_time_s")[-1]
+    img_s = _scalar(run_dir, "perf/images_per_sec")[-1]
+    return {
+        "workers": workers,
+        "global_batch": args.batch,
+        "per_device_batch": args.batch // workers,
+        "compile_s": round(compile_s, 2),
+        "step_s": round(step_s, 4),
+        "images_per_s": round(img_s, 3),
+        "images_per_s_per_device": round(img_s / workers, 3),
+        "wall_s": round(wall, 1),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ddpm_dist.config import ConfigError, load_config
+    from ddpm_dist.data.convert import write_arrays
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ddpm_bench_") as tmp:
+        work = Path(tmp)
+        n = max(args.batch * (args.steps + 2), 64)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (n, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
+        data = work / "data"
+        write_arrays(str(data), images, source="bench")
+        results = [run_one(args, w, data, work, 29000 + 17 * w) for w in args.workers]
+    out = {
+        "config": args.config,
+        "arch": cfg.model.arch,
+        "image": [cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
+        "timed_steps": args.steps,
+        "runs": results,
+    }
+    if len(results) > 1:
+        out["speedup"] = round(results[-1]["images_per_s"] / results[0]["images_per_s"], 3)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
