@@ -18,6 +18,7 @@ setup(
         "tensorboardX",
         "tqdm",
         "pillow",
+        "safetensors",
     ],
     extras_require={
         "quickstart": ["scikit-learn"],
