@@ -20,7 +20,7 @@ from mindspore import Tensor, nn, ops
 from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion, build_schedule
-from ..diffusion.sampling import build_sampler, sample_loop
+from ..diffusion.sampling import KeyedSampler, build_sampler
 from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
 from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
@@ -332,12 +332,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling and checkpoints
     def ema_samples(self, num: int) -> np.ndarray:
-        """``num`` samples from the EMA weights; every rank draws its share, rank 0 gets all (float32 NCHW)."""
+        """``num`` samples from the EMA weights; every rank draws its share, rank 0 gets all (float32 NCHW).
+
+        Sample n's noise depends only on (run.seed, n), so the grids of one run are comparable over time and do not
+        depend on the number of workers."""
         cfg = self.cfg
         if self._sampler is None:
             self._sample_net = build_model(cfg)
             self._sample_net.set_train(False)
-            self._sampler = build_sampler(
+            step = build_sampler(
                 self._sample_net,
                 build_schedule(cfg),
                 sampler="ddim" if cfg.run.sample_steps else "ddpm",
@@ -347,14 +350,13 @@ class Trainer:
                 clip_x0=cfg.diffusion.clip_x0,
                 var_type=cfg.diffusion.var_type,
             )
+            shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+            self._sampler = KeyedSampler(step, shape=shape)
             self._gather = parallel.AllGather()
             self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
         self._load_ema()
         share = -(-num // self.world_size)
-        rng = np.random.default_rng([cfg.run.seed, 7, self.rank])
-        c, s = cfg.data.channels, cfg.data.image_size
-        x_T = Tensor(rng.standard_normal((share, c, s, s)).astype(np.float32))
-        images = sample_loop(self._sampler, x_T)
+        images = self._sampler.sample(np.arange(self.rank * share, (self.rank + 1) * share), seed=cfg.run.seed)
         return self._gather(images).asnumpy()[:num]
 
     def sample_to_tensorboard(self, step: int) -> Path | None:
