@@ -39,9 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(cfg, verbose=args.verbose)
 
 
-def run(
-    cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_done: Callable | None = None
-) -> int:
+def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_done: Callable | None = None) -> int:
     """Set up the device and the process group, then train; return the exit status.
 
     Test workers use the hooks: ``wrap_data(iterable) -> iterable`` alters the batch stream (e.g. injects a
