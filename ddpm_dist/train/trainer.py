@@ -169,22 +169,9 @@ class Trainer:
             raise ConfigError(f"run.out_dir: cannot write to {self.out_dir} ({err.strerror or err})") from None
 
     def _build_data(self):
-        from ..data.pipeline import TrainData
+        from ..data.pipeline import build_train_data
 
-        d = self.cfg.data
-        return TrainData(
-            path=d.path,
-            global_batch=self.cfg.train.global_batch,
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=self.cfg.run.seed,
-            timesteps=self.cfg.diffusion.timesteps,
-            random_flip=d.random_flip,
-            image_size=d.image_size,
-            channels=d.channels,
-            start_step=self.step,
-            num_parallel_workers=d.num_parallel_workers,
-        )
+        return build_train_data(self.cfg, rank=self.rank, world_size=self.world_size, start_step=self.step)
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
