@@ -129,6 +129,33 @@ def load(path) -> dict:
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first})") from None
 
 
+def write_weights(dst, arrays: dict, meta: dict) -> Path:
+    """Write ``name -> ndarray`` weights plus ``meta.*`` entries to ``dst`` (``.ckpt``, CRC-checked, or
+    ``.safetensors``, whose string metadata takes the meta entries) through a temporary file, fsync and rename: an
+    error leaves no ``dst``. Raises CheckpointError."""
+    import mindspore as ms
+
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")  # MindSpore insists on the suffix
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(arrays, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        else:
+            params = [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()]
+            ms.save_checkpoint(params, str(tmp), append_dict=meta, crc_check=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except (OSError, RuntimeError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"could not write {dst}: {first}") from None
+    return dst
+
+
 def meta_of(params: dict) -> dict:
     """The ``meta.*`` entries of a loaded checkpoint as plain Python values."""
     out = {}

@@ -12,7 +12,6 @@ on (seed, n) (see ``KeyedNoise``), so the images do not depend on the batch size
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _read(path: Path) -> tuple[dict, dict]:
+def read_arrays(path: Path) -> tuple[dict, dict]:
     """(name -> float ndarray of the non-meta entries, meta dict) of a .ckpt or .safetensors file."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -103,7 +102,7 @@ def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
     path = Path(path)
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS} (got {weights!r})")
-    arrays, meta = _read(path)
+    arrays, meta = read_arrays(path)
     kind = meta.get("kind")
     if kind not in (KIND_TRAIN, KIND_INFERENCE):
         raise CheckpointError(f"{path}: not a ddpm-dist checkpoint (meta.kind is {kind!r})")
@@ -179,23 +178,7 @@ def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
         "meta.mindspore_version": ms.__version__,
         "meta.ddpm_dist_version": ddpm_dist.__version__,
     }
-    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")  # MindSpore insists on the suffix
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.suffix == ".safetensors":
-            from safetensors.numpy import save_file
-
-            save_file(loaded.weights, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-        else:
-            params = [{"name": k, "data": ms.Tensor(v)} for k, v in loaded.weights.items()]
-            ms.save_checkpoint(params, str(tmp), append_dict=meta, crc_check=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except (OSError, RuntimeError, ValueError) as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {dst}: {_first_line(err)}") from None
-    return dst
+    return checkpoint.write_weights(dst, loaded.weights, meta)
 
 
 # --------------------------------------------------------------------------------------------------- sampling

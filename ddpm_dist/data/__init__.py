@@ -29,6 +29,7 @@ _LAZY = {
     "read_manifest": "ddpm_dist.data.pipeline",
     "check_manifest": "ddpm_dist.data.pipeline",
     "verify_checksums": "ddpm_dist.data.pipeline",
+    "read_images": "ddpm_dist.data.pipeline",
     "TrainData": "ddpm_dist.data.pipeline",
     "build_train_data": "ddpm_dist.data.pipeline",
 }

@@ -127,6 +127,30 @@ def check_manifest(manifest: dict, *, image_size: int, channels: int, source: st
             )
 
 
+def read_images(manifest: dict, *, limit: int | None = None) -> np.ndarray:
+    """The first ``limit`` (default: all) images of a prepared data set, in index order: uint8 [N, H, W, C].
+
+    ``manifest`` comes from :func:`read_manifest`. For evaluation (reference statistics), not training. Raises
+    DataError on a record of the wrong size or out of order."""
+    import mindspore.dataset as ds
+
+    count = manifest["count"] if limit is None else min(limit, manifest["count"])
+    s, c = manifest["image_size"], manifest["channels"]
+    files = [str(Path(manifest["root"]) / entry["name"]) for entry in manifest["files"]]
+    out = np.empty((count, s, s, c), np.uint8)
+    dataset = ds.MindDataset(files, columns_list=["image", "index"], shuffle=False, num_samples=count)
+    n = 0
+    for row in dataset.create_dict_iterator(output_numpy=True, num_epochs=1):
+        image = row["image"]
+        if image.dtype.itemsize != s * s * c or int(row["index"]) != n:
+            raise DataError(f"{manifest['root']}: record {n} is not a {s}x{s}x{c} image in index order; reconvert")
+        out[n] = np.frombuffer(image.tobytes(), np.uint8).reshape(s, s, c)
+        n += 1
+    if n != count:
+        raise DataError(f"{manifest['root']}: read {n} images, the manifest promises {count}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- sampling
 
 

@@ -1,0 +1,18 @@
+"""Evaluation: FID and Inception Score with a MindSpore port of pytorch-fid's Inception-v3.
+
+- :mod:`.inception`  the network (FID variant of Inception-v3, TensorFlow 2015-12-05 graph)
+- :mod:`.weights`    pytorch-fid weights file -> MindSpore checkpoint -> ready network
+- :mod:`.metrics`    FID and IS from features, float64 numpy (no MindSpore)
+- :mod:`.features`   features of uint8 images, sharded across ranks and gathered
+- :mod:`.reference`  reference statistics from a data set or an npz, cached by protocol
+- :mod:`.evaluate`   the whole evaluation, and its one-line summary
+
+Importing this package does not import MindSpore.
+"""
+
+FEATURE_DIM = 2048  # pool3 features
+NUM_LOGITS = 1008  # classifier outputs of the 2015-12-05 graph
+
+
+class EvalError(ValueError):
+    """Evaluation input that cannot be used (weights, reference, images, statistics). The message is one line."""

@@ -1,0 +1,152 @@
+"""Reference statistics for FID: from a prepared data set, an image npz or a statistics npz, cached by protocol.
+
+A reference is one of
+- a prepared data set (a directory with ``manifest.json``, see ``tools/prepare_data.py``): its images, in index order;
+- an image npz: ``arr_0`` (or ``images``) uint8 [N, H, W, C], the layout ``tools/sample.py`` writes;
+- a statistics npz with ``mu`` [2048] and ``sigma`` [2048, 2048] (pytorch-fid's ``--save-stats`` and the TTUR
+  files): used as given; their protocol is whatever made them.
+
+Statistics computed from images are cached in ``cache_dir`` under a key hashing the protocol (:data:`PROTOCOL`, the
+sha256 of the pytorch-fid weights, the number of images) and the reference's content (the data set's file sha256s
+from its manifest, or the npz's own sha256), so a changed protocol, weights file or data set never hits an old entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import FEATURE_DIM, EvalError
+
+PROTOCOL_VERSION = 1
+PROTOCOL = {
+    "version": PROTOCOL_VERSION,
+    "network": "pytorch-fid FID Inception-v3 (TensorFlow 2015-12-05 graph), pool3 2048-d features, 1008 logits",
+    "input": "uint8 RGB (gray repeated to 3 channels) / 255",
+    "resize": "bilinear to 299x299, half-pixel centres, no antialiasing (as F.interpolate align_corners=False)",
+    "statistics": "float64 mean and unbiased covariance",
+}
+
+
+class ReferenceError(EvalError):
+    """A reference that cannot be read or used. The message is one line."""
+
+
+@dataclass
+class Reference:
+    """Images to compute statistics from (``images`` set), or given statistics (``mu``, ``sigma`` set)."""
+
+    source: str
+    kind: str  # "dataset", "images" or "stats"
+    content_id: str
+    images: np.ndarray | None = None
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+
+    @property
+    def num(self) -> int:
+        return len(self.images) if self.images is not None else 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
+    """uint8 [N, H, W, C] from ``arr_0`` or ``images`` of an npz. Raises ReferenceError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReferenceError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in ("arr_0", "images") if k in data.files), None)
+            if key is None:
+                raise ReferenceError(f"{path}: no arr_0 or images array (has {sorted(data.files)[:5]})")
+            images = data[key]
+    except (OSError, ValueError) as err:
+        raise ReferenceError(f"{path}: not a readable npz ({str(err).splitlines()[0] if str(err) else err})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise ReferenceError(f"{path}: {key} must be uint8 [N, H, W, 1 or 3] (got {images.dtype} {list(images.shape)})")
+    return images
+
+
+def open_reference(source, *, limit: int | None = None) -> Reference:
+    """Read a reference (see the module doc); ``limit``: use only its first ``limit`` images. Raises ReferenceError."""
+    path = Path(source)
+    if not path.exists():
+        raise ReferenceError(f"reference not found: {source} (a prepared data set directory or an .npz)")
+    if path.is_dir():
+        from ddpm_dist.data import DataError, read_images, read_manifest
+
+        try:
+            manifest = read_manifest(str(path))
+            images = read_images(manifest, limit=limit)
+        except DataError as err:
+            raise ReferenceError(str(err)) from None
+        files = sorted(entry["sha256"] for entry in manifest["files"])
+        content = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+        return Reference(str(path), "dataset", content, images=images)
+    if path.suffix != ".npz":
+        raise ReferenceError(f"{source}: a reference is a prepared data set directory or an .npz file")
+    with np.load(path, allow_pickle=False) as data:
+        has_stats = {"mu", "sigma"} <= set(data.files)
+        if has_stats:
+            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    if has_stats:
+        if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+            raise ReferenceError(f"{source}: mu / sigma must be [{FEATURE_DIM}] / [{FEATURE_DIM}, {FEATURE_DIM}] "
+                                 f"(got {list(mu.shape)} / {list(sigma.shape)})")  # fmt: skip
+        return Reference(str(path), "stats", _sha256(path), mu=mu, sigma=sigma)
+    images = load_images_npz(path, what="reference")
+    return Reference(str(path), "images", _sha256(path), images=images[:limit] if limit else images)
+
+
+def cache_key(ref: Reference, *, weights_sha256: str) -> str:
+    """Hex key of the statistics of ``ref`` under the current protocol and weights."""
+    text = json.dumps(
+        {"protocol": PROTOCOL, "weights": weights_sha256, "content": ref.content_id, "num": ref.num}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    """``$DDPM_DIST_CACHE/fid``, else ``$XDG_CACHE_HOME/ddpm_dist/fid``, else ``~/.cache/ddpm_dist/fid``."""
+    if os.environ.get("DDPM_DIST_CACHE"):
+        return Path(os.environ["DDPM_DIST_CACHE"]) / "fid"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm_dist" / "fid"
+
+
+def read_cached(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mu, sigma) from the cache, or None if absent or unreadable (then it is recomputed)."""
+    path = Path(cache_dir) / f"ref_{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def write_cached(cache_dir: Path, key: str, mu: np.ndarray, sigma: np.ndarray, *, info: dict) -> Path:
+    """Store statistics atomically (temporary file, then rename); ``info`` is kept beside them as JSON."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"ref_{key}.npz"
+    tmp = cache_dir / f".ref_{key}.partial-{os.getpid()}.npz"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma, info=np.array(json.dumps(info, sort_keys=True)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,82 @@
+"""Convert pytorch-fid's FID Inception weights into a MindSpore checkpoint for FID / IS.
+
+    # once, on any machine with internet access:
+    wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
+    pip install torch            # only this conversion needs PyTorch
+    python tools/convert_inception.py pt_inception-2015-12-05-6726825d.pth weights/fid_inception.ckpt
+
+The output (.ckpt, or .safetensors) holds the weights under ddpm-dist's parameter names with ``meta.kind =
+ddpm-dist/fid-inception`` and the sha256 of the input file, which keys cached reference statistics. Errors print one
+line, ``error: <message>``, on stderr and exit with status 2, leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.splitlines()[0])
+    p.add_argument("src", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a PyTorch state dict)")
+    p.add_argument("dst", help="output .ckpt or .safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dst")
+    return p.parse_args(argv)
+
+
+def read_torch_state(path: Path) -> dict:
+    """``name -> float32 ndarray`` of a PyTorch state-dict file (tensors only, no pickled code is run)."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"PyTorch is needed to read {path} (only for this conversion): pip install torch") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; this is one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({first[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a PyTorch state dict")
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.eval.weights import WeightsError, from_torch_state, save
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_file():
+        return fail(f"input not found: {src}")
+    if dst.suffix not in (".ckpt", ".safetensors"):
+        return fail(f"{dst}: the output name must end in .ckpt or .safetensors")
+    if dst.exists() and not args.overwrite:
+        return fail(f"{dst}: exists; use --overwrite to replace it")
+    try:
+        state = read_torch_state(src)  # PyTorch before MindSpore: the converter never needs both at once
+        from ddpm_dist.device import prepare_env
+
+        prepare_env(verbose=False)
+        converted = from_torch_state(state, source=str(src))
+        save(dst, converted, source=src)
+    except (ValueError, CheckpointError, WeightsError, OSError) as err:
+        return fail(str(err))
+    print(f"wrote {dst}: {len(converted)} tensors, FID Inception (pytorch-fid 2015-12-05) from {src}")
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

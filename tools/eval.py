@@ -1,0 +1,132 @@
+"""FID and Inception Score of a samples npz against a reference, on one device or data-parallel.
+
+    python tools/eval.py --samples samples/cifar/samples.npz --ref data/cifar10 --inception weights/fid_inception.ckpt
+    python tools/eval.py --samples s.npz --ref fid_stats_cifar10_train.npz --inception weights/fid_inception.ckpt
+    ENTRY=tools/eval.py DEVICE_NUM=8 bash launch/run_8p.sh --samples s.npz --ref data/cifar10 --inception w.ckpt
+
+--samples: an npz with ``arr_0`` uint8 [N, H, W, C] (what tools/sample.py writes; gray images count as RGB).
+--ref: a prepared data set directory (tools/prepare_data.py), an image npz, or a statistics npz (``mu``, ``sigma``).
+--inception: the checkpoint tools/convert_inception.py makes from pytorch-fid's weights (nothing is downloaded).
+Feature extraction is split across the workers; reference statistics are cached (--cache-dir) under a key that
+includes the protocol, the weights and the reference's content. Prints one line with the numbers and their protocol,
+and with --out writes them as JSON. Errors print one line, ``error: <message>``, on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def add_eval_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """The evaluation options, shared with tools/sample.py --eval."""
+    p.add_argument("--ref", required=required, help="reference: prepared data set dir, image npz or stats npz")
+    p.add_argument("--inception", required=required, help="FID Inception checkpoint from tools/convert_inception.py")
+    p.add_argument("--ref-num", type=int, help="use only the first N reference images (default: all)")
+    p.add_argument("--eval-batch-size", type=int, default=50, help="Inception batch per worker (default 50)")
+    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--cache-dir", help="reference statistics cache (default: $DDPM_DIST_CACHE/fid or ~/.cache/...)")
+
+
+def check_eval_args(args: argparse.Namespace) -> str | None:
+    if args.ref_num is not None and args.ref_num < 2:
+        return f"--ref-num must be >= 2 (got {args.ref_num})"
+    if args.eval_batch_size < 1:
+        return f"--eval-batch-size must be >= 1 (got {args.eval_batch_size})"
+    if args.splits < 1:
+        return f"--splits must be >= 1 (got {args.splits})"
+    if not Path(args.ref).exists():
+        return f"reference not found: {args.ref}"
+    if not Path(args.inception).is_file():
+        from ddpm_dist.eval.weights import how_to_get
+
+        return f"FID Inception weights not found: {args.inception}; {how_to_get(args.inception)}"
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", required=True, help="npz with arr_0 uint8 [N, H, W, C]")
+    add_eval_args(p, required=True)
+    p.add_argument("--num-samples", type=int, help="use only the first N samples (default: all)")
+    p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--device", choices=("auto", "Ascend", "GPU", "CPU"), default="auto")
+    p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
+    return p.parse_args(argv)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: a temporary file beside ``path``, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_eval(images, args: argparse.Namespace, *, rank: int) -> dict | None:
+    """Evaluate ``images`` on every rank; the result (rank 0) or None. Errors propagate."""
+    from ddpm_dist.eval.evaluate import evaluate
+    from ddpm_dist.eval.features import FeatureExtractor
+    from ddpm_dist.logging import info
+
+    extractor = FeatureExtractor(args.inception, batch_size=args.eval_batch_size)
+    return evaluate(
+        images, ref=args.ref, extractor=extractor, cache_dir=args.cache_dir, ref_limit=args.ref_num,
+        splits=args.splits, log=lambda msg: info(msg, rank=rank),
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = check_eval_args(args)
+    if problem is None and args.num_samples is not None and args.num_samples < 2:
+        problem = f"--num-samples must be >= 2 (got {args.num_samples})"
+    if problem is None and not Path(args.samples).is_file():
+        problem = f"samples not found: {args.samples}"
+    if problem:
+        return fail(problem)
+    from ddpm_dist.device import prepare_env
+
+    prepare_env(verbose=args.verbose)
+    from ddpm_dist import parallel
+    from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.device import setup_device
+    from ddpm_dist.eval import EvalError
+    from ddpm_dist.eval.evaluate import summary
+    from ddpm_dist.eval.reference import load_images_npz
+
+    try:
+        images = load_images_npz(args.samples)[: args.num_samples]
+        if len(images) < args.splits:
+            raise ValueError(f"{args.samples}: {len(images)} samples, fewer than --splits {args.splits}")
+        setup_device(args.device, "graph")
+        rank, _ = parallel.init()
+        result = run_eval(images, args, rank=rank)
+        if rank == 0:
+            result["samples"] = str(args.samples)
+            print(summary(result), flush=True)
+            if args.out:
+                write_json(Path(args.out), result)
+    except (EvalError, CheckpointError, ValueError, OSError) as err:
+        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
