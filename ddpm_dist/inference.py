@@ -204,8 +204,10 @@ def generate(
     batch_size: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    all_ranks: bool = False,
 ) -> np.ndarray | None:
-    """Samples ``0 .. num_samples-1`` as uint8 [N, H, W, C] on rank 0 (None on the other ranks).
+    """Samples ``0 .. num_samples-1`` as uint8 [N, H, W, C] on rank 0 (None on the other ranks; with ``all_ranks``
+    on every rank, e.g. to evaluate them in shards).
 
     Every rank draws its :func:`rank_range` in batches of ``batch_size`` (the last one padded, so one graph serves
     all; ``batch_size`` is capped at the per-rank share); after each batch the ranks all-gather it, so every rank
@@ -241,9 +243,9 @@ def generate(
             parts = [batch_indices(num_samples, q, w, b, batch_size) for q in range(w)]
             indices, valid = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         rows = images.asnumpy()  # every rank waits for its collective to finish
-        if r == 0:
+        if r == 0 or all_ranks:
             out[indices[valid]] = to_uint8(rows)[valid]
-    return out if r == 0 else None
+    return out if r == 0 or all_ranks else None
 
 
 def batch_indices(num_samples: int, rank: int, world_size: int, batch: int, batch_size: int):

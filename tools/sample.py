@@ -5,10 +5,11 @@
     ENTRY=tools/sample.py DEVICE_NUM=8 bash launch/run_8p.sh --ckpt cifar_ema.ckpt --out samples/cifar ...
 
 Writes into --out: ``samples.npz`` (``arr_0``: uint8 [N, H, W, C], the layout of the guided-diffusion evaluator),
-``grid.png`` (the first --grid samples), ``samples.json`` (the settings), and with --png-individual
-``images/000000.png ...`` (a folder pytorch-fid reads). Sample n depends only on (--seed, n): the same images come out
-for any --batch-size and any number of workers. Errors print one line, ``error: <message>``, on stderr and exit with
-status 2; the outputs appear only once complete.
+``grid.png`` (the first --grid samples), ``samples.json`` (the settings), with --png-individual
+``images/000000.png ...`` (a folder pytorch-fid reads), and with --eval ``metrics.json``: FID and IS against --ref,
+computed right after sampling by the same workers (see tools/eval.py; --inception is required then). Sample n
+depends only on (--seed, n): the same images come out for any --batch-size and any number of workers. Errors print
+one line, ``error: <message>``, on stderr and exit with status 2; the outputs appear only once complete.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import shutil
 import sys
 from pathlib import Path
 
-OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images")
+from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
+
+OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
+    p.add_argument("--eval", action="store_true", help="compute FID and IS after sampling (needs --ref, --inception)")
+    add_eval_args(p, required=False)
     return p.parse_args(argv)
 
 
@@ -68,13 +73,21 @@ def check_args(args: argparse.Namespace) -> str | None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return f"--out {out}: exists and is not a directory"
+    if args.eval:
+        if not args.ref or not args.inception:
+            return "--eval needs --ref and --inception"
+        if args.num_samples < max(2, args.splits):
+            return f"--eval needs --num-samples >= max(2, --splits {args.splits}) (got {args.num_samples})"
+        problem = check_eval_args(args)
+        if problem:
+            return problem
     taken = [name for name in OUTPUTS if (out / name).exists()]
     if taken and not args.overwrite:
         return f"--out {out}: already holds {taken[0]}; use --overwrite to replace the earlier outputs"
     return None
 
 
-def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: dict) -> None:
+def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: dict, metrics=None) -> None:
     """Write everything into a hidden staging folder beside ``out``, then move it into place."""
     import numpy as np
     from PIL import Image
@@ -96,6 +109,8 @@ def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: d
                     stage / "images" / f"{n:06d}.png"
                 )
         (stage / "samples.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        if metrics is not None:
+            (stage / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:
             old = out / name
@@ -121,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.config import ConfigError
     from ddpm_dist.device import setup_device
+    from ddpm_dist.eval import EvalError
+    from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.inference import generate, load_for_sampling
     from ddpm_dist.logging import info
 
@@ -128,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         device = setup_device(args.device, "graph")
         rank, world_size = parallel.init()
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
+        extractor = make_extractor(args) if args.eval else None  # a bad weights file fails before sampling
         steps = (
             args.steps
             if args.steps is not None
@@ -143,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         images = generate(
             cfg, net, sampler=args.sampler, steps=steps, eta=args.eta, num_samples=args.num_samples,
             batch_size=args.batch_size, seed=args.seed, progress=_progress_bar(rank != 0 or args.no_progress),
+            all_ranks=args.eval,
         )  # fmt: skip
+        metrics = run_eval(images, args, rank=rank, extractor=extractor) if args.eval else None
         if rank == 0:
             if args.rgb and images.shape[3] == 1:
                 images = images.repeat(3, axis=3)
@@ -151,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                         "sampler": args.sampler, "steps": steps or cfg.diffusion.timesteps, "eta": args.eta,
                         "seed": args.seed, "num_samples": args.num_samples, "world_size": world_size,
                         "batch_size": args.batch_size, "arr_0": f"uint8 {list(images.shape)} NHWC"}  # fmt: skip
-            write_outputs(Path(args.out), images, grid=args.grid, individual=args.png_individual, settings=settings)
+            if metrics is not None:
+                metrics["samples"] = str(Path(args.out) / "samples.npz")
+                print(summary(metrics), flush=True)
+            write_outputs(Path(args.out), images, grid=args.grid, individual=args.png_individual, settings=settings,
+                          metrics=metrics)  # fmt: skip
             info(f"wrote {args.num_samples} samples to {args.out}", rank=rank)
-    except (CheckpointError, ConfigError, ValueError, OSError) as err:
+    except (CheckpointError, ConfigError, EvalError, ValueError, OSError) as err:
         return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     return 0
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -31,7 +33,9 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-    root = linalg.sqrtm(matrix)
+    with warnings.catch_warnings():  # singular products are expected (N < D) and handled by the caller
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(matrix)
     return root[0] if isinstance(root, tuple) else root  # older SciPy returns (root, error) with disp=False
 
 

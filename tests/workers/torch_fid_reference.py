@@ -7,7 +7,8 @@ download are a random state dict (torchvision's initialisation, seeded). Batch-n
 on random images (cumulative averages in train mode), so activations have the scale of real ones instead of
 exploding or vanishing through 94 layers. Writes ``OUT_DIR/pt_inception.pth`` (the state dict, in the layout of the
 published weights file) and ``OUT_DIR/reference.npz``: for each image size S in SIZES, ``images_S`` (uint8 NHWC) and
-the ``pool_S`` (2048-d, pytorch-fid's FID features) and ``logits_S`` (fc on the pool features) it gives them.
+the ``pool_S`` (2048-d, pytorch-fid's FID features) and ``logits_S`` (fc on the pool features) it gives them, and
+``pool64_S``: the pool features of the same network run in float64.
 Runs in its own process so PyTorch and MindSpore never share one.
 """
 
@@ -74,6 +75,10 @@ def main(out_dir: str) -> None:
             arrays[f"images_{size}"] = images
             arrays[f"pool_{size}"] = pool.numpy()
             arrays[f"logits_{size}"] = inception.fc(pool).numpy()
+        model.double()  # the same network in float64: how far float32 itself is from exact
+        for size in SIZES:
+            x = torch.from_numpy(arrays[f"images_{size}"]).permute(0, 3, 1, 2).double() / 255.0
+            arrays[f"pool64_{size}"] = model(x)[0].flatten(1).numpy()
     np.savez(out / "reference.npz", **arrays)
 
 
