@@ -19,9 +19,14 @@ setup(
         "tqdm",
         "pillow",
         "safetensors",
+        "scipy",
     ],
     extras_require={
         "quickstart": ["scikit-learn"],
+        # tools/convert_inception.py reads pytorch-fid's weights file with PyTorch (any build; conversion only)
+        "convert": ["torch"],
+        # tests/test_eval.py compares the Inception port with pytorch-fid's own network when these are installed
+        "parity": ["torch", "torchvision", "pytorch-fid"],
         "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
     },
     entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train:main"]},

@@ -4,6 +4,7 @@ end in one ``error:`` line with exit status 2 and nothing written."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -203,6 +204,37 @@ def test_one_and_two_msrun_workers_draw_the_same_images(train_ckpt, tmp_path):
     assert len({a[k].tobytes() for k in range(5)}) == 5  # five different images, not one repeated
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sample_eval_on_two_msrun_workers_matches_tools_eval(train_ckpt, tmp_path):
+    """tools/sample.py --eval: two workers sample, then extract Inception features in shards; metrics.json lands
+    beside the samples and equals a single-process tools/eval.py on the written npz."""
+    from eval_helpers import random_inception
+
+    inception = random_inception(tmp_path / "inception.ckpt")
+    data = prepare_digits(tmp_path / "digits8")
+    evaluation = ["--ref", str(data), "--ref-num", "12", "--inception", str(inception), "--eval-batch-size", "4"]
+    two = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), "--ckpt", str(train_ckpt), "--sampler", "ddim", "--steps", "4",
+         "--num-samples", "11", "--batch-size", "4", "--out", str(tmp_path / "two"), "--eval", *evaluation,
+         "--cache-dir", str(tmp_path / "cache2")],
+        env=env() | {"ENTRY": SAMPLE, "DEVICE_NUM": "2", "MASTER_PORT": str(free_port()),
+                     "LOG_DIR": str(tmp_path / "logs")},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    logs = worker_logs(tmp_path / "logs")
+    assert two.returncode == 0, two.stderr + logs
+    assert "FID " in logs and "11 samples (8x8x1 uint8) vs 12 images of" in logs
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 11 and metrics["reference"]["num"] == 12 and np.isfinite(metrics["fid"])
+    one = run_tool(str(ROOT / "tools" / "eval.py"), "--samples", str(tmp_path / "two" / "samples.npz"), *evaluation,
+                   "--out", str(tmp_path / "one.json"), "--cache-dir", str(tmp_path / "cache1"))  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    single = json.loads((tmp_path / "one.json").read_text())
+    assert metrics["fid"] == pytest.approx(single["fid"], rel=1e-5, abs=1e-6)
+    assert metrics["inception_score"]["mean"] == pytest.approx(single["inception_score"]["mean"], rel=1e-5)
+
+
 # ---------------------------------------------------------------- bad inputs: one line, exit 2, nothing written
 def _fake_checkpoints(tmp_path):
     rnd = tmp_path / "random.ckpt"
@@ -224,6 +256,22 @@ def _fake_checkpoints(tmp_path):
         (SAMPLE, ["--ckpt", "{random}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (SAMPLE, ["--ckpt", "{random}", "--seed", "-1"], "--seed"),
         (SAMPLE, ["--ckpt", "{random}", "--sampler", "plms"], "invalid choice"),
+        (SAMPLE, ["--ckpt", "{random}", "--eval"], "--eval needs --ref and --inception"),
+        (
+            SAMPLE,
+            ["--ckpt", "{random}", "--eval", "--ref", "{missing}", "--inception", "{random}"],
+            "reference not found",
+        ),
+        (
+            SAMPLE,
+            ["--ckpt", "{random}", "--eval", "--ref", "{random}", "--inception", "{missing}"],
+            "convert_inception.py",
+        ),
+        (
+            SAMPLE,
+            ["--ckpt", "{random}", "--eval", "--ref", "{random}", "--inception", "{random}", "--num-samples", "5"],
+            "--eval needs --num-samples >= max(2, --splits 10)",
+        ),
         (CONVERT, ["--input", "{missing}"], "checkpoint not found"),
         (CONVERT, ["--input", "{infer}"], "a training checkpoint is needed"),
         (CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint"),
