@@ -81,6 +81,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # FID / IS of the EMA weights every N steps (0: never); needs eval.inception
+    inception: str = ""  # FID Inception checkpoint made by tools/convert_inception.py
+    ref: str = ""  # prepared data set dir, image npz or mu/sigma npz ("": data.path, the training set)
+    ref_num: int = 0  # use the first N reference images (0: all)
+    num_samples: int = 1000  # EMA samples per evaluation (the paper's numbers use 50000)
+    sample_steps: int = 100  # DDIM steps for those samples (0: full ancestral DDPM)
+    batch_size: int = 50  # per worker, for the sampler and the Inception network
+    splits: int = 10  # Inception Score splits
+    cache_dir: str = ""  # reference statistics cache ("": $DDPM_DIST_CACHE/fid or ~/.cache/ddpm_dist/fid)
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 0
@@ -100,6 +113,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 _CHOICES = {
@@ -150,6 +164,12 @@ _RANGES = {
     "run.num_samples": (lambda v: v >= 1, ">= 1"),
     "run.sample_steps": (lambda v: v >= 0, ">= 0"),
     "run.barrier_timeout": (lambda v: v >= 1, ">= 1"),
+    "eval.every": (lambda v: v >= 0, ">= 0"),
+    "eval.ref_num": (lambda v: v == 0 or v >= 2, "0 (all) or >= 2"),
+    "eval.num_samples": (lambda v: v >= 2, ">= 2"),
+    "eval.sample_steps": (lambda v: v >= 0, ">= 0"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.splits": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -176,6 +196,10 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
             f"{source}: data.image_size: {cfg.data.image_size} is not divisible by {down} "
             f"(2 ** (len(model.ch_mult) - 1) downsamplings)"
         )
+    if cfg.eval.every and not cfg.eval.inception:
+        raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
+    if cfg.eval.splits > cfg.eval.num_samples:
+        raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
     return cfg

@@ -29,6 +29,8 @@ def digits8(tmp_path_factory):
         ("diffusion.objective=score", "diffusion.objective: must be one of"),
         ("model.ch_mult=[1,2,2,2,2]", "data.image_size"),
         ("train.global_batch", "expected key=value"),
+        ("eval.every=100", "eval.inception: required when eval.every > 0"),
+        ("eval.num_samples=5", "eval.splits: 10 exceeds eval.num_samples 5"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):

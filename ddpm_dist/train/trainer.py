@@ -6,6 +6,7 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -151,8 +152,17 @@ class Trainer:
         self._check_writable()
         self.data = data if data is not None else self._build_data()
         self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
-        self._sampler = None
+        self._samplers: dict = {}
         self._sample_net = None
+        self._extractor = None
+        if cfg.eval.every:
+            from ..eval import EvalError
+            from ..eval.features import FeatureExtractor
+
+            try:  # a missing or wrong weights file fails now, not after hours of training
+                self._extractor = FeatureExtractor(cfg.eval.inception, batch_size=cfg.eval.batch_size)
+            except EvalError as err:
+                raise ConfigError(f"eval.inception: {err}") from None
         self.stop = StopRequest(distributed=parallel.is_distributed())
 
     # ------------------------------------------------------------------ set-up
@@ -258,6 +268,8 @@ class Trainer:
                 interval_t0, interval_step = time.perf_counter(), self.step
             if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
                 self.sample_to_tensorboard(self.step)
+            if cfg.eval.every and self.step % cfg.eval.every == 0:
+                self.evaluate_ema(self.step)
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 saved_at = self.save()
             if self.stop.should_stop(self.step):
@@ -275,6 +287,8 @@ class Trainer:
             self.save()
         if not cfg.run.sample_every or self.step % cfg.run.sample_every:
             self.sample_to_tensorboard(self.step)
+        if cfg.eval.every and self.step % cfg.eval.every:
+            self.evaluate_ema(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
 
@@ -318,33 +332,78 @@ class Trainer:
         return scalars
 
     # ------------------------------------------------------------------ sampling and checkpoints
-    def ema_samples(self, num: int) -> np.ndarray:
-        """``num`` samples from the EMA weights; every rank draws its share, rank 0 gets all (float32 NCHW).
-
-        Sample n's noise depends only on (run.seed, n), so the grids of one run are comparable over time and do not
-        depend on the number of workers."""
+    def _keyed_sampler(self, steps: int) -> KeyedSampler:
+        """The EMA network's keyed sampler with ``steps`` DDIM steps (0: ancestral DDPM), built once per value."""
         cfg = self.cfg
-        if self._sampler is None:
+        if self._sample_net is None:
             self._sample_net = build_model(cfg)
             self._sample_net.set_train(False)
+            self._gather = parallel.AllGather()
+            self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
+        if steps not in self._samplers:
             step = build_sampler(
                 self._sample_net,
                 build_schedule(cfg),
-                sampler="ddim" if cfg.run.sample_steps else "ddpm",
-                steps=cfg.run.sample_steps,
+                sampler="ddim" if steps else "ddpm",
+                steps=steps,
                 eta=0.0,
                 objective=cfg.diffusion.objective,
                 clip_x0=cfg.diffusion.clip_x0,
                 var_type=cfg.diffusion.var_type,
             )
             shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-            self._sampler = KeyedSampler(step, shape=shape)
-            self._gather = parallel.AllGather()
-            self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
+            self._samplers[steps] = KeyedSampler(step, shape=shape)
+        return self._samplers[steps]
+
+    def ema_samples(self, num: int, *, steps: int | None = None, batch: int | None = None) -> np.ndarray:
+        """``num`` samples from the EMA weights on every rank (float32 NCHW in [-1, 1]); each rank draws its share.
+
+        ``steps``: DDIM steps (default ``run.sample_steps``); ``batch``: per-rank sampler batch (default: the whole
+        share at once). Sample n's noise depends only on (run.seed, n), so the grids of one run are comparable over
+        time and do not depend on the number of workers."""
+        sampler = self._keyed_sampler(self.cfg.run.sample_steps if steps is None else steps)
         self._load_ema()
         share = -(-num // self.world_size)
-        images = self._sampler.sample(np.arange(self.rank * share, (self.rank + 1) * share), seed=cfg.run.seed)
-        return self._gather(images).asnumpy()[:num]
+        batch = share if batch is None else min(batch, share)
+        out = None
+        for start in range(0, share, batch):
+            local = start + np.arange(batch)  # positions in each rank's share; the last batch may overrun it
+            rows = self._gather(sampler.sample(self.rank * share + local, seed=self.cfg.run.seed)).asnumpy()
+            if out is None:
+                out = np.zeros((num, *rows.shape[1:]), rows.dtype)
+            index = (np.arange(self.world_size)[:, None] * share + local[None]).reshape(-1)
+            keep = ((local < share)[None] & np.ones((self.world_size, 1), bool)).reshape(-1) & (index < num)
+            out[index[keep]] = rows[keep]
+        return out
+
+    def evaluate_ema(self, step: int) -> dict | None:
+        """FID and IS of ``eval.num_samples`` EMA samples against ``eval.ref`` (default: the training data): the
+        scalars ``eval/fid``, ``eval/is`` in TensorBoard, one line on the console, one JSON line in
+        ``<run dir>/metrics.jsonl``. Every rank samples and extracts features; rank 0 computes and writes."""
+        from ..eval.evaluate import evaluate, summary
+        from ..inference import to_uint8
+
+        e = self.cfg.eval
+        images = to_uint8(self.ema_samples(e.num_samples, steps=e.sample_steps, batch=e.batch_size))
+        result = evaluate(
+            images,
+            ref=e.ref or self.cfg.data.path,
+            extractor=self._extractor,
+            cache_dir=e.cache_dir or None,
+            ref_limit=e.ref_num or None,
+            splits=e.splits,
+        )
+        if self.rank != 0:
+            return None
+        sampler = f"ddim-{e.sample_steps}" if e.sample_steps else "ddpm"
+        result = {"step": step, "weights": "ema", "sampler": sampler, **result}
+        is_ = result["inception_score"]
+        self.tb.scalars({"eval/fid": result["fid"], "eval/is": is_["mean"], "eval/is_std": is_["std"]}, step)
+        self.tb.flush()
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        info(f"step {step} EMA {result['sampler']}: {summary(result)}", rank=self.rank)
+        return result
 
     def sample_to_tensorboard(self, step: int) -> Path | None:
         images = self.ema_samples(self.cfg.run.num_samples)
