@@ -24,7 +24,6 @@ row == index to sample by index.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import math
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
+from ddpm_dist.files import sha256_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -359,14 +359,6 @@ def write_arrays(
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def auto_shards(count: int, image_bytes: int) -> int:
     """About SHARD_TARGET_BYTES of pixels per file, at most MAX_SHARDS files, at least one sample per file."""
     return max(1, min(MAX_SHARDS, count, math.ceil(count * image_bytes / SHARD_TARGET_BYTES)))
@@ -459,9 +451,9 @@ def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bo
         index_files = []
         for entry in entries:
             entry["bytes"] = (tmp / entry["name"]).stat().st_size
-            entry["sha256"] = _sha256(tmp / entry["name"])
+            entry["sha256"] = sha256_file(tmp / entry["name"])
             db = tmp / (entry["name"] + ".db")
-            index_files.append({"name": db.name, "bytes": db.stat().st_size, "sha256": _sha256(db)})
+            index_files.append({"name": db.name, "bytes": db.stat().st_size, "sha256": sha256_file(db)})
         manifest = {
             "format_version": FORMAT_VERSION,
             **meta,

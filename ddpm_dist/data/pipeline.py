@@ -24,7 +24,6 @@ the sample order then differs from an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, DataError
+from ddpm_dist.files import sha256_file
 
 _CHUNK_SAMPLES = 1 << 16  # one MindDataset reads up to this many of the rank's samples (possibly across epochs)
 
@@ -93,19 +93,11 @@ def read_manifest(path: str) -> dict:
     return {**manifest, "root": str(root)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checksums(manifest: dict) -> None:
     """Recompute the sha256 of every file listed in a manifest from :func:`read_manifest`; DataError on a mismatch."""
     root = Path(manifest["root"])
     for entry in manifest["files"] + manifest["index_files"]:
-        if _sha256(root / entry["name"]) != entry["sha256"]:
+        if sha256_file(root / entry["name"]) != entry["sha256"]:
             raise DataError(f"{root / entry['name']}: sha256 does not match {MANIFEST_NAME} (corrupt copy?)")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import sha256_file
 from . import FEATURE_DIM, EvalError
 
 PROTOCOL_VERSION = 1
@@ -51,14 +52,6 @@ class Reference:
     @property
     def num(self) -> int:
         return len(self.images) if self.images is not None else 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
@@ -105,9 +98,9 @@ def open_reference(source, *, limit: int | None = None) -> Reference:
         if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
             raise ReferenceError(f"{source}: mu / sigma must be [{FEATURE_DIM}] / [{FEATURE_DIM}, {FEATURE_DIM}] "
                                  f"(got {list(mu.shape)} / {list(sigma.shape)})")  # fmt: skip
-        return Reference(str(path), "stats", _sha256(path), mu=mu, sigma=sigma)
+        return Reference(str(path), "stats", sha256_file(path), mu=mu, sigma=sigma)
     images = load_images_npz(path, what="reference")
-    return Reference(str(path), "images", _sha256(path), images=images[:limit] if limit else images)
+    return Reference(str(path), "images", sha256_file(path), images=images[:limit] if limit else images)
 
 
 def cache_key(ref: Reference, *, weights_sha256: str) -> str:

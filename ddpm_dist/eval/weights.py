@@ -9,11 +9,11 @@ and ``meta.source``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from ..files import sha256_file
 from . import EvalError
 
 KIND_INCEPTION = "ddpm-dist/fid-inception"
@@ -70,14 +70,6 @@ def from_torch_state(state: dict[str, np.ndarray], *, source: str) -> dict[str, 
     return out
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save(dst, weights: dict[str, np.ndarray], *, source: Path) -> Path:
     """Write the converted ``weights`` to ``dst`` (.ckpt or .safetensors), atomically. Raises CheckpointError."""
     import mindspore as ms
@@ -88,7 +80,7 @@ def save(dst, weights: dict[str, np.ndarray], *, source: Path) -> Path:
     meta = {
         "meta.kind": KIND_INCEPTION,
         "meta.source": str(source),
-        "meta.source_sha256": sha256_of(source),
+        "meta.source_sha256": sha256_file(source),
         "meta.mindspore_version": ms.__version__,
         "meta.ddpm_dist_version": ddpm_dist.__version__,
     }
