@@ -17,6 +17,8 @@ import os
 import warnings
 from pathlib import Path
 
+from .files import fsync_dir, write_json_atomic
+
 KIND_TRAIN = "ddpm-dist/train"
 KIND_INFERENCE = "ddpm-dist/inference"
 INDEX = "index.json"
@@ -28,27 +30,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir(out_dir: str) -> Path:
     return Path(out_dir) / "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_index(ckpt_dir: Path) -> list[dict]:
@@ -91,11 +72,11 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         entries = [e for e in read_index(ckpt_dir) if e["step"] != step] + [{"file": final.name, "step": int(step)}]
         entries.sort(key=lambda e: e["step"])
         entries = _prune(ckpt_dir, entries, keep_last=keep_last, milestone_every=milestone_every)
-        _write_json_atomic(ckpt_dir / INDEX, entries)
+        write_json_atomic(ckpt_dir / INDEX, entries)
     except (OSError, RuntimeError, ValueError) as err:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {final}: {err}") from err

@@ -227,9 +227,7 @@ def generate(
     )  # fmt: skip
     keyed = KeyedSampler(step, shape=(cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
     r, w = rank(), world_size()
-    share = -(-num_samples // w)
-    batch_size = min(batch_size, share)
-    batches = -(-share // batch_size)
+    batch_size, batches = shard_plan(num_samples, w, batch_size)
     total = batches * keyed.num_steps
     gather = AllGather()
     out = np.zeros((num_samples, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
@@ -237,19 +235,30 @@ def generate(
         indices, valid = batch_indices(num_samples, r, w, b, batch_size)
         done = b * keyed.num_steps
         tick = None if progress is None else (lambda k, done=done: progress(done + k, total))
-        images = keyed.sample(np.where(valid, indices, 0), seed=seed, progress=tick)
-        if w > 1:  # rows of every rank's batch b, in rank order
-            images = gather(images)
-            parts = [batch_indices(num_samples, q, w, b, batch_size) for q in range(w)]
-            indices, valid = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        rows = images.asnumpy()  # every rank waits for its collective to finish
+        rows = gather(keyed.sample(np.where(valid, indices, 0), seed=seed, progress=tick)).asnumpy()
+        indices, valid = gathered_batch_indices(num_samples, w, b, batch_size)  # every rank's batch b, in rank order
         if r == 0 or all_ranks:
             out[indices[valid]] = to_uint8(rows)[valid]
     return out if r == 0 or all_ranks else None
 
 
+def shard_plan(num_samples: int, world_size: int, batch_size: int) -> tuple[int, int]:
+    """(batch size capped at the per-rank share, number of batches per rank) for :func:`rank_range` shards: every
+    rank runs the same number of equal batches, so one compiled graph and the same collectives serve them all."""
+    share = -(-num_samples // world_size)
+    batch_size = min(batch_size, share)
+    return batch_size, -(-share // batch_size)
+
+
 def batch_indices(num_samples: int, rank: int, world_size: int, batch: int, batch_size: int):
-    """(indices int64 [batch_size], valid bool [batch_size]) of ``rank``'s batch number ``batch``."""
+    """(indices int64 [batch_size], valid bool [batch_size]) of ``rank``'s batch number ``batch``; invalid rows pad
+    the last batch of a rank."""
     start, stop = rank_range(num_samples, rank, world_size)
     indices = start + batch * batch_size + np.arange(batch_size)
     return indices, indices < stop
+
+
+def gathered_batch_indices(num_samples: int, world_size: int, batch: int, batch_size: int):
+    """(indices, valid) [world_size * batch_size] of the rows an all-gather of every rank's batch ``batch`` gives."""
+    parts = [batch_indices(num_samples, q, world_size, batch, batch_size) for q in range(world_size)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

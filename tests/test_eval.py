@@ -210,7 +210,8 @@ def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     assert 1.0 <= first["inception_score"]["mean"] < 1008
     # the same 20 images read from the MindRecord data set: a different source (key), the same statistics
     from_dataset = open_reference(str(data), limit=20)
-    assert from_dataset.kind == "dataset" and np.array_equal(from_dataset.images, images)
+    assert from_dataset.kind == "dataset" and from_dataset.num == 20 and from_dataset.images is None
+    assert np.array_equal(from_dataset.load_images(), images)
     key = cache_key(from_dataset, weights_sha256=extractor.fingerprint)
     assert key != first["reference"]["key"]
     # a different weights file is a different protocol: a different key
@@ -246,10 +247,13 @@ def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(ince
         (["--splits", "0"], "--splits must be >= 1"),
         (["--samples", "{tmp}/floats.npz"], "must be uint8"),
         (["--inception", "{tmp}/floats.npz"], "expected a MindSpore"),
+        (["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
+        (["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
     ],
 )
 def test_eval_cli_bad_inputs_are_one_line(args, needle, inception_ckpt, digits, tmp_path):
     np.savez(tmp_path / "floats.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file")
     given = {"--samples": str(digits[1]), "--ref": str(digits[1]), "--inception": str(inception_ckpt)}
     for key, value in zip(args[::2], args[1::2], strict=True):
         given[key] = value.format(tmp=tmp_path)

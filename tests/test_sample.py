@@ -182,20 +182,25 @@ def test_sample_cli_writes_npz_grid_and_individual_pngs(train_ckpt, tmp_path):
     assert not (out / "images").exists() and not (out / "grid.png").exists()  # old outputs replaced, not mixed
 
 
+def sample_on_two_workers(*args: str, log_dir) -> str:
+    """tools/sample.py under launch/run_8p.sh with 2 msrun workers; asserts exit 0 and returns the worker logs."""
+    res = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), *args],
+        env=env() | {"ENTRY": SAMPLE, "DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(log_dir)},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    logs = worker_logs(log_dir)
+    assert res.returncode == 0, res.stderr + logs
+    return logs
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_one_and_two_msrun_workers_draw_the_same_images(train_ckpt, tmp_path):
     common = ["--ckpt", str(train_ckpt), "--sampler", "ddpm", "--num-samples", "5", "--seed", "11"]
     one = run_tool(SAMPLE, *common, "--out", str(tmp_path / "one"), "--batch-size", "4")
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        ["bash", str(ROOT / "launch" / "run_8p.sh"), *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
-        env=env() | {"ENTRY": SAMPLE, "DEVICE_NUM": "2", "MASTER_PORT": str(free_port()),
-                     "LOG_DIR": str(tmp_path / "logs")},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    logs = worker_logs(tmp_path / "logs")
-    assert two.returncode == 0, two.stderr + logs
+    logs = sample_on_two_workers(*common, "--out", str(tmp_path / "two"), "--batch-size", "2", log_dir=tmp_path / "l")
     assert "x 2 worker(s)" in logs
     a, b = np.load(tmp_path / "one" / "samples.npz")["arr_0"], np.load(tmp_path / "two" / "samples.npz")["arr_0"]
     assert a.shape == b.shape == (5, 8, 8, 1)
@@ -214,16 +219,11 @@ def test_sample_eval_on_two_msrun_workers_matches_tools_eval(train_ckpt, tmp_pat
     inception = random_inception(tmp_path / "inception.ckpt")
     data = prepare_digits(tmp_path / "digits8")
     evaluation = ["--ref", str(data), "--ref-num", "12", "--inception", str(inception), "--eval-batch-size", "4"]
-    two = subprocess.run(
-        ["bash", str(ROOT / "launch" / "run_8p.sh"), "--ckpt", str(train_ckpt), "--sampler", "ddim", "--steps", "4",
-         "--num-samples", "11", "--batch-size", "4", "--out", str(tmp_path / "two"), "--eval", *evaluation,
-         "--cache-dir", str(tmp_path / "cache2")],
-        env=env() | {"ENTRY": SAMPLE, "DEVICE_NUM": "2", "MASTER_PORT": str(free_port()),
-                     "LOG_DIR": str(tmp_path / "logs")},
-        capture_output=True, text=True, timeout=900,
+    logs = sample_on_two_workers(
+        "--ckpt", str(train_ckpt), "--sampler", "ddim", "--steps", "4", "--num-samples", "11", "--batch-size", "4",
+        "--out", str(tmp_path / "two"), "--eval", *evaluation, "--cache-dir", str(tmp_path / "cache2"),
+        log_dir=tmp_path / "logs",
     )  # fmt: skip
-    logs = worker_logs(tmp_path / "logs")
-    assert two.returncode == 0, two.stderr + logs
     assert "FID " in logs and "11 samples (8x8x1 uint8) vs 12 images of" in logs
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["num_samples"] == 11 and metrics["reference"]["num"] == 12 and np.isfinite(metrics["fid"])

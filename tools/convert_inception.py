@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         converted = from_torch_state(state, source=str(src))
         save(dst, converted, source=src)
     except (ValueError, CheckpointError, WeightsError, OSError) as err:
-        return fail(str(err))
+        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     print(f"wrote {dst}: {len(converted)} tensors, FID Inception (pytorch-fid 2015-12-05) from {src}")
     return 0
 

@@ -15,8 +15,6 @@ and with --out writes them as JSON. Errors print one line, ``error: <message>``,
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -39,17 +37,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomically: a temporary file beside ``path``, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problem = check_eval_args(args)
@@ -68,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.eval.reference import load_images_npz
+    from ddpm_dist.files import write_json_atomic
 
     try:
         images = load_images_npz(args.samples)[: args.num_samples]
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             result["samples"] = str(args.samples)
             print(summary(result), flush=True)
             if args.out:
-                write_json(Path(args.out), result)
+                write_json_atomic(args.out, result)
     except (EvalError, CheckpointError, ValueError, OSError) as err:
         return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     return 0

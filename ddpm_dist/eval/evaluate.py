@@ -46,7 +46,7 @@ def evaluate(
         mu_ref, sigma_ref = cached if cached is not None else (None, None)
     else:
         say(f"computing reference statistics of {reference.num} images of {ref}")
-        ref_pool, _ = extractor(reference.images)
+        ref_pool, _ = extractor(reference.load_images())
         mu_ref, sigma_ref = feature_stats(ref_pool)
         if rank() == 0:
             write_cached(cache_dir, key, mu_ref, sigma_ref, info={"protocol": PROTOCOL, "source": str(ref),

@@ -40,7 +40,7 @@ class FeatureExtractor:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.weights = weights
         self.batch_size = batch_size
-        _, self.meta = read(weights)  # fail early, before any sampling, on a missing or wrong file
+        self._arrays, self.meta = read(weights)  # fail early, before any sampling, on a missing or wrong file
         self._nets: dict = {}
 
     @property
@@ -50,9 +50,9 @@ class FeatureExtractor:
 
     def _net(self, size: tuple[int, int]):
         if size not in self._nets:
-            from .weights import build_inception
+            from .weights import network
 
-            self._nets[size] = build_inception(self.weights, input_size=size)[0]
+            self._nets[size] = network(self._arrays, input_size=size, source=self.weights)
         return self._nets[size]
 
     def __call__(
@@ -60,7 +60,7 @@ class FeatureExtractor:
     ) -> tuple[np.ndarray, np.ndarray]:
         import mindspore as ms
 
-        from ddpm_dist.inference import batch_indices
+        from ddpm_dist.inference import batch_indices, gathered_batch_indices, shard_plan
         from ddpm_dist.parallel import AllGather, rank, world_size
 
         to_network_input(images[:1])  # check dtype and shape before any work
@@ -69,20 +69,15 @@ class FeatureExtractor:
             raise FeatureError("no images to evaluate")
         net = self._net(tuple(images.shape[1:3]))
         r, w = rank(), world_size()
-        share = -(-n // w)
-        batch = min(self.batch_size, share)
-        batches = -(-share // batch)
+        batch, batches = shard_plan(n, w, self.batch_size)
         gather = AllGather()
         out = np.zeros((n, FEATURE_DIM + NUM_LOGITS), np.float32)
         for b in range(batches):
             indices, valid = batch_indices(n, r, w, b, batch)
             pool, logits = net(ms.Tensor(to_network_input(images[np.where(valid, indices, 0)])))
-            rows = ms.ops.concat((pool, logits), axis=1)
-            if w > 1:
-                rows = gather(rows)
-                parts = [batch_indices(n, q, w, b, batch) for q in range(w)]
-                indices, valid = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-            out[indices[valid]] = rows.asnumpy()[valid]
+            rows = gather(ms.ops.concat((pool, logits), axis=1)).asnumpy()
+            indices, valid = gathered_batch_indices(n, w, b, batch)
+            out[indices[valid]] = rows[valid]
             if progress is not None:
                 progress(b + 1, batches)
         return out[:, :FEATURE_DIM], out[:, FEATURE_DIM:]

@@ -40,18 +40,34 @@ class ReferenceError(EvalError):
 
 @dataclass
 class Reference:
-    """Images to compute statistics from (``images`` set), or given statistics (``mu``, ``sigma`` set)."""
+    """``num`` images to compute statistics from (:meth:`load_images`), or given statistics (``mu``, ``sigma``)."""
 
     source: str
     kind: str  # "dataset", "images" or "stats"
     content_id: str
-    images: np.ndarray | None = None
+    num: int = 0
+    images: np.ndarray | None = None  # a data set's are read on first use: a cache hit never reads them
     mu: np.ndarray | None = None
     sigma: np.ndarray | None = None
+    manifest: dict | None = None
 
-    @property
-    def num(self) -> int:
-        return len(self.images) if self.images is not None else 0
+    def load_images(self) -> np.ndarray:
+        """uint8 [num, H, W, C]. Raises ReferenceError."""
+        if self.images is None and self.manifest is not None:
+            from ddpm_dist.data import DataError, read_images
+
+            try:
+                self.images = read_images(self.manifest, limit=self.num)
+            except DataError as err:
+                raise ReferenceError(str(err)) from None
+        if self.images is None:
+            raise ReferenceError(f"{self.source}: holds statistics, not images")
+        return self.images
+
+
+def _unreadable(path, err: Exception) -> ReferenceError:
+    text = str(err).strip()
+    return ReferenceError(f"{path}: not a readable npz ({text.splitlines()[0] if text else type(err).__name__})")
 
 
 def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
@@ -65,8 +81,10 @@ def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
             if key is None:
                 raise ReferenceError(f"{path}: no arr_0 or images array (has {sorted(data.files)[:5]})")
             images = data[key]
-    except (OSError, ValueError) as err:
-        raise ReferenceError(f"{path}: not a readable npz ({str(err).splitlines()[0] if str(err) else err})") from None
+    except ReferenceError:
+        raise
+    except Exception as err:  # numpy and zipfile raise many types for a bad file; one line for the user
+        raise _unreadable(path, err) from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
         raise ReferenceError(f"{path}: {key} must be uint8 [N, H, W, 1 or 3] (got {images.dtype} {list(images.shape)})")
     return images
@@ -78,29 +96,33 @@ def open_reference(source, *, limit: int | None = None) -> Reference:
     if not path.exists():
         raise ReferenceError(f"reference not found: {source} (a prepared data set directory or an .npz)")
     if path.is_dir():
-        from ddpm_dist.data import DataError, read_images, read_manifest
+        from ddpm_dist.data import DataError, read_manifest
 
         try:
             manifest = read_manifest(str(path))
-            images = read_images(manifest, limit=limit)
         except DataError as err:
             raise ReferenceError(str(err)) from None
         files = sorted(entry["sha256"] for entry in manifest["files"])
         content = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-        return Reference(str(path), "dataset", content, images=images)
+        num = min(limit, manifest["count"]) if limit else manifest["count"]
+        return Reference(str(path), "dataset", content, num=num, manifest=manifest)
     if path.suffix != ".npz":
         raise ReferenceError(f"{source}: a reference is a prepared data set directory or an .npz file")
-    with np.load(path, allow_pickle=False) as data:
-        has_stats = {"mu", "sigma"} <= set(data.files)
-        if has_stats:
-            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            has_stats = {"mu", "sigma"} <= set(data.files)
+            if has_stats:
+                mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    except Exception as err:  # numpy and zipfile raise many types for a bad file; one line for the user
+        raise _unreadable(source, err) from None
     if has_stats:
         if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
             raise ReferenceError(f"{source}: mu / sigma must be [{FEATURE_DIM}] / [{FEATURE_DIM}, {FEATURE_DIM}] "
                                  f"(got {list(mu.shape)} / {list(sigma.shape)})")  # fmt: skip
         return Reference(str(path), "stats", sha256_file(path), mu=mu, sigma=sigma)
     images = load_images_npz(path, what="reference")
-    return Reference(str(path), "images", sha256_file(path), images=images[:limit] if limit else images)
+    images = images[:limit] if limit else images
+    return Reference(str(path), "images", sha256_file(path), num=len(images), images=images)
 
 
 def cache_key(ref: Reference, *, weights_sha256: str) -> str:

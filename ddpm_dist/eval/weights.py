@@ -111,15 +111,20 @@ def read(path) -> tuple[dict[str, np.ndarray], dict]:
 
 def build_inception(path, *, input_size: tuple[int, int]):
     """(FIDInceptionV3 with the weights of ``path`` in inference mode, meta). Raises WeightsError."""
+    weights, meta = read(path)
+    return network(weights, input_size=input_size, source=path), meta
+
+
+def network(weights: dict[str, np.ndarray], *, input_size: tuple[int, int], source):
+    """FIDInceptionV3 for ``input_size`` images with ``weights`` (from :func:`read`), in inference mode."""
     import mindspore as ms
 
     from .inception import FIDInceptionV3
 
-    weights, meta = read(path)
     net = FIDInceptionV3(input_size=input_size)
     params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in weights.items()}
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     if not_loaded:  # read() checked every name; an internal invariant
-        raise WeightsError(f"{path}: parameters not loaded: {not_loaded[:3]}")
+        raise WeightsError(f"{source}: parameters not loaded: {not_loaded[:3]}")
     net.set_train(False)
-    return net, meta
+    return net

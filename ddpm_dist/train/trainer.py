@@ -361,19 +361,19 @@ class Trainer:
         ``steps``: DDIM steps (default ``run.sample_steps``); ``batch``: per-rank sampler batch (default: the whole
         share at once). Sample n's noise depends only on (run.seed, n), so the grids of one run are comparable over
         time and do not depend on the number of workers."""
+        from ..inference import batch_indices, gathered_batch_indices, shard_plan
+
         sampler = self._keyed_sampler(self.cfg.run.sample_steps if steps is None else steps)
         self._load_ema()
-        share = -(-num // self.world_size)
-        batch = share if batch is None else min(batch, share)
-        out = None
-        for start in range(0, share, batch):
-            local = start + np.arange(batch)  # positions in each rank's share; the last batch may overrun it
-            rows = self._gather(sampler.sample(self.rank * share + local, seed=self.cfg.run.seed)).asnumpy()
-            if out is None:
-                out = np.zeros((num, *rows.shape[1:]), rows.dtype)
-            index = (np.arange(self.world_size)[:, None] * share + local[None]).reshape(-1)
-            keep = ((local < share)[None] & np.ones((self.world_size, 1), bool)).reshape(-1) & (index < num)
-            out[index[keep]] = rows[keep]
+        w = self.world_size
+        batch, batches = shard_plan(num, w, num if batch is None else batch)
+        c, s = self.cfg.data.channels, self.cfg.data.image_size
+        out = np.zeros((num, c, s, s), np.float32)
+        for b in range(batches):
+            indices, valid = batch_indices(num, self.rank, w, b, batch)
+            rows = self._gather(sampler.sample(np.where(valid, indices, 0), seed=self.cfg.run.seed)).asnumpy()
+            indices, valid = gathered_batch_indices(num, w, b, batch)
+            out[indices[valid]] = rows[valid]
         return out
 
     def evaluate_ema(self, step: int) -> dict | None:
