@@ -8,20 +8,33 @@ loss scale and its counter - plus metadata: ``meta.step``, ``meta.images_seen``,
 Files go to ``<run>/checkpoints/step_<N>.ckpt`` via a temporary name, fsync and rename; then ``index.json`` (also
 replaced atomically) lists the complete checkpoints, oldest first. ``latest`` reads the index only: a file that is
 not listed - a save killed half-way - is never picked. The step is read from the file's metadata, never its name.
+
+The index is untrusted input: only entries naming a plain ``step_<8 digits>.ckpt`` file inside the checkpoint
+directory are ever read or deleted. An index that cannot be read (damaged, not a list, a bad entry) - or a missing
+one beside checkpoint files - is rebuilt from the files themselves (each carries its step and a CRC), so a damaged
+index can never send a run back to step 0 to overwrite its checkpoints; when no file verifies, ``CheckpointError``
+names the index and the way out. Every temporary a save can leave (ours, MindSpore's ``.tmp``, the index's) is
+removed when the save fails and before the next save starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
+from .cli_util import first_line
 from .files import fsync_dir, write_json_atomic
 
 KIND_TRAIN = "ddpm-dist/train"
 KIND_INFERENCE = "ddpm-dist/inference"
 INDEX = "index.json"
+_NAME = re.compile(r"step_\d{8}\.ckpt")  # the only file names an index entry may hold
+_TEMPORARIES = (".step_*.partial.ckpt", ".step_*.partial.tmp", f".{INDEX}.partial-*")
 
 
 class CheckpointError(RuntimeError):
@@ -33,15 +46,82 @@ def checkpoint_dir(out_dir: str) -> Path:
 
 
 def read_index(ckpt_dir: Path) -> list[dict]:
-    path = Path(ckpt_dir) / INDEX
-    if not path.is_file():
+    """The complete checkpoints of ``ckpt_dir`` as ``[{"file": name, "step": int}]``, oldest first.
+
+    Reads ``index.json``; rebuilds the list from the checkpoint files' own metadata (with a warning) when the index
+    is damaged or missing beside checkpoint files. Raises CheckpointError when it can do neither.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / INDEX
+    problem = None
+    if path.is_file():
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+            problem = _index_problem(entries)
+        except (OSError, ValueError) as err:
+            problem = f"unreadable ({first_line(err)})"
+        if problem is None:
+            return sorted(({"file": e["file"], "step": e["step"]} for e in entries), key=lambda e: e["step"])
+    files = sorted(p for p in ckpt_dir.glob("step_*.ckpt") if _NAME.fullmatch(p.name)) if ckpt_dir.is_dir() else []
+    if not files:
         return []
+    rebuilt = _rebuild(files)
+    if not rebuilt:
+        raise CheckpointError(
+            f"{path} is {problem or 'missing'} and none of the {len(files)} step_*.ckpt files beside it passes its "
+            "CRC; move the checkpoints away to start afresh, or use a new run.out_dir"
+        )
+    warnings.warn(
+        f"{path} is {problem or 'missing'}; rebuilt from {len(rebuilt)} checkpoint file(s)' own metadata", stacklevel=2
+    )
+    return rebuilt
+
+
+def _index_problem(entries) -> str | None:
+    """Why parsed index JSON is not a valid index, or None."""
+    if not isinstance(entries, list):
+        return "not a list of checkpoints"
+    for e in entries:
+        ok = isinstance(e, dict) and isinstance(e.get("file"), str) and _NAME.fullmatch(e["file"])
+        if not ok or not isinstance(e.get("step"), int) or isinstance(e["step"], bool) or e["step"] < 0:
+            return f"damaged (entry {json.dumps(e)[:80]} is not a step_<N>.ckpt file name with its step)"
+    return None
+
+
+def _rebuild(files: list[Path]) -> list[dict]:
+    """Index entries for the files that pass their CRC and carry a training step, oldest first."""
+    import mindspore as ms
+
+    entries = []
+    for f in files:
+        try:
+            params = ms.load_checkpoint(str(f), crc_check=True, choice_func=lambda n: n.startswith("meta."))
+            meta = meta_of(params)
+        except (ValueError, RuntimeError, OSError, TypeError):
+            continue
+        if meta.get("kind") == KIND_TRAIN and isinstance(meta.get("step"), int):
+            entries.append({"file": f.name, "step": int(meta["step"])})
+    return sorted(entries, key=lambda e: e["step"])
+
+
+def _remove_temporaries(ckpt_dir: Path) -> None:
+    for pattern in _TEMPORARIES:
+        for stale in ckpt_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_mindspore_log():
+    """MindSpore logs a CRITICAL line of its own when a save fails; our CheckpointError is the one line instead."""
+    from mindspore import log as ms_log
+
+    logger = ms_log._get_logger()  # noqa: SLF001 - MindSpore offers no public switch for this one line
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        return [e for e in entries if isinstance(e, dict) and "file" in e and "step" in e]
-    except (OSError, ValueError):
-        warnings.warn(f"{path}: unreadable checkpoint index; ignoring it", stacklevel=2)
-        return []
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, milestone_every: int = 0) -> Path:
@@ -66,20 +146,23 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
     append.update({f"meta.{k}": v for k, v in meta.items()})
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_dir.glob(".step_*.partial.ckpt"):  # left by a save that was killed
-            stale.unlink(missing_ok=True)
-        ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
+        _remove_temporaries(ckpt_dir)  # left by a save that was killed
+        entries = read_index(ckpt_dir)  # before writing: a damaged index is rebuilt while the files are all there
+        with _quiet_mindspore_log():
+            ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
-        entries = [e for e in read_index(ckpt_dir) if e["step"] != step] + [{"file": final.name, "step": int(step)}]
+        entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
         entries.sort(key=lambda e: e["step"])
         entries = _prune(ckpt_dir, entries, keep_last=keep_last, milestone_every=milestone_every)
         write_json_atomic(ckpt_dir / INDEX, entries)
+    except CheckpointError:
+        raise
     except (OSError, RuntimeError, ValueError) as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {err}") from err
+        _remove_temporaries(ckpt_dir)
+        raise CheckpointError(f"could not write checkpoint {final}: {first_line(err)}") from None
     return final
 
 
@@ -91,7 +174,7 @@ def _prune(ckpt_dir: Path, entries: list[dict], *, keep_last: int, milestone_eve
         milestone = milestone_every and e["step"] % milestone_every == 0
         if e["file"] in keep_set or milestone:
             kept.append(e)
-        else:
+        elif _NAME.fullmatch(e["file"]):  # read_index checked it; never delete anything else
             (ckpt_dir / e["file"]).unlink(missing_ok=True)
     return kept
 
@@ -106,8 +189,7 @@ def load(path) -> dict:
     try:
         return ms.load_checkpoint(str(path), crc_check=True)
     except (ValueError, RuntimeError, OSError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first_line(err)})") from None
 
 
 def write_weights(dst, arrays: dict, meta: dict) -> Path:
@@ -132,8 +214,7 @@ def write_weights(dst, arrays: dict, meta: dict) -> Path:
         os.replace(tmp, dst)
     except (OSError, RuntimeError, ValueError) as err:
         tmp.unlink(missing_ok=True)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"could not write {dst}: {first}") from None
+        raise CheckpointError(f"could not write {dst}: {first_line(err)}") from None
     return dst
 
 

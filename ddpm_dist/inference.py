@@ -21,6 +21,7 @@ import yaml
 
 from . import checkpoint
 from .checkpoint import KIND_INFERENCE, KIND_TRAIN, CheckpointError
+from .cli_util import first_line
 from .config import Config, ConfigError, from_dict, to_dict
 
 WEIGHTS = ("ema", "raw")
@@ -43,11 +44,6 @@ class Loaded:
     source_weights: str
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def read_arrays(path: Path) -> tuple[dict, dict]:
     """(name -> float ndarray of the non-meta entries, meta dict) of a .ckpt or .safetensors file."""
     if not path.is_file():
@@ -60,7 +56,7 @@ def read_arrays(path: Path) -> tuple[dict, dict]:
                 meta = {k[5:]: v for k, v in (f.metadata() or {}).items() if k.startswith("meta.")}
                 arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
         for key in ("step",):
             if key in meta:
                 meta[key] = int(meta[key])
@@ -80,7 +76,7 @@ def _config(path: Path, meta: dict) -> Config:
         data = yaml.safe_load(text)
         return from_dict({k: v for k, v in data.items() if k in EMBEDDED_SECTIONS}, source=f"{path} (meta.config)")
     except (yaml.YAMLError, AttributeError) as err:
-        raise CheckpointError(f"{path}: unreadable embedded config ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: unreadable embedded config ({first_line(err)})") from None
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"error: {message}\n")
+from ddpm_dist.cli_util import Parser, fail
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="a training checkpoint (runs/<run>/checkpoints/step_*.ckpt)")
     p.add_argument("--output", required=True, help="the inference checkpoint to write (.ckpt or .safetensors)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights to keep (default: ema)")
@@ -39,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = convert(args.input, args.output, weights=args.weights, overwrite=args.overwrite)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     print(f"wrote {args.weights} weights of {args.input} to {out}")
     return 0
 

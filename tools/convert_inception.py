@@ -16,14 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
+from ddpm_dist.cli_util import Parser, fail, first_line
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("src", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a PyTorch state dict)")
     p.add_argument("dst", help="output .ckpt or .safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dst")
@@ -39,7 +36,7 @@ def read_torch_state(path: Path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; this is one line for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ValueError(f"{path}: not a readable PyTorch weights file ({first[:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -68,14 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         converted = from_torch_state(state, source=str(src))
         save(dst, converted, source=src)
     except (ValueError, CheckpointError, WeightsError, OSError) as err:
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(first_line(err))
     print(f"wrote {dst}: {len(converted)} tensors, FID Inception (pytorch-fid 2015-12-05) from {src}")
     return 0
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 2
 
 
 if __name__ == "__main__":

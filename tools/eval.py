@@ -18,16 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ddpm_dist.cli_util import Parser, fail, first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, run_eval
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", required=True, help="npz with arr_0 uint8 [N, H, W, C]")
     add_eval_args(p, required=True)
     p.add_argument("--num-samples", type=int, help="use only the first N samples (default: all)")
@@ -70,13 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 write_json_atomic(args.out, result)
     except (EvalError, CheckpointError, ValueError, OSError) as err:
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(first_line(err))
     return 0
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 2
 
 
 if __name__ == "__main__":

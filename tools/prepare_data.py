@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ddpm_dist.cli_util import Parser, fail
 from ddpm_dist.data import SOURCES, DataError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--input", help="file or folder to read (not needed for digits)")
     p.add_argument("--output", required=True, help="directory to create (MindRecord files + manifest.json)")
@@ -50,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             strict=args.strict,
         )
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     s = manifest["image_size"]
     skipped = manifest.get("skipped", 0)
     print(

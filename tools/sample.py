@@ -21,18 +21,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from ddpm_dist.cli_util import Parser, fail, first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
 
 OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="a training checkpoint or one written by tools/convert_ckpt.py")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
@@ -178,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                           metrics=metrics)  # fmt: skip
             info(f"wrote {args.num_samples} samples to {args.out}", rank=rank)
     except (CheckpointError, ConfigError, EvalError, ValueError, OSError) as err:
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(first_line(err))
     return 0
 
 
@@ -197,11 +193,6 @@ def _progress_bar(disable: bool):
             state["bar"].close()
 
     return update
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 2
 
 
 if __name__ == "__main__":

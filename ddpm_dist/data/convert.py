@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_dist.cli_util import first_line
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
 from ddpm_dist.files import sha256_file
 
@@ -61,11 +62,6 @@ class Source:
     channels: int
     chunks: Chunks
     info: dict = field(default_factory=dict)  # extra manifest keys; a reader may fill it while it is being iterated
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------------- CIFAR-10
@@ -94,7 +90,7 @@ def _parse_cifar_python(name: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]
     try:
         batch = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as err:  # pickle raises many types on garbage (EOFError, UnpicklingError, ValueError, ...)
-        raise DataError(f"{name}: corrupt or truncated CIFAR-10 batch ({_first_line(err)})") from None
+        raise DataError(f"{name}: corrupt or truncated CIFAR-10 batch ({first_line(err)})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{name}: not a CIFAR-10 batch (expected a dict, got {type(batch).__name__})")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -140,7 +136,7 @@ def _read_cifar_blobs(path: Path, split: str) -> tuple[str, list[tuple[str, byte
                         raise DataError(f"{path}: CIFAR-10 archive has no {name}")
                     blobs.append((f"{path}:{name}", tar.extractfile(members[name]).read()))
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise DataError(f"{path}: not a readable CIFAR-10 archive ({_first_line(err)})") from None
+            raise DataError(f"{path}: not a readable CIFAR-10 archive ({first_line(err)})") from None
         return ("cifar10-binary" if binary else "cifar10-python"), blobs
     for folder, binary in (
         (path, False),
@@ -195,7 +191,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         if path.suffix == ".gz":
             blob = gzip.decompress(blob)
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: corrupt or truncated gzip file ({_first_line(err)})") from None
+        raise DataError(f"{path}: corrupt or truncated gzip file ({first_line(err)})") from None
     header = 4 + 4 * ndim
     if len(blob) < header:
         raise DataError(f"{path}: truncated idx file ({len(blob)} bytes)")
@@ -301,7 +297,7 @@ def read_folder(path: str, *, image_size: int, channels: int, strict: bool = Fal
                 return np.asarray(fit_image(im, image_size, channels)).reshape(image_size, image_size, channels)
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             if strict:
-                raise DataError(f"unreadable image {file} ({_first_line(err)})") from None
+                raise DataError(f"unreadable image {file} ({first_line(err)})") from None
             info["skipped"] += 1
             if len(info["skipped_examples"]) < 5:
                 info["skipped_examples"].append(str(file.relative_to(root)))

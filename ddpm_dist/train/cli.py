@@ -6,25 +6,20 @@ User errors (config, data, checkpoint) end with one line on stderr and exit stat
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 
+from ..cli_util import Parser, fail, first_line
 from ..config import ConfigError, load_config, to_yaml
 from ..device import prepare_env
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_dist.train", description="Train a DDPM (data-parallel).")
+    parser = Parser(prog="python -m ddpm_dist.train", description="Train a DDPM (data-parallel).")
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings (GLOG_v=2)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.ch=64")
     return parser.parse_args(argv)
-
-
-def fail(msg: str, code: int = 2) -> int:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,5 +58,5 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         if on_done is not None:
             on_done(trainer)
     except (ConfigError, CheckpointError, DataError, TrainingError) as err:
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(first_line(err))
     return 0
