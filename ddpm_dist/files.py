@@ -29,19 +29,23 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write ``data`` as indented JSON through a temporary file beside ``path``, fsync and rename: readers see the
-    old file or the new one, never a partial one, and an error leaves no temporary file behind."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` through a temporary file beside ``path``, fsync and rename: readers see the old file or the new
+    one, never a partial one, and an error (e.g. a full disk) leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """``data`` as indented JSON, written like ``write_text_atomic``."""
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,39 +56,87 @@ class ProgressLine:
         print(" | ".join(parts), flush=True)
 
 
+class TensorBoardError(RuntimeError):
+    """The events file cannot be written (e.g. the disk is full); one line naming the directory."""
+
+
 class TensorBoard:
-    """tensorboardX writer under ``<out_dir>/tb`` on rank 0; a no-op elsewhere."""
+    """tensorboardX writer under ``<out_dir>/tb`` on rank 0; a no-op elsewhere.
+
+    tensorboardX writes from a thread of its own, so a full disk would end in tracebacks from that thread and again
+    at exit. Here a write error of that thread is recorded instead (see ``_watch_writer_thread``), the next call
+    raises one TensorBoardError, and ``close`` never raises.
+    """
 
     def __init__(self, out_dir: str, *, rank: int):
         self.writer = None
+        self.logdir = Path(out_dir) / "tb"
+        self.error: OSError | None = None
         if rank == 0:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(logdir=str(Path(out_dir) / "tb"), flush_secs=30)
+            _watch_writer_thread(self)
+            self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
+
+    def _call(self, fn, *args, **kwargs) -> None:
+        if self.writer is None:
+            return
+        try:
+            if self.error is None:
+                fn(*args, **kwargs)
+        except OSError as err:
+            self.error = err
+        if self.error is not None:
+            err, self.error = self.error, None
+            self.close()
+            raise TensorBoardError(f"could not write TensorBoard events to {self.logdir}: {err}") from None
 
     def scalars(self, values: dict, step: int) -> None:
-        if self.writer is not None:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, float(value), step)
+        for tag, value in values.items():
+            self._call(lambda t, v: self.writer.add_scalar(t, float(v), step), tag, value)
 
     def images(self, tag: str, images: np.ndarray, step: int) -> None:
         """``images``: float32 [N, C, H, W] in [-1, 1]."""
-        if self.writer is not None:
-            grid = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
-            self.writer.add_images(tag, grid, step, dataformats="NCHW")
+        grid = np.clip((images + 1.0) / 2.0, 0.0, 1.0)
+        self._call(lambda: self.writer.add_images(tag, grid, step, dataformats="NCHW"))
 
     def text(self, tag: str, value: str, step: int = 0) -> None:
-        if self.writer is not None:
-            self.writer.add_text(tag, value, step)
+        self._call(lambda: self.writer.add_text(tag, value, step))
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        self._call(lambda: self.writer.flush())
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Close the writer; never raises (a write error was reported by the call that met it)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+
+_WATCHED: list = []
+
+
+def _watch_writer_thread(board: TensorBoard) -> None:
+    """Route an OSError raised in tensorboardX's writer thread to ``board.error`` instead of a traceback.
+
+    Installed once per process (on rank 0, when the first writer is made); other threads and other errors go to
+    the previous hook unchanged."""
+    _WATCHED[:] = [board]
+    if getattr(threading.excepthook, "_ddpm_dist", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_EventLoggerThread" and _WATCHED:
+            _WATCHED[0].error = args.exc_value
+            return
+        previous(args)
+
+    hook._ddpm_dist = True
+    threading.excepthook = hook
 
 
 def save_grid_png(images: np.ndarray, path, *, nrow: int | None = None) -> None:

@@ -3,6 +3,7 @@ and 2 msrun workers), pre-emption by SIGTERM, a dead worker, runaway non-finite 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -104,6 +105,104 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step_00000001.ckpt"]
     assert (tmp_path / "step_00000001.ckpt").read_bytes() == before
     assert checkpoint.latest(tmp_path)[0].name == "step_00000001.ckpt"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{garbage", '{"file": "step_00000003.ckpt", "step": 3}', '[{"file": "step_00000003.ckpt", "step": "3"}]', None],
+)
+def test_damaged_or_missing_index_is_rebuilt_from_the_checkpoints_own_metadata(tmp_path, damage):
+    """A damaged index used to read as "no checkpoints": resume=auto started at step 0 and overwrote the files."""
+    cell = _Small()
+    for step in (1, 2, 3):
+        checkpoint.save(cell, tmp_path, step=step, meta={"images_seen": step}, keep_last=3)
+    originals = {p.name: p.read_bytes() for p in tmp_path.glob("step_*.ckpt")}
+    if damage is None:
+        (tmp_path / "index.json").unlink()
+    else:
+        (tmp_path / "index.json").write_text(damage)
+    with pytest.warns(UserWarning, match="rebuilt from 3 checkpoint file"):
+        path, params = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000003.ckpt" and checkpoint.meta_of(params)["step"] == 3
+    with pytest.warns(UserWarning, match="rebuilt"):  # the next save starts from the rebuilt list: nothing is lost
+        checkpoint.save(cell, tmp_path, step=4, meta={"images_seen": 4}, keep_last=3)
+    assert [e["step"] for e in checkpoint.read_index(tmp_path)] == [2, 3, 4]  # a valid index again; 1 pruned
+    for name in ("step_00000002.ckpt", "step_00000003.ckpt"):
+        assert (tmp_path / name).read_bytes() == originals[name]
+
+
+def test_rebuild_skips_files_failing_their_crc_and_stops_when_none_verifies(tmp_path):
+    cell = _Small()
+    for step in (1, 2):
+        checkpoint.save(cell, tmp_path, step=step, meta={"images_seen": step})
+    (tmp_path / "index.json").write_text("[")
+    newest = tmp_path / "step_00000002.ckpt"
+    newest.chmod(0o600)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="rebuilt from 1 checkpoint"):
+        assert checkpoint.read_index(tmp_path) == [{"file": "step_00000001.ckpt", "step": 1}]
+    (tmp_path / "step_00000001.ckpt").chmod(0o600)
+    (tmp_path / "step_00000001.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="index.json is unreadable .* none of the 2 step_"):
+        checkpoint.latest(tmp_path)
+    assert newest.is_file() and (tmp_path / "step_00000001.ckpt").is_file()  # nothing deleted
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "subdir", "other-name"])
+def test_index_entries_outside_the_plain_checkpoint_names_are_never_deleted(tmp_path, where):
+    """An index entry ``{"file": "../../victim.txt"}`` made pruning delete a file outside the run."""
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cell = _Small()
+    checkpoint.save(cell, ckpt_dir, step=2, meta={"images_seen": 2})
+    (ckpt_dir / "victim.txt").write_text("precious")
+    target = {"parent": "../../victim.txt", "absolute": str(victim), "subdir": "sub/step_00000001.ckpt",
+              "other-name": "victim.txt"}[where]  # fmt: skip
+    index = [{"file": target, "step": 1}, {"file": "step_00000002.ckpt", "step": 2}]
+    (ckpt_dir / "index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="damaged"):
+        for step in (3, 4):
+            checkpoint.save(cell, ckpt_dir, step=step, meta={"images_seen": step}, keep_last=1)
+    assert victim.read_text() == "precious" and (ckpt_dir / "victim.txt").read_text() == "precious"
+    assert [e["step"] for e in checkpoint.read_index(ckpt_dir)] == [4]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_save_removes_every_temporary_and_says_one_line(small_tmpfs, capfd):
+    cell = _Small(2048)  # 16 MB of weights: the first save fits in 20 MB, the second runs out of space half-way
+    checkpoint.save(cell, small_tmpfs, step=1, meta={"images_seen": 1})
+    capfd.readouterr()
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device") as info:
+        checkpoint.save(cell, small_tmpfs, step=2, meta={"images_seen": 2})
+    assert "step_00000002.ckpt" in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["index.json", "step_00000001.ckpt"]  # no .tmp left
+    out, err = capfd.readouterr()
+    assert "CRITICAL" not in out + err and "Traceback" not in out + err
+    assert [e["step"] for e in checkpoint.read_index(small_tmpfs)] == [1]
+
+
+def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path):
+    cell = _Small()
+    checkpoint.save(cell, tmp_path, step=1, meta={"images_seen": 1})
+    leftovers = [".step_00000002.partial.ckpt", ".step_00000002.partial.tmp", ".index.json.partial-4242"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"half")
+    checkpoint.save(cell, tmp_path, step=3, meta={"images_seen": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step_00000001.ckpt", "step_00000003.ckpt"]
 
 
 _SAVER = """

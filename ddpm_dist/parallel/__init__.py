@@ -19,8 +19,13 @@ _STATE = {"initialised": False, "rank": 0, "world_size": 1}
 
 
 def launched_distributed() -> bool:
-    """True when a launcher started this process as one of several workers."""
-    if os.environ.get("MS_ROLE") == "MS_WORKER":
+    """True when a launcher started this process as one of several workers - or as any process of msrun's cluster.
+
+    msrun starts a scheduler (``MS_ROLE=MS_SCHED``) beside its workers (``MS_ROLE=MS_WORKER``), also with one worker
+    (``DEVICE_NUM=1``): every process with an ``MS_ROLE`` must join the cluster in ``init()``, where the scheduler
+    serves the workers, or it would train the whole run alone while the real worker waits for it.
+    """
+    if os.environ.get("MS_ROLE"):
         return True
     for var in ("MS_WORKER_NUM", "OMPI_COMM_WORLD_SIZE", "RANK_SIZE"):
         if int(os.environ.get(var, "1") or 1) > 1:

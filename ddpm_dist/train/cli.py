@@ -45,8 +45,10 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
+    from ..logging import TensorBoardError
     from .trainer import Trainer, TrainingError
 
+    trainer = None
     try:
         device = setup_device(cfg.run.device, cfg.run.mode)
         parallel.init()
@@ -57,6 +59,9 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
-    except (ConfigError, CheckpointError, DataError, TrainingError) as err:
+    except (ConfigError, CheckpointError, DataError, TrainingError, TensorBoardError, OSError) as err:
         return fail(first_line(err))
+    finally:
+        if trainer is not None:
+            trainer.tb.close()  # never raises: a full disk is the one line above, not a traceback at exit
     return 0

@@ -22,6 +22,7 @@ from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion, build_schedule
 from ..diffusion.sampling import KeyedSampler, build_sampler
+from ..files import write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
 from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
@@ -233,10 +234,7 @@ class Trainer:
     def train(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / "config.yaml.tmp"
-            tmp.write_text(to_yaml(cfg), encoding="utf-8")
-            tmp.replace(self.out_dir / "config.yaml")
+            write_text_atomic(self.out_dir / "config.yaml", to_yaml(cfg))
             self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "

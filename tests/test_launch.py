@@ -1,0 +1,79 @@
+"""launch/run_8p.sh: the pre-flight checks (ddpm_dist/launch_check.py, one line each, before msrun starts) and a
+one-card run through msrun (DEVICE_NUM=1), where msrun's scheduler process must not train by itself."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from train_helpers import ROOT, TINY, env, free_port, prepare_digits
+
+RUN_8P = str(ROOT / "launch" / "run_8p.sh")
+
+
+def _run_8p(tmp_path: Path, *args: str, timeout: int = 120, **variables) -> subprocess.CompletedProcess:
+    variables.setdefault("LOG_DIR", str(tmp_path / "logs"))
+    return subprocess.run(
+        ["bash", RUN_8P, *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+        env=env() | {k: str(v) for k, v in variables.items()},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variables,needle",
+    [
+        ({"DEVICE_NUM": "0"}, "DEVICE_NUM=0: must be in [1,"),
+        ({"DEVICE_NUM": "abc"}, "DEVICE_NUM='abc': must be an integer"),
+        ({"NNODES": "-1"}, "NNODES=-1: must be in [1,"),
+        ({"NNODES": "2", "NODE_RANK": "2", "DEVICE_NUM": "1"}, "NODE_RANK=2: must be in [0, 1]"),
+        ({"MASTER_PORT": "99999"}, "MASTER_PORT=99999: must be in [1, 65535]"),
+        ({"CLUSTER_TIMEOUT": "x"}, "CLUSTER_TIMEOUT='x'"),
+        ({"DEVICE_NUM": "3"}, "train.global_batch=8 is not divisible by the 3 workers"),
+        ({"DEVICE_NUM": "1", "NNODES": "2", "MASTER_ADDR": "127.0.0.1"}, "MASTER_ADDR=127.0.0.1 is a loopback address"),
+        ({"DEVICE_NUM": "1", "NNODES": "2", "MASTER_ADDR": "localhost"}, "is a loopback address, but NNODES=2"),
+    ],
+)
+def test_bad_launcher_settings_are_one_line_before_msrun(tmp_path, variables, needle):
+    res = _run_8p(tmp_path, TINY, "data.path=unused", **variables)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
+    assert lines[0].startswith("error: ") and not (tmp_path / "logs").exists()  # msrun never started
+
+
+def test_bad_config_override_is_one_line_before_msrun(tmp_path):
+    res = _run_8p(tmp_path, TINY, "model.ch=abc", DEVICE_NUM=2)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "model.ch" in lines[0], res.stderr
+
+
+def test_launch_check_accepts_good_settings():
+    from ddpm_dist.launch_check import main
+
+    common = ["--nnodes", "1", "--node-rank", "0", "--master-addr", "127.0.0.1", "--cluster-timeout", "5"]
+    assert main(["--device-num", "4", "--master-port", "8118", *common, "--config", TINY]) == 0
+    assert main(["--device-num", "8", "--master-port", "65535", *common]) == 0  # ENTRY scripts: no config
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_card_through_msrun_trains_once_and_exits_zero(tmp_path):
+    """DEVICE_NUM=1: msrun starts a scheduler (MS_ROLE=MS_SCHED, MS_WORKER_NUM=1) and one worker; before the fix the
+    scheduler trained the whole run alone and the worker waited for a cluster that never formed."""
+    data = prepare_digits(tmp_path / "digits8")
+    run = tmp_path / "run"
+    res = _run_8p(
+        tmp_path, TINY, f"data.path={data}", f"run.out_dir={run}", "train.total_steps=3",
+        timeout=600, DEVICE_NUM=1, MASTER_PORT=free_port(), CLUSTER_TIMEOUT=120,
+    )  # fmt: skip
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert res.returncode == 0, res.stdout + res.stderr + logs
+    assert "done: step 3" in res.stdout + logs
+    assert "Traceback" not in res.stderr + logs
+    worker = (tmp_path / "logs" / "worker_0.log").read_text(errors="replace")
+    assert "training ddpm_unet on CPU x 1 worker(s)" in worker and "steps 0->3" in worker
+    scheduler = (tmp_path / "logs" / "scheduler.log").read_text(errors="replace")
+    assert "training ddpm_unet" not in scheduler  # the scheduler only serves the cluster
+    from ddpm_dist import checkpoint
+
+    assert [e["step"] for e in checkpoint.read_index(run / "checkpoints")] == [3]
