@@ -202,6 +202,19 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
+    resolutions = [cfg.data.image_size // 2**i for i in range(len(cfg.model.ch_mult))]
+    absent = [r for r in cfg.model.attn_resolutions if r not in resolutions]
+    if cfg.model.arch == "ddpm_unet" and absent:
+        raise ConfigError(
+            f"{source}: model.attn_resolutions: the network has no resolution {absent[0]} "
+            f"(data.image_size {cfg.data.image_size} with {len(cfg.model.ch_mult)} levels gives {resolutions})"
+        )
+    for key in ("run.sample_steps", "eval.sample_steps") if cfg.eval.every else ("run.sample_steps",):
+        if _get(cfg, key) > cfg.diffusion.timesteps:
+            raise ConfigError(
+                f"{source}: {key}: {_get(cfg, key)} exceeds diffusion.timesteps {cfg.diffusion.timesteps} "
+                "(DDIM steps are a subset of the T training steps; 0 means all of them)"
+            )
     return cfg
 
 
@@ -227,9 +240,14 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        if data is None:
+            raise ConfigError(
+                f"{path}: the config file is empty; start from one in configs/ (every value left out takes its "
+                "default from ddpm_dist/config.py)"
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         try:
@@ -243,6 +261,8 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
             raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
+        except yaml.YAMLError as err:  # the value is parsed as YAML: e.g. an unclosed list "[1,2"
+            raise ConfigError(f"override {item!r}: not a valid value ({str(err).splitlines()[0]})") from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{source}: required key {missing[0]} is not set")

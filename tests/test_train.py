@@ -31,6 +31,9 @@ def digits8(tmp_path_factory):
         ("train.global_batch", "expected key=value"),
         ("eval.every=100", "eval.inception: required when eval.every > 0"),
         ("eval.num_samples=5", "eval.splits: 10 exceeds eval.num_samples 5"),
+        ("model.ch_mult=[1,2", "not a valid value"),
+        ("model.attn_resolutions=[3]", "model.attn_resolutions: the network has no resolution 3"),
+        ("run.sample_steps=500", "run.sample_steps: 500 exceeds diffusion.timesteps 100"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):
@@ -48,6 +51,20 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     assert res.returncode == 2 and str(bad) in res.stderr and "model.chanels" in res.stderr
     missing = run_train("--config", str(tmp_path / "nope.yaml"), "--dry-run")
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_empty_config_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    res = run_train("--config", str(empty), "--dry-run", "data.path=x")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and f"{empty}: the config file is empty" in lines[0]
+
+
+def test_bad_flag_is_one_line_not_the_usage_block():
+    res = run_train("--config", TINY, "--no-such-flag")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and lines == ["error: unrecognized arguments: --no-such-flag"], res.stderr
 
 
 def test_dry_run_prints_resolved_config():
