@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 
@@ -49,3 +50,15 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data) -> None:
     """``data`` as indented JSON, written like ``write_text_atomic``."""
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def probe_writable(path: str | Path) -> None:
+    """Raise OSError unless a directory could be created at ``path`` (or inside it, if it is a directory): a probe
+    directory is made and removed in the nearest existing ancestor, so nothing is left behind either way."""
+    path = Path(path).absolute()
+    base = next(p for p in (path, *path.parents) if p.exists())
+    if not base.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(base))
+    probe = base / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    probe.mkdir()
+    probe.rmdir()

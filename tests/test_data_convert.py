@@ -418,3 +418,27 @@ def test_cli_converts(tmp_path, repo_root):
     assert again.returncode == 2 and again.stderr.splitlines() == [
         f"error: output {tmp_path / 'out'} already exists (pass --overwrite to replace it)"
     ]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--image-size", "0"], "--image-size must be in [1, 1024] (got 0)"),
+        (["--image-size", "100000"], "--image-size must be in [1, 1024] (got 100000)"),
+        (["--output", "/proc/x"], "output /proc/x: cannot write there"),
+        (["--output", "{tmp}/file/x"], "cannot write there (Not a directory)"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_cli_bad_settings_exit_2_with_one_line_before_reading(tmp_path, repo_root, args, needle):
+    (tmp_path / "file").write_text("not a directory")
+    given = {"--source": "digits", "--output": "out"}
+    extra = [a.format(tmp=tmp_path) for a in args]
+    if extra[0] in given:
+        given[extra[0]] = extra[1]
+        extra = []
+    result = run_cli(repo_root, *[x for kv in given.items() for x in kv], *extra)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0], lines[0]
+    assert_nothing_written(tmp_path)

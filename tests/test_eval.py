@@ -249,15 +249,20 @@ def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(ince
         (["--inception", "{tmp}/floats.npz"], "expected a MindSpore"),
         (["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
         (["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
+        (["--out", "/proc/e.json"], "--out /proc/e.json: cannot write there"),
+        (["--samples", "{tmp}/px8.npz"], "samples are 8x8 but the reference"),
+        (["--samples", "{tmp}/px8.npz", "--ref", "{data}"], "samples are 8x8 but the reference"),
     ],
 )
 def test_eval_cli_bad_inputs_are_one_line(args, needle, inception_ckpt, digits, tmp_path):
     np.savez(tmp_path / "floats.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    np.savez(tmp_path / "px8.npz", arr_0=digits[2][:, ::2, ::2])  # the reference (digits16) is 16x16
     (tmp_path / "garbage.npz").write_bytes(b"not a zip file")
-    given = {"--samples": str(digits[1]), "--ref": str(digits[1]), "--inception": str(inception_ckpt)}
+    given = {"--samples": str(digits[1]), "--ref": str(digits[1]), "--inception": str(inception_ckpt),
+             "--out": str(tmp_path / "m.json")}  # fmt: skip
     for key, value in zip(args[::2], args[1::2], strict=True):
-        given[key] = value.format(tmp=tmp_path)
-    res = run_tool(EVAL, *[x for kv in given.items() for x in kv], "--out", str(tmp_path / "m.json"))
+        given[key] = value.format(tmp=tmp_path, data=digits[0])
+    res = run_tool(EVAL, *[x for kv in given.items() for x in kv])
     line = one_error_line(res)
     assert needle in line, line
     if needle == "convert_inception.py":

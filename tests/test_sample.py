@@ -288,6 +288,13 @@ def test_bad_inputs_are_one_line_and_exit_2(tool, args, needle, tmp_path):
 
 
 @pytest.mark.slow
+def test_unwritable_out_is_found_before_the_checkpoint_is_read(tmp_path):
+    files = _fake_checkpoints(tmp_path)
+    res = run_tool(SAMPLE, "--ckpt", files["random"], "--out", "/proc/s")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and lines == ["error: --out /proc/s: cannot write there (No such file or directory)"]
+
+
 def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
     res = run_tool(SAMPLE, "--ckpt", str(train_ckpt), "--out", str(tmp_path / "o"), "--steps", "101")
     assert res.returncode == 2

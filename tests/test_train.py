@@ -80,6 +80,24 @@ def test_missing_data_is_one_line(tmp_path):
     res = run_train("--config", TINY, f"data.path={tmp_path / 'none'}", f"run.out_dir={tmp_path / 'run'}")
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()  # a set-up error leaves no empty run directory
+
+
+def test_damaged_data_file_is_one_line_before_anything_is_written(digits8, tmp_path):
+    """A .mindrecord whose first 4 KB were overwritten (same size): MindSpore's "header larger than upper limit"
+    traceback at the first batch, after config.yaml and tb/ were written; now the sha256 check stops it first."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits8, data)
+    shard = next(data.glob("*.mindrecord"))
+    with open(shard, "r+b") as f:
+        f.write(bytes(range(256)) * 16)
+    run = tmp_path / "run"
+    res = run_train("--config", TINY, f"data.path={data}", f"run.out_dir={run}")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and f"{shard}: sha256 does not match" in lines[0], res.stderr
+    assert not run.exists()  # no config.yaml, no tb/, not even an empty run directory
 
 
 # ---------------------------------------------------------------- pieces of the step

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ddpm_dist.cli_util import Parser, fail, first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, run_eval
+from ddpm_dist.files import probe_writable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--num-samples must be >= 2 (got {args.num_samples})"
     if problem is None and not Path(args.samples).is_file():
         problem = f"samples not found: {args.samples}"
+    if problem is None and args.out:
+        try:  # the JSON is written beside --out first: an unwritable place fails now, not after the feature work
+            probe_writable(Path(args.out).parent)
+        except OSError as err:
+            problem = f"--out {args.out}: cannot write there ({err.strerror or first_line(err)})"
     if problem:
         return fail(problem)
     from ddpm_dist.device import prepare_env

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ddpm_dist.cli_util import Parser, fail, first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
+from ddpm_dist.files import probe_writable
 
 OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
 
@@ -69,6 +70,10 @@ def check_args(args: argparse.Namespace) -> str | None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return f"--out {out}: exists and is not a directory"
+    try:  # the staging folder goes beside --out: an unwritable place fails now, not after all the sampling
+        probe_writable(out.parent)
+    except OSError as err:
+        return f"--out {out}: cannot write there ({err.strerror or first_line(err)})"
     if args.eval:
         if not args.ref or not args.inception:
             return "--eval needs --ref and --inception"

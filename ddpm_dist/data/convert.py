@@ -42,12 +42,13 @@ import numpy as np
 
 from ddpm_dist.cli_util import first_line
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
-from ddpm_dist.files import sha256_file
+from ddpm_dist.files import probe_writable, sha256_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHARD_TARGET_BYTES = 256 * 2**20  # automatic shard count: about this much pixel data per file
 MAX_SHARDS = 1000
+MAX_IMAGE_SIZE = 1024  # larger is a typo, not a DDPM data set (minutes of resizing, gigabytes per shard)
 _ROWS_PER_WRITE = 1000
 
 Chunks = Iterator[tuple[np.ndarray, np.ndarray]]  # (uint8 [n, H, W, C], int32 [n])
@@ -416,6 +417,7 @@ def _write_shards(folder: Path, src: Source, shards: int) -> list[dict]:
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
+    _check_writable(out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -426,6 +428,14 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise DataError(f"output {out} already exists (pass --overwrite to replace it)")
     if not (out / MANIFEST_NAME).is_file():
         raise DataError(f"refusing to overwrite {out}: it has no {MANIFEST_NAME}, so it is not a prepared data set")
+
+
+def _check_writable(out: Path) -> None:
+    """An unwritable output fails before any reading."""
+    try:
+        probe_writable(out.parent)
+    except OSError as err:
+        raise DataError(f"output {out}: cannot write there ({err.strerror or first_line(err)})") from None
 
 
 def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bool, meta: dict) -> dict:
@@ -522,12 +532,12 @@ def convert(
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r} (choose train or test)")
     native_size, native_channels = _NATIVE[source]
-    image_size = image_size or native_size
-    channels = channels or native_channels
+    image_size = native_size if image_size is None else image_size
+    channels = native_channels if channels is None else channels
     if image_size is None:
         raise DataError(f"--image-size is required for --source {source}")
-    if image_size < 1:
-        raise DataError(f"--image-size must be >= 1 (got {image_size})")
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"--image-size must be in [1, {MAX_IMAGE_SIZE}] (got {image_size})")
     if channels not in (1, 3):
         raise DataError(f"--channels must be 1 or 3 (got {channels})")
     if shards is not None and not 1 <= shards <= MAX_SHARDS:

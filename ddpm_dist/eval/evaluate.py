@@ -9,7 +9,7 @@ import numpy as np
 
 from .features import FeatureExtractor
 from .metrics import feature_stats, frechet_distance, inception_score
-from .reference import PROTOCOL, cache_key, default_cache_dir, open_reference, read_cached, write_cached
+from .reference import PROTOCOL, ReferenceError, cache_key, default_cache_dir, open_reference, read_cached, write_cached
 
 
 def evaluate(
@@ -34,6 +34,13 @@ def evaluate(
     say = log or (lambda _msg: None)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     reference = open_reference(ref, limit=ref_limit)
+    h, w = images.shape[1:3]
+    if reference.image_size is not None and (h, w) != (reference.image_size, reference.image_size):
+        s = reference.image_size
+        raise ReferenceError(
+            f"samples are {h}x{w} but the reference {ref} holds {s}x{s} images: an FID across resolutions measures "
+            f"the resizing, not the model; compare against a reference at {h}x{w}"
+        )
     key = cache_key(reference, weights_sha256=extractor.fingerprint)
     cached = None
     if reference.kind != "stats" and rank() == 0:

@@ -51,6 +51,13 @@ class Reference:
     sigma: np.ndarray | None = None
     manifest: dict | None = None
 
+    @property
+    def image_size(self) -> int | None:
+        """Height (= width) of the reference images; None for statistics, whose resolution is not recorded."""
+        if self.manifest is not None:
+            return int(self.manifest["image_size"])
+        return int(self.images.shape[1]) if self.images is not None else None
+
     def load_images(self) -> np.ndarray:
         """uint8 [num, H, W, C]. Raises ReferenceError."""
         if self.images is None and self.manifest is not None:

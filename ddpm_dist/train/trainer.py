@@ -22,7 +22,7 @@ from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion, build_schedule
 from ..diffusion.sampling import KeyedSampler, build_sampler
-from ..files import write_text_atomic
+from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
 from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
@@ -150,8 +150,8 @@ class Trainer:
         self.resumed = False
         self._resume()
         reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank, start_step=self.step)
+        self.data = data if data is not None else self._build_data()  # checked before anything is written
         self._check_writable()
-        self.data = data if data is not None else self._build_data()
         self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
         self._samplers: dict = {}
         self._sample_net = None
@@ -168,21 +168,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _check_writable(self) -> None:
-        """Rank 0 must be able to write the run directory; fail before training, not at the first checkpoint."""
+        """Rank 0 must be able to write the run directory; fail before training, not at the first checkpoint, and
+        without creating it (a run that fails during set-up leaves no empty run directory behind)."""
         if self.rank != 0:
             return
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write_test_{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            probe_writable(self.out_dir)
         except OSError as err:
             raise ConfigError(f"run.out_dir: cannot write to {self.out_dir} ({err.strerror or err})") from None
 
     def _build_data(self):
         from ..data.pipeline import build_train_data
 
-        return build_train_data(self.cfg, rank=self.rank, world_size=self.world_size, start_step=self.step)
+        return build_train_data(self.cfg, rank=self.rank, world_size=self.world_size, start_step=self.step, verify=True)
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
