@@ -339,7 +339,10 @@ def test_sigterm_saves_and_exits_zero_then_resume_continues(digits8, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_sigterm_to_the_launcher_stops_all_workers_at_one_step(digits8, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_launcher_stops_all_workers_at_one_step(digits8, tmp_path, sig):
+    """SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) to run_8p.sh: the workers save and stop at one step,
+    and the message names the signal that was sent (a SIGINT used to be reported as SIGTERM)."""
     run = tmp_path / "run"
     e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(tmp_path / "logs")}
     proc = subprocess.Popen(
@@ -351,12 +354,12 @@ def test_sigterm_to_the_launcher_stops_all_workers_at_one_step(digits8, tmp_path
     while "step 20/" not in _read(tmp_path / "logs" / "worker_0.log"):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err + worker_logs(tmp_path / "logs")
-    assert "stopped by SIGTERM at step" in out
+    assert f"stopped by {sig.name} at step" in out
     log0 = _read(tmp_path / "logs" / "worker_0.log")
-    step = int(log0.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    step = int(log0.split(f"stopped by {sig.name} at step ")[1].split(":")[0])
     assert step % 10 == 0  # both workers agreed on a stop step at a sync point (msrun's 0 means both exited 0)
     assert [e["step"] for e in checkpoint.read_index(run / "checkpoints")] == [step]
 

@@ -1,0 +1,149 @@
+"""Faults a run must survive without losing data: SIGKILL of a 2-worker msrun job at random moments (including in
+the middle of checkpoint writes), a damaged checkpoint index, and a disk that fills up during training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_helpers import ROOT, TINY, env, final_state, free_port, prepare_digits, run_train, worker_logs
+
+from ddpm_dist import checkpoint
+
+TEMPORARY_MARKS = (".partial", ".tmp", ".probe")
+
+
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory):
+    return prepare_digits(tmp_path_factory.mktemp("data") / "digits8")
+
+
+def _temporaries(ckpt_dir: Path) -> list[str]:
+    return sorted(p.name for p in ckpt_dir.iterdir() if any(m in p.name for m in TEMPORARY_MARKS))
+
+
+def _job_pids(marker: str) -> list[int]:
+    """Every process of one launch (bash, msrun, its scheduler and workers): their command lines hold ``marker``."""
+    res = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return [int(p) for p in res.stdout.split() if int(p) != os.getpid()]
+
+
+def _kill_job(marker: str, proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the job at once (a power cut or the OOM killer), then reap them."""
+    for pid in _job_pids(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    deadline = time.time() + 60
+    while _job_pids(marker):
+        assert time.time() < deadline, f"processes survived SIGKILL: {_job_pids(marker)}"
+        time.sleep(0.2)
+
+
+def _steps(ckpt_dir: Path) -> list[int]:
+    return [e["step"] for e in checkpoint.read_index(ckpt_dir)] if (ckpt_dir / "index.json").is_file() else []
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal(digits8, tmp_path):
+    """Three SIGKILLs of the whole 2-worker job in a row - at a random moment, and twice the moment a checkpoint
+    write is seen in progress - then a last launch finishes. After every kill each checkpoint the index lists passes
+    its CRC; after the next saves no temporary is left; the final weights equal an uninterrupted run's bitwise
+    (dropout 0: every other random stream resumes exactly)."""
+    total = 16
+    common = [TINY, f"data.path={digits8}", "model.dropout=0", f"train.total_steps={total}", "train.ckpt_every=1",
+              "train.keep_last=2", "run.log_every=4"]  # fmt: skip
+
+    def launch(run: Path, logs: str) -> subprocess.Popen:
+        e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(run.parent / logs),
+                     "CLUSTER_TIMEOUT": "120"}  # fmt: skip
+        cmd = ["bash", str(ROOT / "launch" / "run_8p.sh"), *common, f"run.out_dir={run}"]
+        return subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    straight = launch(tmp_path / "a" / "run", "logs")
+    assert straight.wait(timeout=900) == 0, worker_logs(tmp_path / "a" / "logs")
+
+    run = tmp_path / "b" / "run"
+    ckpts = run / "checkpoints"
+    rng = np.random.default_rng(17)
+    moments = ["random", "during a checkpoint write", "during a checkpoint write"]
+    for k, moment in enumerate(moments):
+        proc = launch(run, f"logs{k}")
+        start = max(_steps(ckpts), default=0)
+        deadline = time.time() + 600
+        while max(_steps(ckpts), default=0) <= start:  # training has resumed and saved once more
+            assert proc.poll() is None and time.time() < deadline, worker_logs(run.parent / f"logs{k}")
+            time.sleep(0.05)
+        if moment == "random":
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:  # MindSpore's .tmp or our partial file: rank 0 is inside checkpoint.save right now
+            while not any(".partial" in name for name in os.listdir(ckpts)):
+                assert proc.poll() is None and time.time() < deadline, "the run ended before a write was caught"
+                time.sleep(0.001)
+        _kill_job(str(run), proc)
+        steps = _steps(ckpts)
+        assert steps and max(steps) < total, (moment, steps)  # killed before the end, with something to resume
+        for step in steps:  # every listed checkpoint is complete: load() checks the CRC
+            path = ckpts / f"step_{step:08d}.ckpt"
+            assert checkpoint.meta_of(checkpoint.load(path))["step"] == step
+
+    last = launch(run, "logs_last")
+    assert last.wait(timeout=900) == 0, worker_logs(run.parent / "logs_last")
+    assert _temporaries(ckpts) == [] and _steps(ckpts)[-1] == total
+    a, b = final_state(tmp_path / "a" / "run"), final_state(run)
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_damaged_index_then_the_same_command_resumes_instead_of_starting_over(digits8, tmp_path):
+    run = tmp_path / "run"
+    common = ["--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.ckpt_every=2"]
+    first = run_train(*common, "train.total_steps=4")
+    assert first.returncode == 0, first.stderr
+    kept = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("step_*.ckpt")}
+    (run / "checkpoints" / "index.json").write_text("{garbage")
+    again = run_train(*common, "train.total_steps=6")
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout and "at step 4" in again.stdout and "steps 4->6" in again.stdout
+    assert "rebuilt from 2 checkpoint file(s)" in again.stderr
+    assert _steps(run / "checkpoints") == [2, 4, 6]
+    for name, data in kept.items():
+        assert (run / "checkpoints" / name).read_bytes() == data  # never overwritten
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_temporary(digits8, small_tmpfs):
+    run = small_tmpfs / "run"  # 2.9 MB checkpoints, all kept: the 7th save finds the disk full
+    res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.total_steps=12",
+                    "train.ckpt_every=1", "train.keep_last=12", "run.log_every=1")  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "No space left on device" in lines[0]
+    ckpts = run / "checkpoints"
+    assert _temporaries(ckpts) == [] and _temporaries(run) == []
+    steps = _steps(ckpts)
+    assert steps and steps == list(range(1, len(steps) + 1))
+    for step in steps:
+        checkpoint.load(ckpts / f"step_{step:08d}.ckpt")
