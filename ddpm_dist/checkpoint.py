@@ -156,8 +156,10 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
         fsync_dir(ckpt_dir)
         entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
         entries.sort(key=lambda e: e["step"])
-        entries = _prune(ckpt_dir, entries, keep_last=keep_last, milestone_every=milestone_every)
-        write_json_atomic(ckpt_dir / INDEX, entries)
+        kept, dropped = _retain(entries, keep_last=keep_last, milestone_every=milestone_every)
+        write_json_atomic(ckpt_dir / INDEX, kept)  # first: an index never lists a file already deleted
+        for e in dropped:
+            (ckpt_dir / e["file"]).unlink(missing_ok=True)
     except CheckpointError:
         raise
     except (OSError, RuntimeError, ValueError) as err:
@@ -166,17 +168,16 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
     return final
 
 
-def _prune(ckpt_dir: Path, entries: list[dict], *, keep_last: int, milestone_every: int) -> list[dict]:
-    keep = entries[-keep_last:]
-    keep_set = {e["file"] for e in keep}
-    kept = []
+def _retain(entries: list[dict], *, keep_last: int, milestone_every: int) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): the newest ``keep_last`` entries and the milestones are kept. Entries come from
+    ``read_index``, so every file name is a plain ``step_<N>.ckpt``: nothing else can ever be deleted."""
+    keep_set = {e["file"] for e in entries[-keep_last:]}
+    kept, dropped = [], []
     for e in entries:
         milestone = milestone_every and e["step"] % milestone_every == 0
-        if e["file"] in keep_set or milestone:
-            kept.append(e)
-        elif _NAME.fullmatch(e["file"]):  # read_index checked it; never delete anything else
-            (ckpt_dir / e["file"]).unlink(missing_ok=True)
-    return kept
+        (kept if e["file"] in keep_set or milestone else dropped).append(e)
+    assert all(_NAME.fullmatch(e["file"]) for e in dropped)
+    return kept, dropped
 
 
 def load(path) -> dict:

@@ -195,6 +195,23 @@ def test_disk_full_save_removes_every_temporary_and_says_one_line(small_tmpfs, c
     assert [e["step"] for e in checkpoint.read_index(small_tmpfs)] == [1]
 
 
+def test_index_write_failing_after_the_rename_deletes_nothing_the_index_still_lists(tmp_path, monkeypatch):
+    """Pruning used to delete old files before the new index was written: a failed index write (disk full) then left
+    an index listing only deleted files, and resume=auto started over."""
+    cell = _Small()
+    checkpoint.save(cell, tmp_path, step=1, meta={"images_seen": 1}, keep_last=1)
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_json_atomic", disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left"):
+        checkpoint.save(cell, tmp_path, step=2, meta={"images_seen": 2}, keep_last=1)
+    monkeypatch.undo()
+    path, params = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000001.ckpt" and checkpoint.meta_of(params)["step"] == 1
+
+
 def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path):
     cell = _Small()
     checkpoint.save(cell, tmp_path, step=1, meta={"images_seen": 1})
