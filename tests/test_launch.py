@@ -77,3 +77,16 @@ def test_one_card_through_msrun_trains_once_and_exits_zero(tmp_path):
     from ddpm_dist import checkpoint
 
     assert [e["step"] for e in checkpoint.read_index(run / "checkpoints")] == [3]
+
+
+@pytest.mark.parametrize("role", ["MS_SCHED", "MS_WORKER"])
+def test_every_process_msrun_starts_joins_its_cluster_even_with_one_worker(monkeypatch, role):
+    from ddpm_dist import parallel
+
+    for var in ("OMPI_COMM_WORLD_SIZE", "RANK_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MS_WORKER_NUM", "1")
+    monkeypatch.setenv("MS_ROLE", role)
+    assert parallel.launched_distributed()
+    monkeypatch.delenv("MS_ROLE")
+    assert not parallel.launched_distributed()  # a plain single process
