@@ -76,7 +76,8 @@ class TensorBoard:
             from tensorboardX import SummaryWriter
 
             _watch_writer_thread(self)
-            self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
+            # A long queue: with the default (10) a full queue behind a writer thread that died would block forever.
+            self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30, max_queue=100_000)
 
     def _call(self, fn, *args, **kwargs) -> None:
         if self.writer is None:
@@ -109,11 +110,15 @@ class TensorBoard:
     def close(self) -> None:
         """Close the writer; never raises (a write error was reported by the call that met it)."""
         writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                writer.close()
-            except OSError:
-                pass
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except OSError:
+            # tensorboardX's atexit hook would retry the failed flush and print a traceback: mark its writers closed
+            for file_writer in (getattr(writer, "all_writers", None) or {}).values():
+                if hasattr(file_writer, "event_writer"):
+                    file_writer.event_writer._closed = True
 
 
 _WATCHED: list = []

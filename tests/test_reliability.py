@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +148,34 @@ def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_t
     assert steps and steps == list(range(1, len(steps) + 1))
     for step in steps:
         checkpoint.load(ckpts / f"step_{step:08d}.ckpt")
+
+
+def test_tensorboard_on_a_full_disk_is_one_error_and_no_traceback_at_exit(small_tmpfs, tmp_path):
+    """tensorboardX writes from its own thread: a full disk used to print tracebacks from that thread and again from
+    its atexit hook (and a full queue behind the dead thread could block the training loop)."""
+    script = tmp_path / "tb_full.py"
+    script.write_text(f"""
+import sys
+from ddpm_dist.logging import TensorBoard, TensorBoardError
+tb = TensorBoard({str(small_tmpfs / "run")!r}, rank=0)
+with open({str(small_tmpfs / "filler")!r}, "wb") as f:
+    try:
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+    except OSError:
+        pass
+try:
+    for i in range(5000):
+        tb.scalars({{"a": 1.0, "b": 2.0}}, i)
+    tb.flush()
+except TensorBoardError as err:
+    print("error:", err, file=sys.stderr)
+    sys.exit(2)
+finally:
+    tb.close()
+""")
+    res = subprocess.run([sys.executable, str(script)], env=env(), capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "could not write TensorBoard events to" in lines[0] and "No space left on device" in lines[0]
