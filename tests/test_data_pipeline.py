@@ -222,7 +222,8 @@ def test_build_train_data_from_config(data):
     from ddpm_dist.config import load_config
 
     path, _ = data
-    overrides = [f"data.path={path}", "data.image_size=8", "data.channels=3", "train.global_batch=10", "run.seed=7"]
+    overrides = [f"data.path={path}", "data.image_size=8", "data.channels=3", "train.global_batch=10", "run.seed=7",
+                 "model.attn_resolutions=[4]"]  # fmt: skip
     cfg = load_config(None, overrides)
     td = build_train_data(cfg, rank=1, world_size=2, start_step=3)
     assert (td.per_rank_batch, td.steps_per_epoch, td.num_samples, td.seed) == (5, 5, N, 7)

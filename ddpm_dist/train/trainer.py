@@ -84,7 +84,8 @@ class StopRequest:
                 signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
-        self.reason = signal.Signals(signum).name
+        if not self._flag.is_set():  # the first signal names the stop (a SIGINT may be followed by a SIGTERM)
+            self.reason = signal.Signals(signum).name
         self._flag.set()
 
     def local(self) -> bool:
