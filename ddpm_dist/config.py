@@ -58,6 +58,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     global_batch: int = 128  # summed over all workers; per-worker batch = global_batch / world_size
+    grad_accum: int = 1  # micro-batches per optimizer step and worker (gradient accumulation); divides the worker batch
     lr: float = 2e-4
     warmup_steps: int = 5000
     lr_decay: str = "none"  # none | cosine | linear (to 0 at total_steps, after warm-up)
@@ -144,6 +145,7 @@ _RANGES = {
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
     "train.global_batch": (lambda v: v >= 1, ">= 1"),
+    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
     "train.lr": (lambda v: v > 0, "> 0"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.total_steps": (lambda v: v >= 1, ">= 1"),
@@ -200,6 +202,11 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
+    if cfg.train.global_batch % cfg.train.grad_accum:
+        raise ConfigError(
+            f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
+            f"{cfg.train.global_batch}"
+        )
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
     return cfg

@@ -124,6 +124,11 @@ class Trainer:
                 f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
             )
         self.per_rank_batch = t.global_batch // self.world_size
+        if self.per_rank_batch % t.grad_accum:
+            raise ConfigError(
+                f"train.grad_accum={t.grad_accum} does not divide the per-worker batch {self.per_rank_batch} "
+                f"(train.global_batch={t.global_batch} over {self.world_size} workers)"
+            )
 
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
@@ -142,6 +147,7 @@ class Trainer:
             scaler=self.scaler,
             ema=self.ema,
             grad_clip=t.grad_clip,
+            grad_accum=t.grad_accum,
         )
         self.step_cell.set_train(True)
         self._read_stats = ReadStats(self.step_cell.stats)
@@ -240,7 +246,8 @@ class Trainer:
             self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
-            f"batch {t.global_batch} ({self.per_rank_batch} per worker), steps {self.step}->{t.total_steps}, "
+            f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
+            f"steps {self.step}->{t.total_steps}, "
             f"run dir {self.out_dir}",
             rank=self.rank,
         )
@@ -291,6 +298,10 @@ class Trainer:
             self.evaluate_ema(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _micro_note(self) -> str:
+        k = self.cfg.train.grad_accum
+        return f" in {k} micro-batches of {self.per_rank_batch // k}" if k > 1 else ""
 
     def _check_nonfinite(self) -> None:
         run = int(self.step_cell.nonfinite_run.asnumpy())
