@@ -42,6 +42,8 @@ class DiffusionConfig:
     beta_end: float = 0.02
     objective: str = "eps"  # eps | x0 | v : what the network predicts
     loss_type: str = "mse"  # mse | l1
+    loss_weight: str = "none"  # none | min_snr (Hang et al. 2023: min(SNR, gamma) on the x0 error; mse only)
+    min_snr_gamma: float = 5.0  # gamma of min_snr
     var_type: str = "fixedlarge"  # fixedlarge (beta_t) | fixedsmall (posterior variance)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1] while sampling
 
@@ -122,6 +124,7 @@ _CHOICES = {
     "diffusion.beta_schedule": ("linear", "cosine"),
     "diffusion.objective": ("eps", "x0", "v"),
     "diffusion.loss_type": ("mse", "l1"),
+    "diffusion.loss_weight": ("none", "min_snr"),
     "diffusion.var_type": ("fixedlarge", "fixedsmall"),
     "train.lr_decay": ("none", "cosine", "linear"),
     "train.amp_level": ("auto", "O0", "O1", "O2"),
@@ -141,6 +144,7 @@ _RANGES = {
     "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
     "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "diffusion.min_snr_gamma": (lambda v: v > 0, "> 0"),
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
@@ -202,6 +206,8 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
+    if cfg.diffusion.loss_weight == "min_snr" and cfg.diffusion.loss_type != "mse":
+        raise ConfigError(f"{source}: diffusion.loss_weight: min_snr needs diffusion.loss_type=mse")
     if cfg.train.global_batch % cfg.train.grad_accum:
         raise ConfigError(
             f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
