@@ -107,6 +107,8 @@ class RunConfig:
     num_samples: int = 16  # images in that grid
     sample_steps: int = 50  # DDIM steps for that grid (0: full ancestral DDPM)
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
+    profile: str = ""  # START:END: MindSpore's profiler captures global steps START..END into <out_dir>/profile
+    profile_ranks: str = "rank0"  # rank0 | all: which workers profile
 
 
 @dataclass
@@ -131,6 +133,7 @@ _CHOICES = {
     "train.loss_scale": ("dynamic", "static", "none"),
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
+    "run.profile_ranks": ("rank0", "all"),
 }
 
 # key -> (predicate, description of the allowed range)
@@ -184,6 +187,16 @@ def _get(cfg: Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """``run.profile`` "START:END" -> (START, END), 1-based inclusive global steps; "" -> None. ValueError if bad."""
+    if not spec:
+        return None
+    start, sep, end = spec.partition(":")
+    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
+        raise ValueError(f"expected START:END with 1 <= START <= END, e.g. 10:15 (got {spec!r})")
+    return int(start), int(end)
+
+
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
     for key, choices in _CHOICES.items():
@@ -206,6 +219,11 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
+    try:
+        profile_window(cfg.run.profile)
+    except ValueError as err:
+        hint = ' (in YAML, quote it: profile: "10:15")' if cfg.run.profile.isdigit() else ""
+        raise ConfigError(f"{source}: run.profile: {err}{hint}") from None
     if cfg.diffusion.loss_weight == "min_snr" and cfg.diffusion.loss_type != "mse":
         raise ConfigError(f"{source}: diffusion.loss_weight: min_snr needs diffusion.loss_type=mse")
     if cfg.train.global_batch % cfg.train.grad_accum:
@@ -224,6 +242,25 @@ def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     if "Key '" in msg and "not in" in msg:
         return f"{source}: unknown key {key}"
     return f"{source}: {key}: {msg}"
+
+
+def _str_keys() -> set[str]:
+    return {
+        f"{sec.name}.{f.name}"
+        for sec in dataclasses.fields(Config)
+        for f in dataclasses.fields(sec.default_factory)
+        if f.type in ("str", str)
+    }
+
+
+def _override(item: str):
+    """One dotted override as a config. A string key keeps its text as typed: YAML would read ``run.profile=2:3``
+    as the base-60 integer 123 (and ``yes`` as a bool)."""
+    key, _, value = item.partition("=")
+    if key.strip() in _str_keys():
+        section, name = key.strip().split(".")
+        return OmegaConf.create({section: {name: value}})
+    return OmegaConf.from_dotlist([item])
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -253,7 +290,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, _override(item))
         except OmegaConfBaseException as err:
             raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
     missing = sorted(OmegaConf.missing_keys(merged))

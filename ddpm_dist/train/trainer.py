@@ -27,6 +27,7 @@ from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .optim import build_optimizer, lr_at
+from .profiling import build_profiler
 from .step import STAT_NAMES, CopyParams, ReadStats, TrainStep
 
 # Sections that must match for a checkpoint to be resumed into this run.
@@ -170,6 +171,7 @@ class Trainer:
             except EvalError as err:
                 raise ConfigError(f"eval.inception: {err}") from None
         self.stop = StopRequest(distributed=parallel.is_distributed())
+        self.profiler = build_profiler(cfg, rank=self.rank, device=device)
 
     # ------------------------------------------------------------------ set-up
     def _check_writable(self) -> None:
@@ -259,9 +261,11 @@ class Trainer:
         for x0, ts, noise in self.data:
             if self.step >= t.total_steps:
                 break
+            self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
             self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
+            self.profiler.after_step(self.step)
             if compile_s is None:
                 compile_s = time.perf_counter() - t0
                 info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
@@ -280,6 +284,7 @@ class Trainer:
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 saved_at = self.save()
             if self.stop.should_stop(self.step):
+                self.profiler.finish()
                 if saved_at != self.step:
                     self.save()
                 self.tb.close()
@@ -290,6 +295,7 @@ class Trainer:
                     rank=self.rank,
                 )
                 return
+        self.profiler.finish()
         if saved_at != self.step:
             self.save()
         if not cfg.run.sample_every or self.step % cfg.run.sample_every:
