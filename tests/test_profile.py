@@ -40,3 +40,25 @@ def test_profiled_window_is_written_and_training_continues(tmp_path):
     with open(tables[0], newline="") as f:
         ops = {row["op_type"]: row for row in csv.DictReader(f)}
     assert "Conv2D" in ops and float(ops["Conv2D"]["total_compute_time"]) > 0  # the U-Net's step was captured
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_profile_ranks_all_profiles_every_msrun_worker(tmp_path):
+    import subprocess
+
+    from train_helpers import ROOT, env, free_port, worker_logs
+
+    data = prepare_digits(tmp_path / "digits8")
+    run_dir = tmp_path / "run"
+    launch = subprocess.run(
+        ["bash", str(ROOT / "launch" / "run_8p.sh"), TINY, f"data.path={data}", f"run.out_dir={run_dir}",
+         "run.profile=3:4", "run.profile_ranks=all", "train.total_steps=5", "train.ckpt_every=0"],
+        env=env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(tmp_path / "logs")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert launch.returncode == 0, launch.stderr + worker_logs(tmp_path / "logs")
+    for rank in (0, 1):
+        runs = list((run_dir / "profile").glob(f"rank_{rank}_*"))
+        assert len(runs) == 1 and (runs[0] / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").is_file(), rank
+    assert int(final_state(run_dir)["global_step"].reshape(-1)[0]) == 5
