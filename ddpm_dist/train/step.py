@@ -9,9 +9,9 @@ happens once per optimizer step, whatever K.
 Gradient accumulation (``grad_accum = K``): the step receives this rank's whole share of the global batch and cuts it
 into K equal micro-batches in the graph; the loop is unrolled at compile time, and each micro-batch's forward waits
 for the previous one's gradients (``ops.depend``), so the previous micro-batch's activations are dead by then and the
-memory planner can reuse them (the peak-memory saving was not measured on CPU). The
-mean of K micro-batch means of equal size is the mean over the rank's batch, so the update equals K = 1 on the same
-samples up to float rounding; the compile time grows with K, the step time by K forward/backward passes of B / K.
+memory planner can reuse them (the peak-memory saving was not measured on CPU). The mean of K micro-batch means of
+equal size is the mean over the rank's batch, so the update equals K = 1 on the same samples up to float rounding;
+the compile time grows with K, the step time by K forward/backward passes of B / K.
 
 Statistics for logging are accumulated on the device in ``stats`` (float32 [NUM_STATS]) and read by the host only at
 log intervals (see :data:`STAT_NAMES`); ``nonfinite_run`` counts consecutive skipped steps.
