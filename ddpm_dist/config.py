@@ -42,6 +42,8 @@ class DiffusionConfig:
     beta_end: float = 0.02
     objective: str = "eps"  # eps | x0 | v : what the network predicts
     loss_type: str = "mse"  # mse | l1
+    loss_weight: str = "none"  # none | min_snr (Hang et al. 2023: min(SNR, gamma) on the x0 error; mse only)
+    min_snr_gamma: float = 5.0  # gamma of min_snr
     var_type: str = "fixedlarge"  # fixedlarge (beta_t) | fixedsmall (posterior variance)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1] while sampling
 
@@ -58,6 +60,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     global_batch: int = 128  # summed over all workers; per-worker batch = global_batch / world_size
+    grad_accum: int = 1  # micro-batches per optimizer step and worker (gradient accumulation); divides the worker batch
     lr: float = 2e-4
     warmup_steps: int = 5000
     lr_decay: str = "none"  # none | cosine | linear (to 0 at total_steps, after warm-up)
@@ -104,6 +107,8 @@ class RunConfig:
     num_samples: int = 16  # images in that grid
     sample_steps: int = 50  # DDIM steps for that grid (0: full ancestral DDPM)
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
+    profile: str = ""  # START:END: MindSpore's profiler captures global steps START..END into <out_dir>/profile
+    profile_ranks: str = "rank0"  # rank0 | all: which workers profile
 
 
 @dataclass
@@ -121,12 +126,14 @@ _CHOICES = {
     "diffusion.beta_schedule": ("linear", "cosine"),
     "diffusion.objective": ("eps", "x0", "v"),
     "diffusion.loss_type": ("mse", "l1"),
+    "diffusion.loss_weight": ("none", "min_snr"),
     "diffusion.var_type": ("fixedlarge", "fixedsmall"),
     "train.lr_decay": ("none", "cosine", "linear"),
     "train.amp_level": ("auto", "O0", "O1", "O2"),
     "train.loss_scale": ("dynamic", "static", "none"),
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
+    "run.profile_ranks": ("rank0", "all"),
 }
 
 # key -> (predicate, description of the allowed range)
@@ -140,10 +147,12 @@ _RANGES = {
     "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
     "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "diffusion.min_snr_gamma": (lambda v: v > 0, "> 0"),
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
     "train.global_batch": (lambda v: v >= 1, ">= 1"),
+    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
     "train.lr": (lambda v: v > 0, "> 0"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.total_steps": (lambda v: v >= 1, ">= 1"),
@@ -178,6 +187,16 @@ def _get(cfg: Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """``run.profile`` "START:END" -> (START, END), 1-based inclusive global steps; "" -> None. ValueError if bad."""
+    if not spec:
+        return None
+    start, sep, end = spec.partition(":")
+    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
+        raise ValueError(f"expected START:END with 1 <= START <= END, e.g. 10:15 (got {spec!r})")
+    return int(start), int(end)
+
+
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
     for key, choices in _CHOICES.items():
@@ -200,6 +219,18 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
+    try:
+        profile_window(cfg.run.profile)
+    except ValueError as err:
+        hint = ' (in YAML, quote it: profile: "10:15")' if cfg.run.profile.isdigit() else ""
+        raise ConfigError(f"{source}: run.profile: {err}{hint}") from None
+    if cfg.diffusion.loss_weight == "min_snr" and cfg.diffusion.loss_type != "mse":
+        raise ConfigError(f"{source}: diffusion.loss_weight: min_snr needs diffusion.loss_type=mse")
+    if cfg.train.global_batch % cfg.train.grad_accum:
+        raise ConfigError(
+            f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
+            f"{cfg.train.global_batch}"
+        )
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
     resolutions = [cfg.data.image_size // 2**i for i in range(len(cfg.model.ch_mult))]
@@ -224,6 +255,25 @@ def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     if "Key '" in msg and "not in" in msg:
         return f"{source}: unknown key {key}"
     return f"{source}: {key}: {msg}"
+
+
+def _str_keys() -> set[str]:
+    return {
+        f"{sec.name}.{f.name}"
+        for sec in dataclasses.fields(Config)
+        for f in dataclasses.fields(sec.default_factory)
+        if f.type in ("str", str)
+    }
+
+
+def _override(item: str):
+    """One dotted override as a config. A string key keeps its text as typed: YAML would read ``run.profile=2:3``
+    as the base-60 integer 123 (and ``yes`` as a bool)."""
+    key, _, value = item.partition("=")
+    if key.strip() in _str_keys():
+        section, name = key.strip().split(".")
+        return OmegaConf.create({section: {name: value}})
+    return OmegaConf.from_dotlist([item])
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -258,7 +308,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, _override(item))
         except OmegaConfBaseException as err:
             raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
         except yaml.YAMLError as err:  # the value is parsed as YAML: e.g. an unclosed list "[1,2"

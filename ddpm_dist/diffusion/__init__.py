@@ -15,6 +15,11 @@ def build_diffusion(cfg):
     """The training-side GaussianDiffusion Cell for ``cfg.diffusion``."""
     from .gaussian import GaussianDiffusion
 
+    d = cfg.diffusion
     return GaussianDiffusion(
-        schedule=build_schedule(cfg), objective=cfg.diffusion.objective, loss_type=cfg.diffusion.loss_type
+        schedule=build_schedule(cfg),
+        objective=d.objective,
+        loss_type=d.loss_type,
+        loss_weight=d.loss_weight,
+        min_snr_gamma=d.min_snr_gamma,
     )

@@ -10,12 +10,38 @@ Shapes: x0, xt, noise: float32 [B, C, H, W], x0 in [-1, 1]; t: int32 [B] in [0, 
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .schedule import Schedule
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_TYPES = ("mse", "l1")
+LOSS_WEIGHTS = ("none", "min_snr")
+
+
+def min_snr_weights(alphas_cumprod: np.ndarray, *, objective: str, gamma: float) -> np.ndarray:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Sec. 3.4) for the MSE of ``objective``: float64 [T].
+
+    With SNR_t = abar_t / (1 - abar_t) (Kingma et al. 2021), the paper weights the error of
+    the predicted x0 by min(SNR_t, gamma). The error of the network's own target converts to the x0 error as
+    x0 - x0_hat = (eps_hat - eps) sqrt(1 - abar) / sqrt(abar)  =>  |x0 err|^2 = |eps err|^2 / SNR,
+    x0 - x0_hat = (v_hat - v) sqrt(1 - abar)                     =>  |x0 err|^2 = |v err|^2 / (SNR + 1),
+    so the weight on the objective's loss is min(SNR, gamma) / SNR (eps), min(SNR, gamma) / (SNR + 1) (v) and
+    min(SNR, gamma) (x0): each objective then minimises the same min-SNR-weighted x0 error.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} (got {objective!r})")
+    if not gamma > 0:
+        raise ValueError(f"min_snr gamma must be > 0 (got {gamma!r})")
+    abar = np.asarray(alphas_cumprod, np.float64)
+    snr = abar / (1.0 - abar)
+    clipped = np.minimum(snr, gamma)
+    if objective == "eps":
+        return clipped / snr
+    if objective == "v":
+        return clipped / (snr + 1.0)
+    return clipped
 
 
 def _table(values) -> Tensor:
@@ -29,14 +55,28 @@ class GaussianDiffusion(nn.Cell):
         schedule: the (full) training schedule.
         objective: what the network predicts: ``eps`` (Ho et al.), ``x0``, or ``v`` (Salimans & Ho 2022).
         loss_type: ``mse`` (the paper's L_simple) or ``l1``.
+        loss_weight: ``none`` (every t weighs 1) or ``min_snr`` (:func:`min_snr_weights`, MSE only).
+        min_snr_gamma: gamma of ``min_snr``.
     """
 
-    def __init__(self, *, schedule: Schedule, objective: str = "eps", loss_type: str = "mse"):
+    def __init__(
+        self,
+        *,
+        schedule: Schedule,
+        objective: str = "eps",
+        loss_type: str = "mse",
+        loss_weight: str = "none",
+        min_snr_gamma: float | None = None,
+    ):
         super().__init__(auto_prefix=False)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES} (got {objective!r})")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES} (got {loss_type!r})")
+        if loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS} (got {loss_weight!r})")
+        if loss_weight == "min_snr" and loss_type != "mse":
+            raise ValueError("loss_weight min_snr is defined for the MSE loss only (loss_type mse)")
         self.num_timesteps = schedule.num_timesteps
         self.objective = objective
         self.use_l1 = loss_type == "l1"
@@ -47,6 +87,11 @@ class GaussianDiffusion(nn.Cell):
         self.posterior_mean_coef1 = _table(schedule.posterior_mean_coef1)
         self.posterior_mean_coef2 = _table(schedule.posterior_mean_coef2)
         self.posterior_variance = _table(schedule.posterior_variance)
+        self.weighted = loss_weight != "none"
+        if self.weighted:
+            self.loss_weights = _table(
+                min_snr_weights(schedule.alphas_cumprod, objective=objective, gamma=min_snr_gamma or 0.0)
+            )
 
     @staticmethod
     def extract(table: Tensor, t: Tensor) -> Tensor:
@@ -101,13 +146,17 @@ class GaussianDiffusion(nn.Cell):
         return x0
 
     def training_losses(self, model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-sample loss float32 [B]: mean over C, H, W of (target - model(x_t, t))^2 (or |.|).
+        """Per-sample loss float32 [B]: mean over C, H, W of (target - model(x_t, t))^2 (or |.|), times the
+        timestep's loss weight if one is set.
 
-        With ``objective='eps'`` and MSE this is L_simple (Ho et al. eq. 14). The loss is computed in float32
-        whatever the network's dtype.
+        With ``objective='eps'``, MSE and no weight this is L_simple (Ho et al. eq. 14). The loss is computed in
+        float32 whatever the network's dtype.
         """
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t).astype(ms.float32)
         err = self.target(x0, t, noise) - out
         err = ops.abs(err) if self.use_l1 else err * err
-        return err.mean(axis=(1, 2, 3))
+        loss = err.mean(axis=(1, 2, 3))
+        if self.weighted:
+            loss = loss * ops.gather(self.loss_weights, t, 0)
+        return loss

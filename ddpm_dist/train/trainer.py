@@ -28,6 +28,7 @@ from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .optim import build_optimizer, lr_at
+from .profiling import build_profiler
 from .step import STAT_NAMES, CopyParams, ReadStats, TrainStep
 
 # Sections that must match for a checkpoint to be resumed into this run.
@@ -126,6 +127,11 @@ class Trainer:
                 f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
             )
         self.per_rank_batch = t.global_batch // self.world_size
+        if self.per_rank_batch % t.grad_accum:
+            raise ConfigError(
+                f"train.grad_accum={t.grad_accum} does not divide the per-worker batch {self.per_rank_batch} "
+                f"(train.global_batch={t.global_batch} over {self.world_size} workers)"
+            )
 
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
@@ -144,6 +150,7 @@ class Trainer:
             scaler=self.scaler,
             ema=self.ema,
             grad_clip=t.grad_clip,
+            grad_accum=t.grad_accum,
         )
         self.step_cell.set_train(True)
         self._read_stats = ReadStats(self.step_cell.stats)
@@ -166,6 +173,7 @@ class Trainer:
             except EvalError as err:
                 raise ConfigError(f"eval.inception: {err}") from None
         self.stop = StopRequest(distributed=parallel.is_distributed())
+        self.profiler = build_profiler(cfg, rank=self.rank, device=device)
 
     # ------------------------------------------------------------------ set-up
     def _check_writable(self) -> None:
@@ -237,7 +245,8 @@ class Trainer:
             self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
-            f"batch {t.global_batch} ({self.per_rank_batch} per worker), steps {self.step}->{t.total_steps}, "
+            f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
+            f"steps {self.step}->{t.total_steps}, "
             f"run dir {self.out_dir}",
             rank=self.rank,
         )
@@ -249,9 +258,11 @@ class Trainer:
         for x0, ts, noise in self.data:
             if self.step >= t.total_steps:
                 break
+            self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
             self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
+            self.profiler.after_step(self.step)
             if compile_s is None:
                 compile_s = time.perf_counter() - t0
                 info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
@@ -270,6 +281,7 @@ class Trainer:
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 saved_at = self.save()
             if self.stop.should_stop(self.step):
+                self.profiler.finish()
                 if saved_at != self.step:
                     self.save()
                 self.tb.close()
@@ -280,6 +292,7 @@ class Trainer:
                     rank=self.rank,
                 )
                 return
+        self.profiler.finish()
         if saved_at != self.step:
             self.save()
         if not cfg.run.sample_every or self.step % cfg.run.sample_every:
@@ -288,6 +301,10 @@ class Trainer:
             self.evaluate_ema(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _micro_note(self) -> str:
+        k = self.cfg.train.grad_accum
+        return f" in {k} micro-batches of {self.per_rank_batch // k}" if k > 1 else ""
 
     def _check_nonfinite(self) -> None:
         run = int(self.step_cell.nonfinite_run.asnumpy())
