@@ -31,6 +31,8 @@ def digits8(tmp_path_factory):
         ("train.global_batch", "expected key=value"),
         ("eval.every=100", "eval.inception: required when eval.every > 0"),
         ("eval.num_samples=5", "eval.splits: 10 exceeds eval.num_samples 5"),
+        ("eval.metric=kid", "eval.metric: must be one of fid, digits"),
+        ("diffusion.beta_schedule=quad", "diffusion.beta_schedule: must be one of linear, cosine, sigmoid"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):
@@ -48,6 +50,17 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     assert res.returncode == 2 and str(bad) in res.stderr and "model.chanels" in res.stderr
     missing = run_train("--config", str(tmp_path / "nope.yaml"), "--dry-run")
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_digits_evaluation_needs_no_inception_weights_and_sigmoid_is_a_schedule():
+    res = run_train(
+        "--config", TINY, "--dry-run", "eval.every=5", "eval.metric=digits", "diffusion.beta_schedule=sigmoid"
+    )
+    assert res.returncode == 0, res.stderr
+    import yaml
+
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["eval"]["metric"] == "digits" and cfg["diffusion"]["beta_schedule"] == "sigmoid"
 
 
 def test_dry_run_prints_resolved_config():
