@@ -37,7 +37,7 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     timesteps: int = 1000  # T
-    beta_schedule: str = "linear"  # linear | cosine
+    beta_schedule: str = "linear"  # linear | cosine | sigmoid (Jabri et al. 2022)
     beta_start: float = 1e-4
     beta_end: float = 0.02
     objective: str = "eps"  # eps | x0 | v : what the network predicts
@@ -85,9 +85,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # FID / IS of the EMA weights every N steps (0: never); needs eval.inception
+    every: int = 0  # evaluate the EMA weights every N steps (0: never)
+    metric: str = "fid"  # fid (FID / IS, needs eval.inception) | digits (the digits metric, ddpm_dist/eval/digits.py)
     inception: str = ""  # FID Inception checkpoint made by tools/convert_inception.py
-    ref: str = ""  # prepared data set dir, image npz or mu/sigma npz ("": data.path, the training set)
+    # fid: prepared data set dir, image npz or mu/sigma npz ("": data.path, the training set);
+    # digits: heldout | train (the metric's own split of the real digits) | a data set dir or image npz ("": heldout)
+    ref: str = ""
     ref_num: int = 0  # use the first N reference images (0: all)
     num_samples: int = 1000  # EMA samples per evaluation (the paper's numbers use 50000)
     sample_steps: int = 100  # DDIM steps for those samples (0: full ancestral DDPM)
@@ -123,7 +126,7 @@ class Config:
 
 _CHOICES = {
     "model.arch": ("ddpm_unet", "convnext_unet"),
-    "diffusion.beta_schedule": ("linear", "cosine"),
+    "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
     "diffusion.objective": ("eps", "x0", "v"),
     "diffusion.loss_type": ("mse", "l1"),
     "diffusion.loss_weight": ("none", "min_snr"),
@@ -131,6 +134,7 @@ _CHOICES = {
     "train.lr_decay": ("none", "cosine", "linear"),
     "train.amp_level": ("auto", "O0", "O1", "O2"),
     "train.loss_scale": ("dynamic", "static", "none"),
+    "eval.metric": ("fid", "digits"),
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
@@ -215,8 +219,10 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
             f"{source}: data.image_size: {cfg.data.image_size} is not divisible by {down} "
             f"(2 ** (len(model.ch_mult) - 1) downsamplings)"
         )
-    if cfg.eval.every and not cfg.eval.inception:
-        raise ConfigError(f"{source}: eval.inception: required when eval.every > 0 (see docs/evaluation.md)")
+    if cfg.eval.every and cfg.eval.metric == "fid" and not cfg.eval.inception:
+        raise ConfigError(
+            f"{source}: eval.inception: required when eval.every > 0 with eval.metric=fid (see docs/evaluation.md)"
+        )
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
     try:

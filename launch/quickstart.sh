@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/digits}
 if [ ! -f "$DATA/manifest.json" ]; then
-  python tools/prepare_data.py --source digits --output "$DATA"
+  python tools/prepare_data.py --source digits --upsample nearest --output "$DATA"
+elif grep -q '"source": "digits"' "$DATA/manifest.json" && ! grep -q '"upsample": "nearest"' "$DATA/manifest.json"; then
+  echo "re-preparing $DATA with nearest-neighbour upsampling (the quickstart recipe; it was prepared bicubic)"
+  python tools/prepare_data.py --source digits --upsample nearest --output "$DATA" --overwrite
 fi
 export DEVICE_NUM=${DEVICE_NUM:-2}
 export LOG_DIR=${LOG_DIR:-runs/digits/logs}

@@ -134,6 +134,29 @@ def test_digits(tmp_path):
     np.testing.assert_array_equal(index, np.arange(1797))
 
 
+def test_digits_are_upsampled_nearest_by_default_or_bicubic_on_request(tmp_path):
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    source = np.clip(np.rint(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)
+    m = convert(source="digits", input_path=None, output="near")
+    assert m["upsample"] == "nearest"
+    images, _, _ = read_back(Path("near"))
+    np.testing.assert_array_equal(images[..., 0], source.repeat(2, axis=1).repeat(2, axis=2))  # 2x2 blocks
+    m = convert(source="digits", input_path=None, output="cubic", upsample="bicubic")
+    assert m["upsample"] == "bicubic"
+    smooth, _, _ = read_back(Path("cubic"))
+    assert len(np.unique(smooth)) > len(np.unique(images))  # bicubic makes values the source never had
+    assert (smooth[..., 0].reshape(-1, 8, 2, 8, 2) != smooth[..., 0].reshape(-1, 8, 2, 8, 2)[:, :, :1, :, :1]).any()
+    m = convert(source="digits", input_path=None, output="small", image_size=8)
+    np.testing.assert_array_equal(read_back(Path("small"))[0][..., 0], source)
+    with pytest.raises(DataError, match="unknown --upsample 'lanczos'"):
+        convert(source="digits", input_path=None, output="x", upsample="lanczos")
+    with pytest.raises(DataError, match="--upsample applies to --source digits only"):
+        convert(source="mnist", input_path="in", output="y", upsample="nearest")
+    assert not Path("x").exists() and not Path("y").exists()
+
+
 def test_shards_hold_contiguous_indices(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ from oracles import GaussianOracle, PointOracle
 
 from ddpm_dist.diffusion.gaussian import GaussianDiffusion
 from ddpm_dist.diffusion.sampling import build_sampler, sample_loop
-from ddpm_dist.diffusion.schedule import cosine_betas, make_schedule, respace, space_timesteps
+from ddpm_dist.diffusion.schedule import cosine_betas, make_schedule, respace, sigmoid_betas, space_timesteps
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +36,21 @@ def test_cosine_schedule_matches_its_definition(T):
     unclipped = betas < 0.999
     np.testing.assert_allclose(abar[unclipped], expect[unclipped], rtol=1e-10)
     assert np.all(betas > 0) and np.all(betas <= 0.999)
+
+
+@pytest.mark.parametrize("T", [2, 10, 1000])
+def test_sigmoid_schedule_matches_its_definition(T):
+    """Jabri et al. 2022: abar(t) = (S(3) - S(6 t/T - 3)) / (S(3) - S(-3)), S the logistic function (start -3,
+    end 3, tau 1), written here with tanh: S(z) = (1 + tanh(z/2)) / 2."""
+    betas = sigmoid_betas(T)
+    s = lambda z: (1.0 + np.tanh(z / 2.0)) / 2.0  # noqa: E731
+    expect = (s(3.0) - s(6.0 * np.arange(1, T + 1) / T - 3.0)) / (s(3.0) - s(-3.0))
+    abar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(abar[:-1], expect[:-1], rtol=1e-10)  # the last beta is clipped to 0.999
+    assert betas[-1] == 0.999 and np.all(betas > 0) and np.all(np.diff(betas) > 0)
+    if T % 2 == 0:
+        assert abar[T // 2 - 1] == pytest.approx(0.5, abs=1e-12)  # the midpoint of a symmetric sigmoid
+    np.testing.assert_array_equal(make_schedule("sigmoid", T).betas, betas)
 
 
 def test_posterior_matches_bayes_rule():

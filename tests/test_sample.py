@@ -169,7 +169,9 @@ def test_sample_cli_writes_npz_grid_and_individual_pngs(train_ckpt, tmp_path):
     pngs = sorted((out / "images").glob("*.png"))
     assert [p.name for p in pngs] == [f"{n:06d}.png" for n in range(6)]
     np.testing.assert_array_equal(np.asarray(Image.open(pngs[4])), images[4, :, :, 0])
-    assert Image.open(out / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)
+    grid = np.asarray(Image.open(out / "grid.png"))  # 8x8 images upscaled 8x, 1 px borders, 3 per row
+    assert grid.shape == (2 * 65 + 1, 3 * 65 + 1)
+    np.testing.assert_array_equal(grid[66:130, 1:65], images[3, :, :, 0].repeat(8, 0).repeat(8, 1))
     settings = yaml.safe_load((out / "samples.json").read_text())
     assert settings["seed"] == 3 and settings["steps"] == 5 and settings["weights"] == "ema"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ema.ckpt", "out"]  # no staging folder left

@@ -34,6 +34,8 @@ def digits8(tmp_path_factory):
         ("model.ch_mult=[1,2", "not a valid value"),
         ("model.attn_resolutions=[3]", "model.attn_resolutions: the network has no resolution 3"),
         ("run.sample_steps=500", "run.sample_steps: 500 exceeds diffusion.timesteps 100"),
+        ("eval.metric=kid", "eval.metric: must be one of fid, digits"),
+        ("diffusion.beta_schedule=quad", "diffusion.beta_schedule: must be one of linear, cosine, sigmoid"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):
@@ -65,6 +67,17 @@ def test_bad_flag_is_one_line_not_the_usage_block():
     res = run_train("--config", TINY, "--no-such-flag")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and lines == ["error: unrecognized arguments: --no-such-flag"], res.stderr
+
+
+def test_digits_evaluation_needs_no_inception_weights_and_sigmoid_is_a_schedule():
+    res = run_train(
+        "--config", TINY, "--dry-run", "eval.every=5", "eval.metric=digits", "diffusion.beta_schedule=sigmoid"
+    )
+    assert res.returncode == 0, res.stderr
+    import yaml
+
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["eval"]["metric"] == "digits" and cfg["diffusion"]["beta_schedule"] == "sigmoid"
 
 
 def test_dry_run_prints_resolved_config():

@@ -1,4 +1,4 @@
-"""FID and Inception Score of a samples npz against a reference, on one device or data-parallel.
+"""FID and Inception Score (or the digits metric) of a samples npz against a reference, on one device or data-parallel.
 
     python tools/eval.py --samples samples/cifar/samples.npz --ref data/cifar10 --inception weights/fid_inception.ckpt
     python tools/eval.py --samples s.npz --ref fid_stats_cifar10_train.npz --inception weights/fid_inception.ckpt
@@ -10,6 +10,12 @@
 Feature extraction is split across the workers; reference statistics are cached (--cache-dir) under a key that
 includes the protocol, the weights and the reference's content. Prints one line with the numbers and their protocol,
 and with --out writes them as JSON. Errors print one line, ``error: <message>``, on stderr and exit with status 2.
+
+    python tools/eval.py --metric digits --samples samples/digits/samples.npz               # vs held-out real digits
+    python tools/eval.py --metric digits --samples s.npz --ref data/digits                  # vs the training set
+
+--metric digits: the quickstart's yardstick (ddpm_dist/eval/digits.py; numpy only, one process, no --inception):
+--ref is ``heldout`` (default), ``train``, a prepared data set directory or an image npz.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from ddpm_dist.files import probe_writable
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", required=True, help="npz with arr_0 uint8 [N, H, W, C]")
-    add_eval_args(p, required=True)
+    p.add_argument("--metric", choices=("fid", "digits"), default="fid", help="fid (FID and IS) or digits")
+    add_eval_args(p, required=False)
     p.add_argument("--num-samples", type=int, help="use only the first N samples (default: all)")
     p.add_argument("--out", help="write the result as JSON here")
     p.add_argument("--device", choices=("auto", "Ascend", "GPU", "CPU"), default="auto")
@@ -36,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.metric == "digits":
+        return main_digits(args)
+    missing = [flag for flag, value in (("--ref", args.ref), ("--inception", args.inception)) if not value]
+    if missing:
+        return fail(f"the following arguments are required for --metric fid: {', '.join(missing)}")
     problem = check_eval_args(args)
     if problem is None and args.num_samples is not None and args.num_samples < 2:
         problem = f"--num-samples must be >= 2 (got {args.num_samples})"
@@ -72,6 +84,31 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 write_json_atomic(args.out, result)
     except (EvalError, CheckpointError, ValueError, OSError) as err:
+        return fail(first_line(err))
+    return 0
+
+
+def main_digits(args: argparse.Namespace) -> int:
+    """The digits metric in this process (numpy only; no MindSpore, no workers)."""
+    from ddpm_dist.eval import EvalError
+    from ddpm_dist.eval.digits import digits_scores, resolve_reference, summary
+    from ddpm_dist.eval.reference import load_images_npz
+    from ddpm_dist.files import write_json_atomic
+
+    if args.num_samples is not None and args.num_samples < 2:
+        return fail(f"--num-samples must be >= 2 (got {args.num_samples})")
+    if args.inception:
+        return fail("--inception is for --metric fid; the digits metric needs no weights")
+    try:
+        images = load_images_npz(args.samples)[: args.num_samples]
+        result = digits_scores(images, reference=resolve_reference(args.ref or ""))
+        if args.ref not in (None, "", "heldout", "train"):
+            result["reference"] = str(args.ref)
+        result["samples"] = str(args.samples)
+        print(summary(result), flush=True)
+        if args.out:
+            write_json_atomic(args.out, result)
+    except (EvalError, ValueError, OSError) as err:
         return fail(first_line(err))
     return 0
 

@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", help="file or folder to read (not needed for digits)")
     p.add_argument("--output", required=True, help="directory to create (MindRecord files + manifest.json)")
     p.add_argument("--image-size", type=int, help="output height = width (default: the source's own; digits 16)")
+    p.add_argument(
+        "--upsample", choices=("nearest", "bicubic"), help="digits only: how 8x8 becomes --image-size (default nearest)"
+    )
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: the source's own (folder: 3)")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--shards", type=int, help="number of MindRecord files (default: about 256 MiB of pixels each)")
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             shards=args.shards,
             overwrite=args.overwrite,
             strict=args.strict,
+            upsample=args.upsample,
         )
     except DataError as err:
         return fail(str(err))

@@ -520,12 +520,15 @@ def convert(
     shards: int | None = None,
     overwrite: bool = False,
     strict: bool = False,
+    upsample: str | None = None,
 ) -> dict:
     """Convert ``source`` data at ``input_path`` into a prepared data set at ``output``; return its manifest.
 
     ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders need
     ``image_size`` and default to 3 channels); anything else is resized (shorter side, bicubic, center crop) and
-    converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file. Raises DataError on bad input.
+    converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file. ``upsample`` (digits only):
+    ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources, recorded in the manifest. Raises DataError on
+    bad input.
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")
@@ -543,9 +546,16 @@ def convert(
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise DataError(f"--shards must be in 1..{MAX_SHARDS} (got {shards})")
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
+    if upsample is not None and source != "digits":
+        raise DataError(f"--upsample applies to --source digits only (got --source {source})")
     if source == "digits":
+        from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
+
         if split != "train":
             raise DataError("the digits data set has only a train split (all 1797 images)")
+        upsample = upsample or DEFAULT_UPSAMPLE
+        if upsample not in UPSAMPLE_MODES:
+            raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
         input_path = None
     else:
         if not input_path:
@@ -554,6 +564,8 @@ def convert(
             raise DataError(f"input not found: {input_path}")
         input_path = str(Path(input_path).absolute())
     meta = {"source": source, "split": split, "input": input_path}
+    if source == "digits":
+        meta["upsample"] = upsample
 
     src = _open_source(source, input_path, image_size, channels, split, strict, meta)
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
@@ -566,7 +578,7 @@ def _open_source(source, input_path, image_size, channels, split, strict, meta) 
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),
-        "digits": lambda: _read_digits(image_size),
+        "digits": lambda: _read_digits(image_size, meta["upsample"]),
     }
     images, labels, fmt = readers[source]()
     meta["source_format"] = fmt
@@ -576,8 +588,8 @@ def _open_source(source, input_path, image_size, channels, split, strict, meta) 
     return _array_source(images, labels, image_size, channels, info)
 
 
-def _read_digits(image_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_digits(image_size: int, upsample: str) -> tuple[np.ndarray, np.ndarray, str]:
     from ddpm_dist.data.digits import load_digits_images
 
-    images, labels = load_digits_images(image_size=image_size)
+    images, labels = load_digits_images(image_size=image_size, upsample=upsample)
     return images, labels, "sklearn-digits"

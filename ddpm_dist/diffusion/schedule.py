@@ -32,12 +32,40 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
     return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
 
 
+def sigmoid_betas(
+    timesteps: int, *, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999
+) -> np.ndarray:
+    """Jabri et al. 2022 ("Scalable Adaptive Computation for Iterative Generation", the sigmoid schedule of its
+    Algorithm / Fig. on noise schedules; the default of lucidrains' denoising-diffusion-pytorch):
+    gamma(u) = (sigmoid(end/tau) - sigmoid((u (end - start) + start)/tau)) / (sigmoid(end/tau) - sigmoid(start/tau)),
+    u = t/T in [0, 1], and alpha-bar(t) = gamma(t/T) / gamma(0) (gamma(0) = 1, gamma(1) = 0).
+
+    betas_t = 1 - alpha-bar(t+1)/alpha-bar(t), clipped to ``max_beta`` (the last one would be 1). Compared with the
+    linear schedule it spends fewer steps near pure noise and more at low noise. Returns float64 [T].
+    """
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    u = np.arange(timesteps + 1, dtype=np.float64) / timesteps
+    lo, hi = sigmoid(start / tau), sigmoid(end / tau)
+    gamma = (hi - sigmoid((u * (end - start) + start) / tau)) / (hi - lo)
+    alpha_bar = gamma / gamma[0]
+    return np.clip(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.0, max_beta)
+
+
+BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
 def make_betas(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """betas float64 [T] of ``schedule``; ``beta_start`` / ``beta_end`` are used by ``linear`` only."""
     if schedule == "linear":
         return linear_betas(timesteps, beta_start, beta_end)
     if schedule == "cosine":
         return cosine_betas(timesteps)
-    raise ValueError(f"unknown beta schedule {schedule!r} (linear or cosine)")
+    if schedule == "sigmoid":
+        return sigmoid_betas(timesteps)
+    raise ValueError(f"unknown beta schedule {schedule!r} ({', '.join(BETA_SCHEDULES)})")
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,8 @@ class Trainer:
         self._samplers: dict = {}
         self._sample_net = None
         self._extractor = None
-        if cfg.eval.every:
+        self._digits_ref = None
+        if cfg.eval.every and cfg.eval.metric == "fid":
             from ..eval import EvalError
             from ..eval.features import FeatureExtractor
 
@@ -172,6 +173,15 @@ class Trainer:
                 self._extractor = FeatureExtractor(cfg.eval.inception, batch_size=cfg.eval.batch_size)
             except EvalError as err:
                 raise ConfigError(f"eval.inception: {err}") from None
+        if cfg.eval.every and cfg.eval.metric == "digits" and self.rank == 0:
+            from ..eval import EvalError
+            from ..eval.digits import classifier, resolve_reference
+
+            try:  # a bad reference (or no scikit-learn) fails now, not at the first evaluation
+                self._digits_ref = resolve_reference(cfg.eval.ref)
+                classifier()
+            except EvalError as err:
+                raise ConfigError(f"eval.ref: {err}") from None
         self.stop = StopRequest(distributed=parallel.is_distributed())
         self.profiler = build_profiler(cfg, rank=self.rank, device=device)
 
@@ -391,14 +401,20 @@ class Trainer:
         return out
 
     def evaluate_ema(self, step: int) -> dict | None:
-        """FID and IS of ``eval.num_samples`` EMA samples against ``eval.ref`` (default: the training data): the
-        scalars ``eval/fid``, ``eval/is`` in TensorBoard, one line on the console, one JSON line in
-        ``<run dir>/metrics.jsonl``. Every rank samples and extracts features; rank 0 computes and writes."""
-        from ..eval.evaluate import evaluate, summary
+        """``eval.metric`` of ``eval.num_samples`` EMA samples: one line on the console, one JSON line in
+        ``<run dir>/metrics.jsonl`` and TensorBoard scalars - ``eval/fid``, ``eval/is`` (FID and IS against
+        ``eval.ref``, default the training data; every rank samples and extracts features, rank 0 computes and
+        writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
+        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores)."""
         from ..inference import to_uint8
 
         e = self.cfg.eval
         images = to_uint8(self.ema_samples(e.num_samples, steps=e.sample_steps, batch=e.batch_size))
+        sampler = f"ddim-{e.sample_steps}" if e.sample_steps else "ddpm"
+        if e.metric == "digits":
+            return self._write_digits_scores(images, step, sampler)
+        from ..eval.evaluate import evaluate, summary
+
         result = evaluate(
             images,
             ref=e.ref or self.cfg.data.path,
@@ -409,15 +425,33 @@ class Trainer:
         )
         if self.rank != 0:
             return None
-        sampler = f"ddim-{e.sample_steps}" if e.sample_steps else "ddpm"
         result = {"step": step, "weights": "ema", "sampler": sampler, **result}
         is_ = result["inception_score"]
         self.tb.scalars({"eval/fid": result["fid"], "eval/is": is_["mean"], "eval/is_std": is_["std"]}, step)
+        self._append_metrics(result, summary(result))
+        return result
+
+    def _write_digits_scores(self, images: np.ndarray, step: int, sampler: str) -> dict | None:
+        if self.rank != 0:
+            return None
+        from ..eval.digits import digits_scores, summary
+
+        result = {"step": step, "weights": "ema", "sampler": sampler, "metric": "digits"}
+        result.update(digits_scores(images, reference=self._digits_ref))
+        if not isinstance(self._digits_ref, str):
+            result["reference"] = self.cfg.eval.ref
+        self.tb.scalars(
+            {f"eval/digits_{k}": result[k] for k in ("fd", "confidence", "class_entropy")},
+            step,
+        )
+        self._append_metrics(result, summary(result))
+        return result
+
+    def _append_metrics(self, result: dict, line: str) -> None:
         self.tb.flush()
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
-        info(f"step {step} EMA {result['sampler']}: {summary(result)}", rank=self.rank)
-        return result
+        info(f"step {result['step']} EMA {result['sampler']}: {line}", rank=self.rank)
 
     def sample_to_tensorboard(self, step: int) -> Path | None:
         images = self.ema_samples(self.cfg.run.num_samples)

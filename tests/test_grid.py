@@ -1,0 +1,73 @@
+"""Sample grids people can read: nearest upscaling to >= 64 px per image and thin borders, in the PNGs and in
+TensorBoard (one function, ``ddpm_dist.logging.grid_image``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_dist.logging import TensorBoard, grid_image, save_grid_png
+
+
+def _images(n: int, c: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [n, c, size, size] in [-1, 1], the uint8 pixels they stand for)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, c, size, size), dtype=np.uint8)
+    pixels[..., 0, 0] = 128  # a border-coloured pixel inside an image must not confuse the layout checks
+    return pixels.astype(np.float32) / 127.5 - 1.0, pixels
+
+
+@pytest.mark.parametrize("size, scale", [(8, 8), (16, 4), (32, 2), (28, 3), (64, 1), (96, 1)])
+def test_each_image_is_upscaled_by_nearest_neighbour_to_at_least_64_px(size, scale):
+    images, pixels = _images(5, 1, size)
+    grid = grid_image(images)  # 3 per row, 2 rows
+    cell = size * scale
+    assert grid.shape == (2 * (cell + 1) + 1, 3 * (cell + 1) + 1, 1) and grid.dtype == np.uint8
+    for k in range(5):
+        r, q = divmod(k, 3)
+        top, left = 1 + r * (cell + 1), 1 + q * (cell + 1)
+        expected = np.kron(pixels[k, 0], np.ones((scale, scale), np.uint8))
+        np.testing.assert_array_equal(grid[top : top + cell, left : left + cell, 0], expected)
+
+
+def test_cells_are_separated_and_framed_by_a_thin_grey_border_and_empty_cells_stay_grey():
+    images, _ = _images(3, 3, 16)
+    grid = grid_image(images, nrow=2)  # 2 per row: the 4th cell is empty
+    assert grid.shape == (2 * 65 + 1, 2 * 65 + 1, 3)
+    for line in (0, 65, 130):
+        assert (grid[line, :, :] == 128).all() and (grid[:, line, :] == 128).all()
+    assert (grid[66:130, 66:130] == 128).all()
+    assert not (grid[1:65, 1:65] == 128).all()
+
+
+def test_values_are_clipped_and_rounded_like_uint8_conversion():
+    images = np.array([-2.0, -1.0, 0.0, 1.0, 3.0], np.float32).reshape(1, 1, 1, 5).repeat(5, axis=2)
+    grid = grid_image(images, min_cell=5)
+    np.testing.assert_array_equal(grid[1, 1:6, 0], [0, 0, 128, 255, 255])
+
+
+def test_the_png_is_the_grid(tmp_path):
+    images, _ = _images(64, 1, 16)
+    save_grid_png(images, tmp_path / "g.png")
+    png = np.asarray(Image.open(tmp_path / "g.png"))
+    assert png.shape == (8 * 65 + 1, 8 * 65 + 1)  # 64 digits of 16x16: 521 px, not 128
+    np.testing.assert_array_equal(png, grid_image(images)[:, :, 0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]  # no temporary file left
+
+
+def test_tensorboard_shows_the_same_grid(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images, _ = _images(16, 3, 16)
+    tb = TensorBoard(str(tmp_path), rank=0)
+    tb.images("samples/ema", images, 7)
+    tb.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    (event,) = acc.Images("samples/ema")
+    assert event.step == 7 and (event.height, event.width) == (4 * 65 + 1, 4 * 65 + 1)
+    import io
+
+    shown = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    np.testing.assert_array_equal(shown, grid_image(images))
