@@ -32,6 +32,7 @@ from ddpm_dist.diffusion.sampling import (
 from ddpm_dist.models import build_model
 
 SAMPLE = str(ROOT / "tools" / "sample.py")
+_TINY_CFG = {"data": {"path": "unused", "image_size": 8, "channels": 1}, "diffusion": {"timesteps": 100}}
 CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
 
 
@@ -132,6 +133,45 @@ def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
     corr = np.corrcoef(np.concatenate([z[0], z[1]]))  # 128 rows: 64 samples x 2 steps, 1024 long
     off = np.abs(corr[~np.eye(len(corr), dtype=bool)]) * np.sqrt(1024)  # ~|N(0, 1)| if independent
     assert off.max() < 6.0 and abs(off.mean() - np.sqrt(2 / np.pi)) < 0.03
+
+
+def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monkeypatch):
+    from ddpm_dist.diffusion import sampling
+
+    assert sampling.check_keyed_noise(force=True) == "CPU:0"  # the probe, drawn by this device's kernels
+    real_words, real_normals = sampling.keyed_noise_words, sampling.keyed_noise_reference
+
+    def flipped(seed, indices, stream, pairs):  # a device whose words differ in one bit of one lane
+        words = real_words(seed, indices, stream, pairs).copy()
+        if seed == 2**32 - 1 and stream == 999:
+            words[3, 1, 7] ^= np.uint32(1 << 31)
+        return words
+
+    monkeypatch.setattr(sampling, "keyed_noise_words", flipped)
+    with pytest.raises(sampling.KeyedNoiseMismatch) as err:
+        sampling.check_keyed_noise(force=True)
+    msg = str(err.value)
+    want = real_words(2**32 - 1, [2**31 - 1], 999, 10)[0, 1, 7]
+    assert "\n" not in msg and msg.startswith("keyed noise self-check failed on CPU:0: hash word [3, 1, 7]")
+    assert f"seed {2**32 - 1}, stream 999, sample {2**31 - 1}" in msg
+    assert f"is {int(want):#010x}, the reference is {int(want ^ np.uint32(1 << 31)):#010x}" in msg
+    with pytest.raises(sampling.KeyedNoiseMismatch):  # a failed check is not remembered as passed
+        KeyedSampler(build_sampler(lambda x, t: x, build_schedule(from_dict(_TINY_CFG)), sampler="ddim", steps=2),
+                     shape=(1, 8, 8))  # fmt: skip
+
+    monkeypatch.setattr(sampling, "keyed_noise_words", real_words)
+
+    def shifted(seed, indices, stream, shape):  # words right, one normal off by 1e-3 (a bad log or cos)
+        z = real_normals(seed, indices, stream, shape).copy()
+        if stream == sampling.X_T_STREAM:
+            z[2, 0, 1, 3] += 1e-3
+        return z
+
+    monkeypatch.setattr(sampling, "keyed_noise_reference", shifted)
+    with pytest.raises(sampling.KeyedNoiseMismatch, match=r"on CPU:0: normal \[2, 0, 1, 3\] \(seed 0, stream "):
+        sampling.check_keyed_noise(force=True)
+    monkeypatch.setattr(sampling, "keyed_noise_reference", real_normals)
+    assert sampling.check_keyed_noise(force=True) == "CPU:0"
 
 
 # ---------------------------------------------------------------- determinism

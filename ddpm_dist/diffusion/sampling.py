@@ -179,6 +179,11 @@ def is_multistep(step: nn.Cell) -> bool:
     return bool(getattr(step, "multistep", False))
 
 
+def default_spacing(sampler: str) -> str:
+    """The timestep spacing :func:`build_sampler` gives ``sampler``: ``logsnr`` for dpm++2m, else ``time``."""
+    return "logsnr" if sampler == "dpm++2m" else "time"
+
+
 def build_sampler(
     model: nn.Cell,
     base: Schedule,
@@ -196,11 +201,11 @@ def build_sampler(
     ``spacing`` picks the timesteps (both grids hold t = 0 and T-1): ``time`` (:func:`space_timesteps`, evenly
     spaced) or ``logsnr`` (:func:`space_timesteps_logsnr`, evenly spaced half log-SNR). None: the sampler's own -
     ``time`` for DDPM and DDIM (as always), ``logsnr`` for DPM-Solver++(2M), the spacing its authors recommend for
-    low-resolution images; on this repository's 8-32 px models it is also the one that works (docs/sampling.md).
+    low-resolution images (on the Gaussian oracle at 20 steps its std is 1.5% off, time-uniform 30%: tests).
     ``eta`` is DDIM's, ``var_type`` DDPM's; DPM-Solver++(2M) takes neither."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS} (got {sampler!r})")
-    spacing = spacing or ("logsnr" if sampler == "dpm++2m" else "time")
+    spacing = spacing or default_spacing(sampler)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS} (got {spacing!r})")
     schedule = base
@@ -216,6 +221,12 @@ def build_sampler(
     if sampler == "dpm++2m":
         return DPMSolverPP2MStep(**common)
     return DDIMStep(eta=eta, **common)
+
+
+def sampler_label(sampler: str, steps: int) -> str:
+    """How results name a sampling setting: ``ddpm`` for the full ancestral sampler (``steps`` 0, whatever
+    ``sampler`` says), else ``<sampler>-<steps>``, e.g. ``ddim-100``, ``dpm++2m-20``."""
+    return f"{sampler}-{steps}" if steps else "ddpm"
 
 
 def num_steps(step: nn.Cell) -> int:
@@ -451,6 +462,7 @@ def check_keyed_noise(*, force: bool = False) -> str:
     device = device_name()
     if _checked.get(device) and not force:
         return device
+    _checked.pop(device, None)
     probe = _NoiseProbe(KeyedNoise(shape=_PROBE_SHAPE))
     idx = Tensor(np.array(_PROBE_INDICES, np.int32))
     pairs = (int(np.prod(_PROBE_SHAPE)) + 1) // 2

@@ -50,6 +50,7 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
+    from ..diffusion.sampling import KeyedNoiseMismatch
     from .trainer import Trainer, TrainingError
 
     try:
@@ -62,6 +63,6 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
-    except (ConfigError, CheckpointError, DataError, TrainingError) as err:
+    except (ConfigError, CheckpointError, DataError, KeyedNoiseMismatch, TrainingError) as err:
         return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     return 0
