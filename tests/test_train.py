@@ -31,6 +31,8 @@ def digits8(tmp_path_factory):
         ("train.global_batch", "expected key=value"),
         ("eval.every=100", "eval.inception: required when eval.every > 0"),
         ("eval.num_samples=5", "eval.splits: 10 exceeds eval.num_samples 5"),
+        ("run.sampler=plms", "run.sampler: must be one of ddim, dpm++2m, ddpm"),
+        ("eval.sampler=dpm", "eval.sampler: must be one of"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):
