@@ -24,6 +24,7 @@ from ddpm_dist.diffusion.sampling import (
     X_T_STREAM,
     KeyedNoise,
     KeyedSampler,
+    KeyedStep,
     _i32,
     build_sampler,
     keyed_noise_reference,
@@ -219,30 +220,35 @@ def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch
 
 
 @pytest.mark.slow
-def test_training_grid_uses_run_sampler(tmp_path):
-    """run.sampler=dpm++2m: the EMA grid a training run writes is the grid tools/sample.py's generate() draws from
-    the run's final checkpoint with dpm++2m and run.seed, and not the DDIM one (40 steps, unclipped x0: a network
-    fresh from its zero-initialised output layer predicts eps ~ 0, for which every deterministic sampler ends alike,
-    and clipped x0 saturates at +-1)."""
-    from ddpm_dist.logging import save_grid_png
+def test_training_grids_and_eval_use_their_configured_sampler(tmp_path, monkeypatch):
+    """run.sampler / eval.sampler choose the trainer's sampler (its images cannot tell: an untrained network's output
+    layer is zero-initialised, so it predicts eps = 0, for which every deterministic sampler ends alike)."""
+    from ddpm_dist.config import load_config
+    from ddpm_dist.device import setup_device
+    from ddpm_dist.diffusion.sampling import DDIMStep, DPMSolverPP2MStep
+    from ddpm_dist.diffusion.schedule import space_timesteps_logsnr
+    from ddpm_dist.train.trainer import Trainer
 
-    data = prepare_digits(tmp_path / "digits8")
-    run_dir = tmp_path / "run"
-    res = run_train("--config", TINY, f"data.path={data}", f"run.out_dir={run_dir}", "train.total_steps=40",
-                    "train.ckpt_every=0", "run.sample_every=40", "run.num_samples=4", "run.sampler=dpm++2m",
-                    "run.sample_steps=4", "run.seed=5", "diffusion.clip_x0=false")  # fmt: skip
-    assert res.returncode == 0, res.stderr + res.stdout
-    (ckpt,) = (run_dir / "checkpoints").glob("step_*.ckpt")
-    cfg, net, _ = inference.load_for_sampling(ckpt)
-    grid = np.asarray(Image.open(run_dir / "samples" / "ema_step_00000040.png")).astype(int)
+    cfg = load_config(TINY, ["run.sampler=dpm++2m", "run.sample_steps=4", "eval.sample_steps=3", "run.num_samples=3",
+                             f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
+    trainer = Trainer(cfg, device=setup_device("CPU", "graph"), data=iter(()))
+    built = []
+    real = trainer._keyed_sampler
 
-    def expected(sampler):
-        images = inference.generate(cfg, net, sampler=sampler, steps=4, eta=0.0, num_samples=4, batch_size=4, seed=5)
-        save_grid_png(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0, tmp_path / f"{sampler}.png")
-        return np.asarray(Image.open(tmp_path / f"{sampler}.png")).astype(int)
+    def spy(sampler, steps):
+        keyed = real(sampler, steps)
+        built.append((sampler, steps, type(keyed.keyed_step), keyed.num_steps))
+        return keyed
 
-    assert grid.shape == expected("dpm++2m").shape and np.abs(grid - expected("dpm++2m")).max() <= 1
-    assert np.abs(grid - expected("ddim")).mean() > 4, np.abs(grid - expected("ddim")).mean()
+    monkeypatch.setattr(trainer, "_keyed_sampler", spy)
+    images = trainer.ema_samples(3)  # what the grid uses
+    assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
+    assert built == [("dpm++2m", 4, DPMSolverPP2MStep, 4)]
+    keyed = real("dpm++2m", 4)
+    np.testing.assert_array_equal(keyed.keyed_step.timestep_map.asnumpy(),
+                                  space_timesteps_logsnr(build_schedule(cfg), 4))  # fmt: skip
+    trainer.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate_ema passes
+    assert built[-1][:3] == ("ddim", 3, KeyedStep) and isinstance(real("ddim", 3).keyed_step.step, DDIMStep)
 
 
 # ---------------------------------------------------------------- the CLI, one worker and two
