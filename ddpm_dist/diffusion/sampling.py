@@ -122,7 +122,7 @@ def dpmpp_2m_coefficients(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, n
     """The per-step tables of DPM-Solver++(2M) on a (respaced) schedule, float64 [n] each: (c_x, c_d, w).
 
     Step i goes from abar_i to abar_prev_i (the next grid point, 1 for i = 0) with alpha = sqrt(abar),
-    sigma = sqrt(1 - abar) and the half log-SNR lambda = log(alpha / sigma) (Lu et al. 2022a, Sec. 3.1). With
+    sigma = sqrt(1 - abar) and the half log-SNR lambda = log(alpha / sigma) (Lu et al. 2022a, "DPM-Solver"). With
     h_i = lambda_prev_i - lambda_i and r_i = h_{i+1} / h_i (the step before over this one), Lu et al. 2022b, Alg. 2:
 
         D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i+1}

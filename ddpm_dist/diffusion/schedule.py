@@ -132,8 +132,8 @@ def space_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
 
 def space_timesteps_logsnr(base: Schedule, steps: int) -> np.ndarray:
     """``steps`` distinct original timesteps in [0, T), always including 0 and T-1, whose half log-SNR
-    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)) (Lu et al. 2022a, Sec. 3.1) is as close as possible to evenly
-    spaced between lambda_{T-1} and lambda_0 - the "logSNR" step spacing of DPM-Solver (Lu et al. 2022a, Sec. 3.3),
+    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)) (Lu et al. 2022a, "DPM-Solver") is as close as possible to evenly
+    spaced between lambda_{T-1} and lambda_0 - the "logSNR" step spacing of DPM-Solver (its step-size schedule),
     which its authors recommend for low-resolution images. Returns int64 [steps].
 
     Each target lambda takes the nearest timestep; where several targets meet one timestep (lambda moves by more
