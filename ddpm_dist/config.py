@@ -93,7 +93,8 @@ class EvalConfig:
     ref: str = ""
     ref_num: int = 0  # use the first N reference images (0: all)
     num_samples: int = 1000  # EMA samples per evaluation (the paper's numbers use 50000)
-    sample_steps: int = 100  # DDIM steps for those samples (0: full ancestral DDPM)
+    sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of those samples (docs/sampling.md)
+    sample_steps: int = 100  # its steps (0: full ancestral DDPM, whatever eval.sampler says)
     batch_size: int = 50  # per worker, for the sampler and the Inception network
     splits: int = 10  # Inception Score splits
     cache_dir: str = ""  # reference statistics cache ("": $DDPM_DIST_CACHE/fid or ~/.cache/ddpm_dist/fid)
@@ -108,7 +109,8 @@ class RunConfig:
     log_every: int = 100
     sample_every: int = 10_000  # EMA sample grid to TensorBoard every N steps (0: never)
     num_samples: int = 16  # images in that grid
-    sample_steps: int = 50  # DDIM steps for that grid (0: full ancestral DDPM)
+    sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of that grid (docs/sampling.md)
+    sample_steps: int = 50  # its steps (0: full ancestral DDPM, whatever run.sampler says)
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
     profile: str = ""  # START:END: MindSpore's profiler captures global steps START..END into <out_dir>/profile
     profile_ranks: str = "rank0"  # rank0 | all: which workers profile
@@ -138,6 +140,8 @@ _CHOICES = {
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
+    "run.sampler": ("ddim", "dpm++2m", "ddpm"),
+    "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
 }
 
 # key -> (predicate, description of the allowed range)

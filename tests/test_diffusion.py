@@ -8,7 +8,14 @@ from oracles import GaussianOracle, PointOracle
 
 from ddpm_dist.diffusion.gaussian import GaussianDiffusion
 from ddpm_dist.diffusion.sampling import build_sampler, sample_loop
-from ddpm_dist.diffusion.schedule import cosine_betas, make_schedule, respace, sigmoid_betas, space_timesteps
+from ddpm_dist.diffusion.schedule import (
+    cosine_betas,
+    make_schedule,
+    respace,
+    sigmoid_betas,
+    space_timesteps,
+    space_timesteps_logsnr,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -174,3 +181,91 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, eta, var_type):
     out = sample_loop(step, Tensor(_rand(4, 1, 64, 64, seed=7))).asnumpy()  # 16384 independent pixels
     assert abs(out.mean() - mu) < 0.01
     assert abs(out.std() - sd) / sd < 0.03
+
+
+# ---------------------------------------------------------------- DPM-Solver++(2M) against exact denoisers
+@pytest.mark.parametrize("beta_schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 10, 25, 999])
+def test_logsnr_spacing_gives_distinct_timesteps_with_even_log_snr(beta_schedule, steps):
+    s = make_schedule(beta_schedule, 1000)
+    use = space_timesteps_logsnr(s, steps)
+    assert use.dtype == np.int64 and len(use) == steps and len(np.unique(use)) == steps
+    assert use[-1] == 999 and (steps == 1 or use[0] == 0) and np.all(np.diff(use) > 0)
+    if beta_schedule == "linear" and steps == 10:  # even to the rounding of t (largest near t = 0)
+        abar = s.alphas_cumprod[use]
+        lam = 0.5 * np.log(abar / (1 - abar))
+        np.testing.assert_allclose(np.diff(lam), np.diff(lam).mean(), rtol=0.05)
+    with pytest.raises(ValueError):
+        space_timesteps_logsnr(s, 1001)
+
+
+@pytest.mark.parametrize(
+    "beta_schedule,steps,objective",
+    [("linear", 10, "eps"), ("linear", 20, "x0"), ("cosine", 15, "v"), ("cosine", 25, "eps"), ("linear", 2, "v")],
+)
+def test_dpm_solver_returns_the_single_data_point(beta_schedule, steps, objective):
+    s = make_schedule(beta_schedule, 100, 1e-3, 0.1)
+    x_star = np.clip(_rand(1, 3, 8, 8, seed=5) * 0.5, -1, 1)
+    step = build_sampler(PointOracle(s, x_star, objective=objective), s, sampler="dpm++2m", steps=steps,
+                         objective=objective)  # fmt: skip
+    out = sample_loop(step, Tensor(_rand(6, 3, 8, 8, seed=6))).asnumpy()
+    np.testing.assert_allclose(out, np.repeat(x_star, 6, axis=0), atol=1e-4)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "cosine"])
+def test_dpm_solver_reproduces_gaussian_data_in_20_steps(beta_schedule):
+    """Tolerance: mean within 0.01, std within 3.5% at 20 steps. The solver is an affine map per pixel here, so
+    out.std() / x_T.std() is its exact gain (no Monte Carlo error). Measured: 1.5% (linear) and 2.9% (cosine);
+    first order on the same grid (DDIM) is off by 4.9% and 7.4%, and on the time-uniform grid the second-order
+    solver overshoots by 30% and 19%, so either mistake fails this test."""
+    mu, sd = 0.25, 0.3
+    s = make_schedule(beta_schedule, 1000)
+    step = build_sampler(GaussianOracle(s, mu, sd), s, sampler="dpm++2m", steps=20, clip_x0=False)
+    x_T = _rand(4, 1, 64, 64, seed=7)  # 16384 independent pixels
+    out = sample_loop(step, Tensor(x_T)).asnumpy()
+    assert abs(out.mean() - mu) < 0.01
+    assert abs(out.std() / x_T.std() - sd) / sd < 0.035
+
+
+@pytest.mark.parametrize("beta_schedule,objective,clip", [("linear", "eps", True), ("cosine", "v", False)])
+def test_first_order_dpm_solver_is_ddim_eta_0_step_for_step(beta_schedule, objective, clip, monkeypatch):
+    from ddpm_dist.diffusion import sampling
+
+    s = make_schedule(beta_schedule, 1000)
+    oracle = GaussianOracle(s, 0.1, 0.5, objective=objective)
+    real = sampling.dpmpp_2m_coefficients
+
+    def first_order(schedule):
+        c_x, c_d, w = real(schedule)
+        assert np.any(w != 0)  # the second-order weights exist; dropping them must leave DDIM
+        return c_x, c_d, np.zeros_like(w)
+
+    monkeypatch.setattr(sampling, "dpmpp_2m_coefficients", first_order)
+    kw = dict(steps=12, objective=objective, clip_x0=clip, spacing="logsnr")
+    dpm = build_sampler(oracle, s, sampler="dpm++2m", **kw)
+    ddim = build_sampler(oracle, s, sampler="ddim", eta=0.0, **kw)
+    x = Tensor(_rand(2, 1, 8, 8, seed=8) * 1.5)
+    x_ddim, x0 = x, Tensor(np.zeros((2, 1, 8, 8), np.float32))
+    zero = Tensor(np.zeros((2, 1, 8, 8), np.float32))
+    for i in range(11, -1, -1):
+        i_t = Tensor(i, ms.int32)
+        x, x0 = dpm(x, x0, i_t)
+        x_ddim = ddim(x_ddim, i_t, zero)
+        np.testing.assert_allclose(x.asnumpy(), x_ddim.asnumpy(), rtol=1e-5, atol=1e-5, err_msg=f"step {i}")
+
+
+def test_dpm_solver_coefficients_are_algorithm_2():
+    from ddpm_dist.diffusion.sampling import dpmpp_2m_coefficients
+
+    s = make_schedule("linear", 1000)
+    for use in (space_timesteps(1000, 10), space_timesteps_logsnr(s, 20)):
+        r = respace(s, use)
+        c_x, c_d, w = dpmpp_2m_coefficients(r)
+        a, sig = np.sqrt(r.alphas_cumprod), np.sqrt(1 - r.alphas_cumprod)
+        lam = np.log(a / sig)
+        i = 5  # a middle step: D = x0 + (h_i / (2 h_{i+1})) (x0 - x0_prev), x_prev = sig' / sig x + a' (1 - e^-h) D
+        h, h_before = lam[i - 1] - lam[i], lam[i] - lam[i + 1]
+        assert w[i] == pytest.approx(h / (2 * h_before))
+        assert c_x[i] == pytest.approx(sig[i - 1] / sig[i]) and c_d[i] == pytest.approx(a[i - 1] * -np.expm1(-h))
+        assert w[-1] == 0 and w[0] == 0 and c_x[0] == 0 and c_d[0] == 1  # first step; last: returns x0
+        assert np.all(w[1:-1] > 0)

@@ -24,6 +24,7 @@ from ddpm_dist.diffusion.sampling import (
     X_T_STREAM,
     KeyedNoise,
     KeyedSampler,
+    KeyedStep,
     _i32,
     build_sampler,
     keyed_noise_reference,
@@ -32,6 +33,7 @@ from ddpm_dist.diffusion.sampling import (
 from ddpm_dist.models import build_model
 
 SAMPLE = str(ROOT / "tools" / "sample.py")
+_TINY_CFG = {"data": {"path": "unused", "image_size": 8, "channels": 1}, "diffusion": {"timesteps": 100}}
 CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
 
 
@@ -134,6 +136,45 @@ def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
     assert off.max() < 6.0 and abs(off.mean() - np.sqrt(2 / np.pi)) < 0.03
 
 
+def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monkeypatch):
+    from ddpm_dist.diffusion import sampling
+
+    assert sampling.check_keyed_noise(force=True) == "CPU:0"  # the probe, drawn by this device's kernels
+    real_words, real_normals = sampling.keyed_noise_words, sampling.keyed_noise_reference
+
+    def flipped(seed, indices, stream, pairs):  # a device whose words differ in one bit of one lane
+        words = real_words(seed, indices, stream, pairs).copy()
+        if seed == 2**32 - 1 and stream == 999:
+            words[3, 1, 7] ^= np.uint32(1 << 31)
+        return words
+
+    monkeypatch.setattr(sampling, "keyed_noise_words", flipped)
+    with pytest.raises(sampling.KeyedNoiseMismatch) as err:
+        sampling.check_keyed_noise(force=True)
+    msg = str(err.value)
+    want = real_words(2**32 - 1, [2**31 - 1], 999, 10)[0, 1, 7]
+    assert "\n" not in msg and msg.startswith("keyed noise self-check failed on CPU:0: hash word [3, 1, 7]")
+    assert f"seed {2**32 - 1}, stream 999, sample {2**31 - 1}" in msg
+    assert f"is {int(want):#010x}, the reference is {int(want ^ np.uint32(1 << 31)):#010x}" in msg
+    with pytest.raises(sampling.KeyedNoiseMismatch):  # a failed check is not remembered as passed
+        KeyedSampler(build_sampler(lambda x, t: x, build_schedule(from_dict(_TINY_CFG)), sampler="ddim", steps=2),
+                     shape=(1, 8, 8))  # fmt: skip
+
+    monkeypatch.setattr(sampling, "keyed_noise_words", real_words)
+
+    def shifted(seed, indices, stream, shape):  # words right, one normal off by 1e-3 (a bad log or cos)
+        z = real_normals(seed, indices, stream, shape).copy()
+        if stream == sampling.X_T_STREAM:
+            z[2, 0, 1, 3] += 1e-3
+        return z
+
+    monkeypatch.setattr(sampling, "keyed_noise_reference", shifted)
+    with pytest.raises(sampling.KeyedNoiseMismatch, match=r"on CPU:0: normal \[2, 0, 1, 3\] \(seed 0, stream "):
+        sampling.check_keyed_noise(force=True)
+    monkeypatch.setattr(sampling, "keyed_noise_reference", real_normals)
+    assert sampling.check_keyed_noise(force=True) == "CPU:0"
+
+
 # ---------------------------------------------------------------- determinism
 @pytest.mark.slow
 def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
@@ -153,6 +194,61 @@ def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
     assert by4.shape == (5, 8, 8, 1) and by4.dtype == np.uint8
     assert np.abs(by4.astype(int) - by2).max() <= 1 and (by4 != by2).mean() < 0.01
     assert len({by4[k].tobytes() for k in range(5)}) == 5
+
+
+@pytest.mark.slow
+def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch(train_ckpt):
+    cfg, net, _ = inference.load_for_sampling(train_ckpt)
+    step = build_sampler(net, build_schedule(cfg), sampler="dpm++2m", steps=6)
+    sampler = KeyedSampler(step, shape=(1, 8, 8))
+    four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
+    np.testing.assert_array_equal(sampler.sample([0, 1, 2, 3], seed=7).asnumpy(), four)
+    np.testing.assert_allclose(sampler.sample([2, 3], seed=7).asnumpy(), four[2:], atol=1e-5)
+    np.testing.assert_allclose(sampler.sample([3, 0, 2], seed=7).asnumpy(), four[[3, 0, 2]], atol=1e-5)
+    assert np.abs(sampler.sample([0, 1, 2, 3], seed=8).asnumpy() - four).mean() > 0.1
+    # the same keyed x_T as DDIM (the trajectories differ: tests/test_diffusion.py's oracles; this network, 4 steps
+    # from its zero-initialised output layer, predicts eps ~ 0, for which every deterministic sampler ends alike)
+    ddim = KeyedSampler(build_sampler(net, build_schedule(cfg), sampler="ddim", steps=6), shape=(1, 8, 8))
+    np.testing.assert_array_equal(sampler.initial_noise([0, 1], seed=7).asnumpy(),
+                                  ddim.initial_noise([0, 1], seed=7).asnumpy())  # fmt: skip
+
+    kw = dict(sampler="dpm++2m", steps=5, eta=0.0, num_samples=5, seed=3)
+    by4 = inference.generate(cfg, net, batch_size=4, **kw)
+    by2 = inference.generate(cfg, net, batch_size=2, **kw)
+    assert by4.shape == (5, 8, 8, 1) and np.abs(by4.astype(int) - by2).max() <= 1 and (by4 != by2).mean() < 0.01
+    assert len({by4[k].tobytes() for k in range(5)}) == 5
+
+
+@pytest.mark.slow
+def test_training_grids_and_eval_use_their_configured_sampler(tmp_path, monkeypatch):
+    """run.sampler / eval.sampler choose the trainer's sampler (its images cannot tell: an untrained network's output
+    layer is zero-initialised, so it predicts eps = 0, for which every deterministic sampler ends alike)."""
+    from ddpm_dist.config import load_config
+    from ddpm_dist.device import setup_device
+    from ddpm_dist.diffusion.sampling import DDIMStep, DPMSolverPP2MStep
+    from ddpm_dist.diffusion.schedule import space_timesteps_logsnr
+    from ddpm_dist.train.trainer import Trainer
+
+    cfg = load_config(TINY, ["run.sampler=dpm++2m", "run.sample_steps=4", "eval.sample_steps=3", "run.num_samples=3",
+                             f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
+    trainer = Trainer(cfg, device=setup_device("CPU", "graph"), data=iter(()))
+    built = []
+    real = trainer._keyed_sampler
+
+    def spy(sampler, steps):
+        keyed = real(sampler, steps)
+        built.append((sampler, steps, type(keyed.keyed_step), keyed.num_steps))
+        return keyed
+
+    monkeypatch.setattr(trainer, "_keyed_sampler", spy)
+    images = trainer.ema_samples(3)  # what the grid uses
+    assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
+    assert built == [("dpm++2m", 4, DPMSolverPP2MStep, 4)]
+    keyed = real("dpm++2m", 4)
+    np.testing.assert_array_equal(keyed.keyed_step.timestep_map.asnumpy(),
+                                  space_timesteps_logsnr(build_schedule(cfg), 4))  # fmt: skip
+    trainer.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate_ema passes
+    assert built[-1][:3] == ("ddim", 3, KeyedStep) and isinstance(real("ddim", 3).keyed_step.step, DDIMStep)
 
 
 # ---------------------------------------------------------------- the CLI, one worker and two
@@ -213,6 +309,23 @@ def test_one_and_two_msrun_workers_draw_the_same_images(train_ckpt, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_dpm_solver_on_one_and_two_msrun_workers_draws_the_same_images(train_ckpt, tmp_path):
+    common = ["--ckpt", str(train_ckpt), "--sampler", "dpm++2m", "--steps", "6", "--num-samples", "5", "--seed", "4"]
+    one = run_tool(SAMPLE, *common, "--out", str(tmp_path / "one"), "--batch-size", "5")
+    assert one.returncode == 0, one.stderr
+    assert "sampling 5 images (dpm++2m-6, seed 4)" in one.stdout
+    logs = sample_on_two_workers(*common, "--out", str(tmp_path / "two"), "--batch-size", "2", log_dir=tmp_path / "l")
+    assert "x 2 worker(s)" in logs
+    a, b = np.load(tmp_path / "one" / "samples.npz")["arr_0"], np.load(tmp_path / "two" / "samples.npz")["arr_0"]
+    assert a.shape == b.shape == (5, 8, 8, 1)
+    assert np.abs(a.astype(int) - b).max() <= 1 and (a != b).mean() < 0.01
+    assert len({a[k].tobytes() for k in range(5)}) == 5
+    settings = json.loads((tmp_path / "two" / "samples.json").read_text())
+    assert settings["sampler"] == "dpm++2m" and settings["steps"] == 6 and settings["spacing"] == "logsnr"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_sample_eval_on_two_msrun_workers_matches_tools_eval(train_ckpt, tmp_path):
     """tools/sample.py --eval: two workers sample, then extract Inception features in shards; metrics.json lands
     beside the samples and equals a single-process tools/eval.py on the written npz."""
@@ -258,6 +371,7 @@ def _fake_checkpoints(tmp_path):
         (SAMPLE, ["--ckpt", "{random}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (SAMPLE, ["--ckpt", "{random}", "--seed", "-1"], "--seed"),
         (SAMPLE, ["--ckpt", "{random}", "--sampler", "plms"], "invalid choice"),
+        (SAMPLE, ["--ckpt", "{random}", "--sampler", "dpm++2m", "--eta", "1"], "--eta is DDIM's noise scale"),
         (SAMPLE, ["--ckpt", "{random}", "--eval"], "--eval needs --ref and --inception"),
         (
             SAMPLE,
@@ -310,3 +424,62 @@ def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
         inference.convert(train_ckpt, tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="holds ema weights only"):
         inference.read_weights(inference.convert(train_ckpt, tmp_path / "e.ckpt"), weights="raw")
+
+
+# ---------------------------------------------------------------- bench/sampling_quality.py
+def _quality_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sampling_quality", ROOT / "bench" / "sampling_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_bench_settings_and_metric_choice(monkeypatch):
+    import types
+
+    bench = _quality_bench()
+    assert bench.parse_settings("ddpm-100, ddim-10,dpm++2m-20", 100) == [("ddpm", 100), ("ddim", 10), ("dpm++2m", 20)]
+    for bad in ("ddim-0", "plms-10", "ddim-101", "ddim", ""):
+        with pytest.raises(bench.BenchError):
+            bench.parse_settings(bad, 100)
+    # the digits metric when its module exists (another issue adds it), pixel FD otherwise or for RGB models
+    monkeypatch.setitem(sys.modules, "ddpm_dist.eval.digits", None)  # None: "not importable"
+    assert bench.choose_metric("auto", 1) == "pixel-fd"
+    seen = {}
+
+    def digits_scores(images, *, reference):
+        seen.update(shape=images.shape, reference=reference)
+        return {"fd": 1.5, "confidence": 0.9, "class_entropy": 2.2, "n": len(images)}
+
+    monkeypatch.setitem(sys.modules, "ddpm_dist.eval.digits", types.SimpleNamespace(digits_scores=digits_scores))
+    assert bench.choose_metric("auto", 1) == "digits" and bench.choose_metric("auto", 3) == "pixel-fd"
+    score = bench.make_scorer("digits")
+    images = np.zeros((5, 8, 8, 1), np.uint8)
+    assert score(images)["fd"] == 1.5 and seen == {"shape": (5, 8, 8, 1), "reference": "heldout"}
+    # pixel FD: 0 against itself, grows with a shift of the mean (|shift|^2 * pixels for equal covariances)
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 200, (400, 4, 4, 1)).astype(np.uint8)
+    pixel_fd = bench.make_scorer("pixel-fd", ref)
+    assert abs(pixel_fd(ref)["fd"]) < 1e-6
+    assert pixel_fd(ref + 51)["fd"] == pytest.approx(16 * 0.2**2, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_quality_bench_prints_json_per_setting(train_ckpt):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sampling_quality.py"), "--ckpt", str(train_ckpt), "--settings",
+         "ddim-3,dpm++2m-3", "--num-samples", "6", "--seeds", "0,1", "--batch-size", "4", "--metric", "pixel-fd"],
+        env=env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["metric"] == "pixel-fd" and report["num_samples"] == 6 and report["seeds"] == [0, 1]
+    assert report["reference"].endswith("digits8")  # the checkpoint's data.path
+    assert list(report["settings"]) == ["ddim-3", "dpm++2m-3"]
+    for name, entry in report["settings"].items():
+        assert entry["nfe"] == 3 and len(entry["seconds"]) == 2 and len(entry["scores"]) == 2, name
+        assert all(s["n"] == 6 and np.isfinite(s["fd"]) and s["fd"] > 0 for s in entry["scores"])
+        assert entry["fd_mean"] == pytest.approx(np.mean([s["fd"] for s in entry["scores"]]))
+    assert report["settings"]["dpm++2m-3"]["spacing"] == "logsnr"

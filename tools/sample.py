@@ -2,6 +2,7 @@
 
     python tools/sample.py --ckpt cifar_ema.ckpt --out samples/cifar --num-samples 50000 --batch-size 256
     python tools/sample.py --ckpt runs/cifar/checkpoints/step_00800000.ckpt --out s --sampler ddim --steps 50
+    python tools/sample.py --ckpt cifar_ema.ckpt --out s --sampler dpm++2m --steps 20
     ENTRY=tools/sample.py DEVICE_NUM=8 bash launch/run_8p.sh --ckpt cifar_ema.ckpt --out samples/cifar ...
 
 Writes into --out: ``samples.npz`` (``arr_0``: uint8 [N, H, W, C], the layout of the guided-diffusion evaluator),
@@ -26,14 +27,17 @@ from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extracto
 from ddpm_dist.files import probe_writable
 
 OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # ddpm_dist.diffusion.sampling.SAMPLERS (not imported: no MindSpore yet)
+DEFAULT_STEPS = {"ddpm": 0, "ddim": 50, "dpm++2m": 20}  # 0: all T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="a training checkpoint or one written by tools/convert_ckpt.py")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    p.add_argument("--steps", type=int, help="sampling steps, respaced (default: ddpm all T, ddim 50)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ancestral DDPM, DDIM or DPM-Solver++(2M) (default: ddpm)")  # fmt: skip
+    p.add_argument("--steps", type=int, help="sampling steps, respaced (default: ddpm all T, ddim 50, dpm++2m 20)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (0: deterministic, 1: DDPM-like)")
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16, help="per worker")
@@ -61,6 +65,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--steps must be >= 1 (got {args.steps})"
     if not args.eta >= 0.0:
         return f"--eta must be >= 0 (got {args.eta})"
+    if args.eta and args.sampler != "ddim":
+        return f"--eta is DDIM's noise scale; {args.sampler} does not take it"
     if not 0 <= args.seed < 2**32:
         return f"--seed must be in [0, 2^32) (got {args.seed})"
     if args.grid < 0:
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.config import ConfigError
     from ddpm_dist.device import setup_device
+    from ddpm_dist.diffusion.sampling import KeyedNoiseMismatch, default_spacing
     from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.inference import generate, load_for_sampling
@@ -147,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, world_size = parallel.init()
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
         extractor = make_extractor(args) if args.eval else None  # a bad weights file fails before sampling
-        steps = (
-            args.steps
-            if args.steps is not None
-            else (0 if args.sampler == "ddpm" else min(50, cfg.diffusion.timesteps))
-        )
+        steps = args.steps if args.steps is not None else min(DEFAULT_STEPS[args.sampler], cfg.diffusion.timesteps)
         if steps > cfg.diffusion.timesteps:
             raise ValueError(f"--steps {steps} exceeds the model's {cfg.diffusion.timesteps} diffusion timesteps")
         label = f"{args.sampler}-{steps or cfg.diffusion.timesteps}" + (
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 images = images.repeat(3, axis=3)
             settings = {"ckpt": str(args.ckpt), "step": meta.get("step"), "weights": meta["weights"],
                         "sampler": args.sampler, "steps": steps or cfg.diffusion.timesteps, "eta": args.eta,
+                        "spacing": default_spacing(args.sampler),
                         "seed": args.seed, "num_samples": args.num_samples, "world_size": world_size,
                         "batch_size": args.batch_size, "arr_0": f"uint8 {list(images.shape)} NHWC"}  # fmt: skip
             if metrics is not None:
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(Path(args.out), images, grid=args.grid, individual=args.png_individual, settings=settings,
                           metrics=metrics)  # fmt: skip
             info(f"wrote {args.num_samples} samples to {args.out}", rank=rank)
-    except (CheckpointError, ConfigError, EvalError, ValueError, OSError) as err:
+    except (CheckpointError, ConfigError, EvalError, KeyedNoiseMismatch, ValueError, OSError) as err:
         return fail(first_line(err))
     return 0
 

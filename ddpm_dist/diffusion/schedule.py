@@ -158,6 +158,34 @@ def space_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, num_timesteps - 1, steps)).astype(np.int64))
 
 
+def space_timesteps_logsnr(base: Schedule, steps: int) -> np.ndarray:
+    """``steps`` distinct original timesteps in [0, T), always including 0 and T-1, whose half log-SNR
+    lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)) (Lu et al. 2022a, "DPM-Solver") is as close as possible to evenly
+    spaced between lambda_{T-1} and lambda_0 - the "logSNR" step spacing of DPM-Solver (its step-size schedule),
+    which its authors recommend for low-resolution images. Returns int64 [steps].
+
+    Each target lambda takes the nearest timestep; where several targets meet one timestep (lambda moves by more
+    than the target spacing per timestep, e.g. near t = T-1 of the cosine schedule) they are pushed apart to
+    consecutive timesteps, so exactly ``steps`` network calls are made.
+    """
+    T = base.num_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"sampling steps must be in [1, {T}] (got {steps})")
+    if steps == 1:
+        return np.array([T - 1], dtype=np.int64)
+    abar = base.alphas_cumprod
+    lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
+    targets = np.linspace(lam[0], lam[-1], steps)  # t = 0 first
+    t = np.array([int(np.argmin(np.abs(lam - target))) for target in targets], dtype=np.int64)
+    t[0], t[-1] = 0, T - 1
+    for k in range(1, steps):  # strictly increasing from t = 0 ...
+        t[k] = max(t[k], t[k - 1] + 1)
+    t[-1] = T - 1
+    for k in range(steps - 2, -1, -1):  # ... and below T - 1
+        t[k] = min(t[k], t[k + 1] - 1)
+    return t
+
+
 def respace(base: Schedule, use_timesteps: np.ndarray) -> Schedule:
     """A schedule that visits only ``use_timesteps`` (sorted original indices) with the same alpha-bar there.
 

@@ -45,6 +45,7 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
+    from ..diffusion.sampling import KeyedNoiseMismatch
     from ..logging import TensorBoardError
     from .trainer import Trainer, TrainingError
 
@@ -59,7 +60,15 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
-    except (ConfigError, CheckpointError, DataError, TrainingError, TensorBoardError, OSError) as err:
+    except (
+        ConfigError,
+        CheckpointError,
+        DataError,
+        KeyedNoiseMismatch,
+        TrainingError,
+        TensorBoardError,
+        OSError,
+    ) as err:
         return fail(first_line(err))
     finally:
         if trainer is not None:

@@ -21,7 +21,7 @@ from mindspore import Tensor, nn, ops
 from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion, build_schedule
-from ..diffusion.sampling import KeyedSampler, build_sampler
+from ..diffusion.sampling import KeyedSampler, build_sampler, sampler_label
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
 from ..models import build_model, fp32_cells
@@ -356,19 +356,21 @@ class Trainer:
         return scalars
 
     # ------------------------------------------------------------------ sampling and checkpoints
-    def _keyed_sampler(self, steps: int) -> KeyedSampler:
-        """The EMA network's keyed sampler with ``steps`` DDIM steps (0: ancestral DDPM), built once per value."""
+    def _keyed_sampler(self, sampler: str, steps: int) -> KeyedSampler:
+        """The EMA network's keyed sampler: ``sampler`` with ``steps`` steps (0: full ancestral DDPM, whatever
+        ``sampler`` says), built once per (sampler, steps)."""
         cfg = self.cfg
         if self._sample_net is None:
             self._sample_net = build_model(cfg)
             self._sample_net.set_train(False)
             self._gather = parallel.AllGather()
             self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
-        if steps not in self._samplers:
+        key = sampler_label(sampler, steps)
+        if key not in self._samplers:
             step = build_sampler(
                 self._sample_net,
                 build_schedule(cfg),
-                sampler="ddim" if steps else "ddpm",
+                sampler=sampler if steps else "ddpm",
                 steps=steps,
                 eta=0.0,
                 objective=cfg.diffusion.objective,
@@ -376,18 +378,23 @@ class Trainer:
                 var_type=cfg.diffusion.var_type,
             )
             shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-            self._samplers[steps] = KeyedSampler(step, shape=shape)
-        return self._samplers[steps]
+            self._samplers[key] = KeyedSampler(step, shape=shape)
+        return self._samplers[key]
 
-    def ema_samples(self, num: int, *, steps: int | None = None, batch: int | None = None) -> np.ndarray:
+    def ema_samples(
+        self, num: int, *, sampler: str | None = None, steps: int | None = None, batch: int | None = None
+    ) -> np.ndarray:
         """``num`` samples from the EMA weights on every rank (float32 NCHW in [-1, 1]); each rank draws its share.
 
-        ``steps``: DDIM steps (default ``run.sample_steps``); ``batch``: per-rank sampler batch (default: the whole
-        share at once). Sample n's noise depends only on (run.seed, n), so the grids of one run are comparable over
-        time and do not depend on the number of workers."""
+        ``sampler``, ``steps``: default ``run.sampler``, ``run.sample_steps`` (steps 0: full ancestral DDPM);
+        ``batch``: per-rank sampler batch (default: the whole share at once). Sample n's noise depends only on
+        (run.seed, n), so the grids of one run are comparable over time and do not depend on the number of workers."""
         from ..inference import batch_indices, gathered_batch_indices, shard_plan
 
-        sampler = self._keyed_sampler(self.cfg.run.sample_steps if steps is None else steps)
+        keyed = self._keyed_sampler(
+            self.cfg.run.sampler if sampler is None else sampler,
+            self.cfg.run.sample_steps if steps is None else steps,
+        )
         self._load_ema()
         w = self.world_size
         batch, batches = shard_plan(num, w, num if batch is None else batch)
@@ -395,7 +402,7 @@ class Trainer:
         out = np.zeros((num, c, s, s), np.float32)
         for b in range(batches):
             indices, valid = batch_indices(num, self.rank, w, b, batch)
-            rows = self._gather(sampler.sample(np.where(valid, indices, 0), seed=self.cfg.run.seed)).asnumpy()
+            rows = self._gather(keyed.sample(np.where(valid, indices, 0), seed=self.cfg.run.seed)).asnumpy()
             indices, valid = gathered_batch_indices(num, w, b, batch)
             out[indices[valid]] = rows[valid]
         return out
@@ -409,8 +416,8 @@ class Trainer:
         from ..inference import to_uint8
 
         e = self.cfg.eval
-        images = to_uint8(self.ema_samples(e.num_samples, steps=e.sample_steps, batch=e.batch_size))
-        sampler = f"ddim-{e.sample_steps}" if e.sample_steps else "ddpm"
+        images = to_uint8(self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size))
+        sampler = sampler_label(e.sampler, e.sample_steps)
         if e.metric == "digits":
             return self._write_digits_scores(images, step, sampler)
         from ..eval.evaluate import evaluate, summary
