@@ -1,4 +1,4 @@
-"""Small file helpers shared across the package (no MindSpore)."""
+"""Small file helpers shared across the package (no MindSpore; PyTorch only inside :func:`read_torch_state`)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def write_json_atomic(path: str | Path, data) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def read_torch_state(path: Path) -> dict:
+    """``name -> float32 ndarray`` of a PyTorch state-dict file (tensors only, no pickled code is run)."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"PyTorch is needed to read {path} (only to read this file): pip install torch") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; this is one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({first[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a PyTorch state dict")
+    return {k: v.detach().float().numpy() for k, v in state.items()}
