@@ -95,10 +95,17 @@ def steps(job):
         for t in (999, 500, 100, 1, 0):
             x, e = case()
             gen_seed = 1000 + t
-            prev = sched.step(torch.from_numpy(e), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(gen_seed))
+            prev = sched.step(
+                torch.from_numpy(e), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(gen_seed)
+            )
             noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(gen_seed))  # what step drew
             key = f"ddpm/{variance}/{t}"
-            out |= {f"{key}/x": x, f"{key}/eps": e, f"{key}/noise": noise.numpy(), f"{key}/prev": prev.prev_sample.numpy()}
+            out |= {
+                f"{key}/x": x,
+                f"{key}/eps": e,
+                f"{key}/noise": noise.numpy(),
+                f"{key}/prev": prev.prev_sample.numpy(),
+            }
     for clip in (True, False):
         sched = DDIMScheduler(**SCHEDULER, clip_sample=clip, set_alpha_to_one=True, steps_offset=0)
         sched.set_timesteps(20)
