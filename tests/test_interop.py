@@ -325,6 +325,7 @@ def small(tmp_path_factory):
     np.savez(tmp / "x_T.npz", x_T=np.random.default_rng(5).standard_normal((2, 1, 16, 16)).astype(np.float32))
     reference(tmp, [
         {"task": "make", "preset": "small", "dir": str(tmp / "pipe"), "seed": 0, "ref": str(tmp / "ref.npz")},
+        {"task": "bin", "dir": str(tmp / "pipe"), "out": str(tmp / "bin_model")},
         {"task": "steps", "ref": str(tmp / "steps.npz")},
         {"task": "ddim", "dir": str(tmp / "pipe"), "inputs": str(tmp / "x_T.npz"), "ref": str(tmp / "ddim.npz")},
     ])  # fmt: skip
@@ -342,6 +343,21 @@ def test_imported_small_unet_gives_diffusers_eps_in_eval_and_train_mode(small):
     assert cfg.model.norm_eps == 1e-6 and (cfg.diffusion.var_type, cfg.diffusion.clip_x0) == ("fixedlarge", True)
     assert_eps_parity(forward(net, ref["x"], ref["t"]), ref)
     assert_eps_parity(forward(net, ref["x"], ref["t"], train=True), dict(ref) | {"eps32": ref["eps32_train"]})
+
+
+@pytest.mark.slow
+@needs_diffusers
+def test_a_bin_model_folder_imports_the_same_weights(small, tmp_path):
+    """diffusers' .bin serialisation (read with PyTorch) of the same U-Net, as a bare model folder."""
+    assert (small / "bin_model" / fmt.TORCH_BIN).is_file() and not (small / "bin_model" / fmt.SAFETENSORS).exists()
+    out = tmp_path / "from_bin.ckpt"  # through the tool: PyTorch stays out of this process
+    res = run(IMPORT, "--from", "diffusers", str(small / "bin_model"), "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    ours, meta = read_arrays(out)
+    safe, _ = read_arrays(small / "small.ckpt")
+    assert sorted(ours) == sorted(safe) and all(np.array_equal(ours[k], safe[k]) for k in safe)
+    diffusion = yaml.safe_load(meta["config"])["diffusion"]
+    assert diffusion["var_type"] == "fixedsmall"  # no scheduler in a bare model folder: DDPMScheduler's default
 
 
 @pytest.mark.slow

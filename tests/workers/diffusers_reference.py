@@ -12,6 +12,8 @@ JOB.json is a list of tasks, run in order in this one process (PyTorch and diffu
 - ``{"task": "run", "dir": D, "inputs": NPZ_IN, "ref": NPZ}``: loads ``DDPMPipeline.from_pretrained(D)`` and
   ``UNet2DModel.from_pretrained(D, subfolder="unet")``; NPZ gets ``eps32``/``eps64`` of both on NPZ_IN's ``x``,
   ``t`` and ``pipeline_images`` of a 2-step run of the pipeline.
+- ``{"task": "bin", "dir": D, "out": D2}``: D's U-Net saved again with ``save_pretrained(D2,
+  safe_serialization=False)``, i.e. as ``diffusion_pytorch_model.bin``.
 - ``{"task": "steps", "ref": NPZ}``: single sampler steps. DDPMScheduler (T=1000 linear, clip) with fixed_large and
   fixed_small at several t; DDIMScheduler (T=1000 linear, 20 leading steps) with eta 0 and 1, clip on (with
   ``use_clipped_model_output``) and off. For each case ``<case>/x``, ``eps`` (the model output), ``noise`` and
@@ -82,6 +84,10 @@ def run(job):
              scheduler=json.dumps(dict(pipe.scheduler.config)))  # fmt: skip
 
 
+def to_bin(job):
+    UNet2DModel.from_pretrained(job["dir"], subfolder="unet").save_pretrained(job["out"], safe_serialization=False)
+
+
 def steps(job):
     rng = np.random.default_rng(0)
     out = {}
@@ -141,4 +147,4 @@ def ddim(job):
 if __name__ == "__main__":
     torch.set_num_threads(2)
     for task in json.loads(open(sys.argv[1]).read()):
-        {"make": make, "run": run, "steps": steps, "ddim": ddim}[task["task"]](task)
+        {"make": make, "run": run, "bin": to_bin, "steps": steps, "ddim": ddim}[task["task"]](task)
