@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import mindspore as ms
 import numpy as np
@@ -30,6 +31,8 @@ from ddpm_dist.inference import load_for_sampling, read_arrays, write_inference
 from ddpm_dist.interop import diffusers as fmt
 from ddpm_dist.interop.transfer import export_diffusers, import_diffusers
 from ddpm_dist.models import build_model
+from ddpm_dist.models.layers import GroupNorm32, norm_groups
+from ddpm_dist.train.trainer import Trainer
 
 WORKER = str(ROOT / "tests" / "workers" / "diffusers_reference.py")
 IMPORT = str(ROOT / "tools" / "import_weights.py")
@@ -94,7 +97,7 @@ def assert_eps_parity(ours: np.ndarray, ref) -> None:
     its float32 embedding, so it cannot serve as the exact value there.
     Rows with t < 20, where the embedding's rounding is negligible: within 2x diffusers' own float32 error against
     the same network in float64, + 1e-6.
-    A wrong mapping (a flipped embedding, a swapped GroupNorm affine, a wrong epsilon) is off by 1e-3 or more.
+    A wrong mapping (an unflipped embedding, a swapped GroupNorm affine) is off by far more (see the test below).
     """
     exact, torch32, t = ref["eps64"], ref["eps32"], ref["t"]
     scale = np.abs(exact).max()
@@ -103,6 +106,32 @@ def assert_eps_parity(ours: np.ndarray, ref) -> None:
     assert small.any()
     ours_err = np.abs(ours[small] - exact[small]).max()
     assert ours_err <= 2 * np.abs(torch32[small] - exact[small]).max() + 1e-6, ours_err
+
+
+# ------------------------------------------------------------------------- the model options diffusers needs
+def test_norm_groups_and_eps_reach_every_groupnorm():
+    cfg = load_config(None, ["data.path=unused", "model.ch=16", "model.ch_mult=[1,3]", "model.attn_resolutions=[4]",
+                             "model.norm_groups=8", "model.norm_eps=1e-6", "data.image_size=8"])  # fmt: skip
+    norms = [c for _, c in build_model(cfg).cells_and_names() if isinstance(c, GroupNorm32)]
+    assert len(norms) > 10 and all(n.eps == 1e-6 for n in norms)
+    assert {(n.num_channels, n.num_groups) for n in norms} >= {(16, 8), (48, 8), (64, 8)}
+    assert norm_groups(12, 8) == 4 and norm_groups(64, 32) == 32 and norm_groups(24, 24) == 24
+    default = build_model(load_config(None, ["data.path=unused", "model.ch=32", "data.image_size=8",
+                                             "model.ch_mult=[1,2]"]))  # fmt: skip
+    assert {(c.num_groups, c.eps) for _, c in default.cells_and_names() if isinstance(c, GroupNorm32)} == {(32, 1e-5)}
+
+
+def test_a_checkpoint_from_before_the_norm_options_still_resumes():
+    """Keys added to the model section later take their default when a checkpoint lacks them; a real difference
+    is still refused."""
+    cfg = load_config(None, ["data.path=unused"])
+    old = to_dict(cfg)
+    del old["model"]["norm_groups"], old["model"]["norm_eps"]
+    trainer = SimpleNamespace(cfg=cfg)
+    Trainer._check_compatible(trainer, Path("old.ckpt"), {"config": yaml.safe_dump(old)})
+    old["model"]["norm_eps"] = 1e-6
+    with pytest.raises(CheckpointError, match=r"model\.norm_eps"):
+        Trainer._check_compatible(trainer, Path("old.ckpt"), {"config": yaml.safe_dump(old)})
 
 
 # ------------------------------------------------------------------------------------------- configs (no torch)
@@ -343,6 +372,12 @@ def test_imported_small_unet_gives_diffusers_eps_in_eval_and_train_mode(small):
     assert cfg.model.norm_eps == 1e-6 and (cfg.diffusion.var_type, cfg.diffusion.clip_x0) == ("fixedlarge", True)
     assert_eps_parity(forward(net, ref["x"], ref["t"]), ref)
     assert_eps_parity(forward(net, ref["x"], ref["t"], train=True), dict(ref) | {"eps32": ref["eps32_train"]})
+    # the bound has teeth: the same weights without the cos-first -> sin-first column swap miss it by far
+    w = {p.name: p for p in net.get_parameters()}["temb.1.weight"]
+    value = w.asnumpy()
+    w.set_data(Tensor(np.concatenate([value[:, 16:], value[:, :16]], axis=1)))
+    wrong = forward(net, ref["x"], ref["t"])
+    assert np.abs(wrong - ref["eps32"]).max() > 100 * 1e-4 * np.abs(ref["eps64"]).max()
 
 
 @pytest.mark.slow
