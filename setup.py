@@ -25,8 +25,9 @@ setup(
         "quickstart": ["scikit-learn"],
         # tools/convert_inception.py reads pytorch-fid's weights file with PyTorch (any build; conversion only)
         "convert": ["torch"],
-        # tests/test_eval.py compares the Inception port with pytorch-fid's own network when these are installed
-        "parity": ["torch", "torchvision", "pytorch-fid"],
+        # tests/test_eval.py compares the Inception port with pytorch-fid's own network, tests/test_interop.py the
+        # U-Net and samplers with diffusers' own, when these are installed
+        "parity": ["torch", "torchvision", "pytorch-fid", "diffusers==0.42.1"],
         "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
     },
     entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train:main"]},

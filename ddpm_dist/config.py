@@ -31,6 +31,8 @@ class ModelConfig:
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     dropout: float = 0.1
     resamp_with_conv: bool = True
+    norm_groups: int = 32  # ddpm_unet: GroupNorm groups (fewer, 16 8 4 2 1, where the channels are not divisible)
+    norm_eps: float = 1e-5  # ddpm_unet: GroupNorm epsilon (the TF reference and diffusers' DDPM models use 1e-6)
     convnext_mult: int = 2  # convnext_unet only: expansion of the ConvNeXt block
 
 
@@ -152,6 +154,8 @@ _RANGES = {
     "model.attn_resolutions": (lambda v: all(r > 0 for r in v), "a list of positive ints"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "model.convnext_mult": (lambda v: v >= 1, ">= 1"),
+    "model.norm_groups": (lambda v: v >= 1, ">= 1"),
+    "model.norm_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
     "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),

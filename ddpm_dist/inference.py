@@ -152,10 +152,6 @@ def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
     sections as YAML), ``meta.source`` and versions. Written to a temporary file, fsynced and renamed: an error
     leaves no ``dst``. Raises CheckpointError.
     """
-    import mindspore as ms
-
-    import ddpm_dist
-
     src, dst = Path(src), Path(dst)
     if dst.suffix not in SUFFIXES:
         raise CheckpointError(f"{dst}: the output name must end in .ckpt or .safetensors")
@@ -164,17 +160,31 @@ def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: the output must differ from the input")
     loaded = read_weights(src, weights=weights, kinds=(KIND_TRAIN,))
-    sections = {k: v for k, v in to_dict(loaded.cfg).items() if k in EMBEDDED_SECTIONS}
+    return write_inference(
+        dst, loaded.weights, loaded.cfg, weights=loaded.source_weights, step=int(loaded.meta.get("step", 0)), source=src
+    )
+
+
+def write_inference(dst, arrays: dict, cfg: Config, *, weights: str, step: int, source, extra: dict | None = None):
+    """Write ``arrays`` (the network's ``name -> float32 ndarray``) as an inference checkpoint ``dst`` with ``cfg``'s
+    model, diffusion and data sections embedded (see :func:`convert`); ``extra``: more ``meta.*`` entries. Atomic;
+    raises CheckpointError."""
+    import mindspore as ms
+
+    import ddpm_dist
+
+    sections = {k: v for k, v in to_dict(cfg).items() if k in EMBEDDED_SECTIONS}
     meta = {
         "meta.kind": KIND_INFERENCE,
-        "meta.weights": loaded.source_weights,
-        "meta.step": int(loaded.meta.get("step", 0)),
+        "meta.weights": weights,
+        "meta.step": int(step),
         "meta.config": yaml.safe_dump(sections, sort_keys=False),
-        "meta.source": str(src),
+        "meta.source": str(source),
         "meta.mindspore_version": ms.__version__,
         "meta.ddpm_dist_version": ddpm_dist.__version__,
+        **(extra or {}),
     }
-    return checkpoint.write_weights(dst, loaded.weights, meta)
+    return checkpoint.write_weights(dst, arrays, meta)
 
 
 # --------------------------------------------------------------------------------------------------- sampling

@@ -27,28 +27,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_torch_state(path: Path) -> dict:
-    """``name -> float32 ndarray`` of a PyTorch state-dict file (tensors only, no pickled code is run)."""
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(f"PyTorch is needed to read {path} (only for this conversion): pip install torch") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; this is one line for the user
-        first = first_line(err)
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({first[:200]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a PyTorch state dict")
-    return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.eval.weights import WeightsError, from_torch_state, save
+    from ddpm_dist.files import read_torch_state
 
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_file():

@@ -29,7 +29,8 @@ __all__ = ["ConvNextUNet", "DDPMUNet", "build_model", "fp32_cells", "count_param
 def build_model(cfg: Config) -> nn.Cell:
     """The network named by ``cfg.model.arch`` for ``cfg.data.channels`` x ``cfg.data.image_size``^2 images.
 
-    ``ddpm_unet`` reads model.ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv;
+    ``ddpm_unet`` reads model.ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, norm_groups,
+    norm_eps;
     ``convnext_unet`` reads model.ch, ch_mult, convnext_mult.
     """
     m, d = cfg.model, cfg.data
@@ -44,6 +45,8 @@ def build_model(cfg: Config) -> nn.Cell:
             attn_resolutions=tuple(m.attn_resolutions),
             dropout=m.dropout,
             resamp_with_conv=m.resamp_with_conv,
+            norm_groups=m.norm_groups,
+            norm_eps=m.norm_eps,
         )
     if m.arch == "convnext_unet":
         return ConvNextUNet(

@@ -27,11 +27,12 @@ _GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
 
 
 def norm_groups(channels: int, max_groups: int = 32) -> int:
-    """GroupNorm group count for ``channels``: the paper's 32, else the largest of 16, 8, 4, 2, 1 dividing it.
+    """GroupNorm group count for ``channels``: ``max_groups`` (the paper's 32) if it divides ``channels``, else the
+    largest of 16, 8, 4, 2, 1 below it that does.
 
     The paper's widths (128, 256) always take 32 groups; the fallback only matters for tiny test nets (ch=8 or 16).
     """
-    for groups in _GROUP_CHOICES:
+    for groups in (max_groups,) + _GROUP_CHOICES:
         if groups <= max_groups and channels % groups == 0:
             return groups
     raise AssertionError("unreachable: 1 divides every channel count")
@@ -58,9 +59,9 @@ class GroupNorm32(nn.GroupNorm):
         return ops.cast(y, x.dtype)
 
 
-def group_norm(channels: int) -> GroupNorm32:
+def group_norm(channels: int, *, max_groups: int = 32, eps: float = 1e-5) -> GroupNorm32:
     """GroupNorm with :func:`norm_groups` groups (32 for the paper's widths)."""
-    return GroupNorm32(num_groups=norm_groups(channels), num_channels=channels)
+    return GroupNorm32(num_groups=norm_groups(channels, max_groups), num_channels=channels, eps=eps)
 
 
 class SinusoidalEmbedding(nn.Cell):

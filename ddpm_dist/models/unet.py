@@ -12,7 +12,8 @@ network's initial output is exactly 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from mindspore import Tensor, nn, ops
 
@@ -34,13 +35,22 @@ class ResBlock(nn.Cell):
     plus the input (through a 1x1 conv, or a 3x3 one if ``conv_shortcut``, when the channel count changes).
     """
 
-    def __init__(self, *, in_ch: int, out_ch: int, temb_ch: int, dropout: float, conv_shortcut: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        in_ch: int,
+        out_ch: int,
+        temb_ch: int,
+        dropout: float,
+        conv_shortcut: bool = False,
+        norm: Callable[[int], nn.Cell] = group_norm,
+    ) -> None:
         super().__init__()
         self.act = nn.SiLU()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = norm(in_ch)
         self.conv1 = conv2d(in_ch, out_ch, 3)
         self.temb_proj = dense(temb_ch, out_ch)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = norm(out_ch)
         self.dropout = nn.Dropout(p=dropout)
         self.conv2 = conv2d(out_ch, out_ch, 3, zero_init=True)
         if in_ch == out_ch:
@@ -62,9 +72,9 @@ class AttnBlock(nn.Cell):
     Logits are scaled by C^-1/2 and the softmax runs in float32.
     """
 
-    def __init__(self, *, channels: int) -> None:
+    def __init__(self, *, channels: int, norm: Callable[[int], nn.Cell] = group_norm) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = norm(channels)
         self.q = conv2d(channels, channels, 1)
         self.k = conv2d(channels, channels, 1)
         self.v = conv2d(channels, channels, 1)
@@ -89,10 +99,12 @@ class ResAttnBlock(nn.Cell):
     """A ResBlock followed by self-attention if ``attn``. x: [B, in_ch, H, W], temb: [B, temb_ch] -> [B, out_ch, H,
     W]."""
 
-    def __init__(self, *, in_ch: int, out_ch: int, temb_ch: int, dropout: float, attn: bool) -> None:
+    def __init__(
+        self, *, in_ch: int, out_ch: int, temb_ch: int, dropout: float, attn: bool, norm: Callable[[int], nn.Cell]
+    ) -> None:
         super().__init__()
-        self.res = ResBlock(in_ch=in_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout)
-        self.attn = AttnBlock(channels=out_ch) if attn else nn.Identity()
+        self.res = ResBlock(in_ch=in_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
+        self.attn = AttnBlock(channels=out_ch, norm=norm) if attn else nn.Identity()
 
     def construct(self, x: Tensor, temb: Tensor) -> Tensor:
         return self.attn(self.res(x, temb))
@@ -101,8 +113,9 @@ class ResAttnBlock(nn.Cell):
 class DDPMUNet(nn.Cell):
     """The DDPM U-Net. x: float32 [B, in_channels, H, W], t: int32 [B] in [0, T) -> float32 [B, out_channels, H, W].
 
-    H = W = ``image_size``, divisible by 2 ** (len(ch_mult) - 1). The output is whatever the diffusion objective
-    trains it to be (eps, x0 or v); the network only knows that it takes t.
+    H = W = ``image_size``, divisible by 2 ** (len(ch_mult) - 1). Every GroupNorm has ``norm_groups`` groups where
+    they divide its channels (else see :func:`~ddpm_dist.models.layers.norm_groups`) and epsilon ``norm_eps``. The
+    output is whatever the diffusion objective trains it to be (eps, x0 or v); the network only knows that it takes t.
     """
 
     def __init__(
@@ -117,8 +130,11 @@ class DDPMUNet(nn.Cell):
         attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         resamp_with_conv: bool = True,
+        norm_groups: int = 32,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
+        norm = partial(group_norm, max_groups=norm_groups, eps=norm_eps)
         num_levels = len(ch_mult)
         if image_size % (2 ** (num_levels - 1)):
             raise ValueError(f"image_size {image_size} is not divisible by 2 ** (len(ch_mult) - 1)")
@@ -140,7 +156,12 @@ class DDPMUNet(nn.Cell):
             for _ in range(num_res_blocks):
                 down_blocks.append(
                     ResAttnBlock(
-                        in_ch=cur_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout, attn=res in attn_resolutions
+                        in_ch=cur_ch,
+                        out_ch=out_ch,
+                        temb_ch=temb_ch,
+                        dropout=dropout,
+                        attn=res in attn_resolutions,
+                        norm=norm,
                     )
                 )
                 cur_ch = out_ch
@@ -152,9 +173,9 @@ class DDPMUNet(nn.Cell):
         self.down_blocks = nn.CellList(down_blocks)
         self.downsamples = nn.CellList(downsamples)
 
-        self.mid_block1 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout)
-        self.mid_attn = AttnBlock(channels=cur_ch)
-        self.mid_block2 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout)
+        self.mid_block1 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
+        self.mid_attn = AttnBlock(channels=cur_ch, norm=norm)
+        self.mid_block2 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
 
         # Up: levels in reverse order; up_blocks[i * (num_res_blocks + 1) + j] is block j of the i-th level up.
         up_blocks, upsamples = [], []
@@ -169,6 +190,7 @@ class DDPMUNet(nn.Cell):
                         temb_ch=temb_ch,
                         dropout=dropout,
                         attn=res in attn_resolutions,
+                        norm=norm,
                     )
                 )
                 cur_ch = out_ch
@@ -179,7 +201,7 @@ class DDPMUNet(nn.Cell):
         self.up_blocks = nn.CellList(up_blocks)
         self.upsamples = nn.CellList(upsamples)
 
-        self.norm_out = group_norm(cur_ch)
+        self.norm_out = norm(cur_ch)
         self.act = nn.SiLU()
         self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
 

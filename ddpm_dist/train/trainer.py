@@ -234,12 +234,12 @@ class Trainer:
         import yaml
 
         saved = yaml.safe_load(meta.get("config", "")) or {}
-        now = to_dict(self.cfg)
+        now, defaults = to_dict(self.cfg), to_dict(Config())  # a key newer than the checkpoint had its default
         diffs = [
             f"{sec}.{key}"
             for sec in COMPATIBLE_SECTIONS
             for key in now[sec]
-            if saved.get(sec, {}).get(key) != now[sec][key]
+            if saved.get(sec, {}).get(key, defaults[sec][key]) != now[sec][key]
         ]
         if diffs:
             raise checkpoint.CheckpointError(

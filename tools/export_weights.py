@@ -1,0 +1,54 @@
+"""Export a ddpm-dist checkpoint as a diffusers ``DDPMPipeline`` folder (``UNet2DModel`` + ``DDPMScheduler``).
+
+    python tools/export_weights.py --to diffusers cifar_ema.ckpt exported/cifar
+    python -c "from diffusers import DDPMPipeline; DDPMPipeline.from_pretrained('exported/cifar')"
+
+CKPT is a training checkpoint (EMA weights unless ``--weights raw``) or an inference checkpoint
+(``tools/convert_ckpt.py`` / ``tools/import_weights.py``). OUT_DIR receives ``model_index.json``, ``unet/config.json``,
+``unet/diffusion_pytorch_model.safetensors`` and ``scheduler/scheduler_config.json``; writing needs neither PyTorch
+nor diffusers. A model diffusers' UNet2DModel cannot express (the ConvNeXt U-Net, average-pool resampling, ch_mult[0]
+!= 1, ...) is refused. Errors print one line, ``error: <message>``, on stderr and exit with status 2; OUT_DIR appears
+only once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other error
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--to", required=True, choices=("diffusers",), help="the target format")
+    p.add_argument("ckpt", help="a ddpm-dist training or inference checkpoint")
+    p.add_argument("out_dir", help="the diffusers pipeline folder to write")
+    p.add_argument("--weights", choices=("ema", "raw"), help="of a training checkpoint (default: ema)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ddpm_dist.device import prepare_env
+
+    prepare_env()  # quiet MindSpore before it is imported
+    from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.interop.transfer import export_diffusers
+
+    try:
+        out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
+    except (ValueError, CheckpointError, OSError) as err:
+        text = str(err).strip()
+        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Import a diffusers DDPM model (``UNet2DModel`` + ``DDPMScheduler``) as a ddpm-dist inference checkpoint.
+
+    python tools/import_weights.py --from diffusers ddpm-cifar10-32 --output cifar10_paper.ckpt
+    python tools/sample.py --ckpt cifar10_paper.ckpt --out samples/paper --num-samples 64
+
+PATH is a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``) or a
+pipeline folder (``unet/`` + ``scheduler/``, e.g. a downloaded google/ddpm-cifar10-32). The output (``.ckpt`` or
+``.safetensors``) is what ``tools/convert_ckpt.py`` writes: float32 weights under ddpm-dist's names with the model
+section (from the U-Net's config), diffusion section (from the scheduler's config; DDPMScheduler's defaults without
+one) and data section embedded. Reading ``.safetensors`` needs no PyTorch; ``.bin`` does. A configuration ddpm-dist's
+U-Net cannot express is refused. Errors print one line, ``error: <message>``, on stderr and exit with status 2; no
+output file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+FORMATS = ("diffusers",)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other error
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--from", dest="source", nargs=2, required=True, metavar=("FORMAT", "PATH"),
+                   help="diffusers and a model or pipeline folder")  # fmt: skip
+    p.add_argument("--output", required=True, help="the inference checkpoint to write (.ckpt or .safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = p.parse_args(argv)
+    if args.source[0] not in FORMATS:
+        p.error(f"--from: unknown format {args.source[0]!r} (supported: {', '.join(FORMATS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ddpm_dist.device import prepare_env
+
+    prepare_env()  # quiet MindSpore before it is imported
+    from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.interop.transfer import import_diffusers
+
+    try:
+        out, cfg = import_diffusers(args.source[1], args.output, overwrite=args.overwrite)
+    except (ValueError, CheckpointError, OSError) as err:
+        text = str(err).strip()
+        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
+        return 2
+    m, d = cfg.model, cfg.diffusion
+    print(f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
+          f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} {d.beta_schedule} "
+          f"{d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
