@@ -1,8 +1,13 @@
 """The compiled train step: one Cell, one graph, no logging, no host syncs.
 
 Order (each rank, every step):
-forward loss -> grads of (loss * scale) -> all-reduce mean -> unscale -> all_finite on the reduced grads (so every
-rank agrees) -> global grad norm, clip after the reduce -> Adam (if finite) -> EMA (if finite) -> loss-scale update.
+forward loss -> grads of (loss * scale) -> all-reduce mean -> global norm of the reduced grads (so every rank agrees)
+-> finite check -> unscale and clip in one multiply -> Adam (if finite) -> EMA (if finite) -> loss-scale update.
+
+The finite check is ``isfinite`` of that norm: a sum of squares is inf/nan exactly when an element is inf/nan, or when
+it overflows float32 (|grad * scale| ~ 1e19), which is treated as an overflow too. It replaces ``all_finite``, whose
+per-parameter IsFinite kernels took ~18% of the quickstart step on CPU, and it reads the grads once instead of twice.
+Unscaling and clipping share one multiply by ``min(clip / (norm + 1e-6), 1) / scale``.
 
 Statistics for logging are accumulated on the device in ``stats`` (float32 [NUM_STATS]) and read by the host only at
 log intervals (see :data:`STAT_NAMES`); ``nonfinite_run`` counts consecutive skipped steps.
@@ -73,12 +78,12 @@ class TrainStep(nn.Cell):
         scale = self.scaler.value
         (_, (loss, per_sample)), grads = self.grad_fn(x0, t, noise, scale)
         grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
-        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / scale), grads)
-        finite = ms.amp.all_finite(grads)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads))) / scale  # the unscaled global norm
+        finite = ops.isfinite(norm)
+        factor = 1.0 / scale
         if self.grad_clip > 0:
-            factor = ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
-            grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
+            factor = factor * ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
+        grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
         if finite:
             self.optimizer(grads)
             self.ema()
