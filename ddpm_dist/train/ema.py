@@ -33,4 +33,5 @@ class EMA(nn.Cell):
 
 
 def _ema_update(d, ema, w):
-    return ops.assign(ema, d * ema + (1.0 - d) * w.astype(ema.dtype))
+    # lerp(ema, w, 1 - d) = d * ema + (1 - d) * w in one kernel (three element-wise passes before)
+    return ops.assign(ema, ops.lerp(ema, w.astype(ema.dtype), 1.0 - d))

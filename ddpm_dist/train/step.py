@@ -2,9 +2,14 @@
 
 Order (each rank, every optimizer step):
 for each of the K micro-batches: forward loss -> grads of (loss * scale / K), summed on the device ->
-all-reduce mean (once) -> unscale -> all_finite on the reduced grads (so every rank agrees) -> global grad norm, clip
-after the reduce -> Adam (if finite) -> EMA (if finite) -> loss-scale update. Everything after the micro-batch loop
+all-reduce mean (once) -> global norm of the reduced grads (so every rank agrees) -> finite check -> unscale and clip
+in one multiply -> Adam (if finite) -> EMA (if finite) -> loss-scale update. Everything after the micro-batch loop
 happens once per optimizer step, whatever K.
+
+The finite check is ``isfinite`` of that norm: a sum of squares is inf/nan exactly when an element is inf/nan, or when
+it overflows float32 (|grad * scale| ~ 1e19), which is treated as an overflow too. It replaces ``all_finite``, whose
+per-parameter IsFinite kernels took ~18% of the quickstart step on CPU, and it reads the grads once instead of twice.
+Unscaling and clipping share one multiply by ``min(clip / (norm + 1e-6), 1) / scale``.
 
 Gradient accumulation (``grad_accum = K``): the step receives this rank's whole share of the global batch and cuts it
 into K equal micro-batches in the graph; the loop is unrolled at compile time, and each micro-batch's forward waits
@@ -104,12 +109,12 @@ class TrainStep(nn.Cell):
         grads, per_sample = self.accumulate(x0, t, noise, scale)
         loss = per_sample.mean()
         grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
-        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / scale), grads)
-        finite = ms.amp.all_finite(grads)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads))) / scale  # the unscaled global norm
+        finite = ops.isfinite(norm)
+        factor = 1.0 / scale
         if self.grad_clip > 0:
-            factor = ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
-            grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
+            factor = factor * ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
+        grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
         if finite:
             self.optimizer(grads)
             self.ema()
