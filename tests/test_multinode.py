@@ -292,8 +292,8 @@ def test_master_addr_on_the_wrong_node_fails_at_once(tmp_path):
     ]:
         res = subprocess.run(
             ["bash", RUN_8P, TINY], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-            env=env() | {"NNODES": "2", "NODE_RANK": str(node_rank), "MASTER_ADDR": addr, "MASTER_PORT": "29999",
-                         "LOG_DIR": str(tmp_path / "logs")},
+            env=env() | {"NNODES": "2", "DEVICE_NUM": "1", "NODE_RANK": str(node_rank), "MASTER_ADDR": addr,
+                         "MASTER_PORT": "29999", "LOG_DIR": str(tmp_path / "logs")},
         )  # fmt: skip
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
