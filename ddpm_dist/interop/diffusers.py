@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_util import first_line
+
 CONFIG = "config.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
 MODEL_INDEX = "model_index.json"
@@ -151,9 +153,9 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
-        raise InteropError(f"{path}: unreadable ({_first_line(err)})") from None
+        raise InteropError(f"{path}: unreadable ({first_line(err)})") from None
     except ValueError as err:
-        raise InteropError(f"{path}: not valid JSON ({_first_line(err)})") from None
+        raise InteropError(f"{path}: not valid JSON ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise InteropError(f"{path}: expected a JSON object")
     return data
@@ -170,7 +172,7 @@ def read_weights_file(unet_dir: Path) -> tuple[dict, Path]:
         try:
             arrays = load_file(str(safe))
         except (SafetensorError, OSError, ValueError, TypeError) as err:
-            raise InteropError(f"{safe}: not a readable safetensors file ({_first_line(err)})") from None
+            raise InteropError(f"{safe}: not a readable safetensors file ({first_line(err)})") from None
         return {k: _float32(v, safe, k) for k, v in arrays.items()}, safe
     if binary.is_file():
         from ..files import read_torch_state
@@ -457,8 +459,3 @@ def to_diffusers(weights: dict, *, num_res_blocks: int) -> dict:
             value = value[:, :, 0, 0]  # 1x1 conv [C, C, 1, 1] -> Linear [C, C]
         out[key] = np.ascontiguousarray(value, dtype=np.float32)
     return out
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
