@@ -454,10 +454,10 @@ def check_keyed_noise(*, force: bool = False) -> str:
     The hash words must be equal bit for bit and the normals within 1e-4. Runs once per process and device (again
     with ``force``); returns the device name. Raises :class:`KeyedNoiseMismatch` with one line naming the device and
     the first differing value. Why stop rather than fall back to host-drawn noise: a mismatch means the device's
-    int32 kernels do not compute what the hash is written for - a back-end defect that a fallback would hide
-    behind a warning lost in the worker logs, while the run's images, logged by the seed rule as reproducible,
-    would come from a code path (noise copied host->device every step) that no test runs on that device. Stopping
-    names the defect at once, before any sampling time is spent; sampling on CPU (``--device CPU``) still works.
+    int32 kernels do not compute what the hash is written for - a back-end defect, which a warning in one of many
+    worker logs would hide; the fallback (noise hashed in numpy and copied host->device every step) would be a second
+    code path that no test runs on the devices where it would be used. Stopping names the defect before any sampling
+    time is spent; ``--device CPU`` still samples.
     """
     device = device_name()
     if _checked.get(device) and not force:
