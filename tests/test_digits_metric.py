@@ -201,7 +201,7 @@ def test_training_logs_the_digits_metric_of_the_ema_weights(tmp_path):
     run_dir = tmp_path / "run"
     res = run_train("--config", TINY, f"data.path={data}", "train.total_steps=4", "train.ckpt_every=0",
                     f"run.out_dir={run_dir}", "eval.every=3", "eval.metric=digits", "eval.num_samples=12",
-                    "eval.sample_steps=3", "eval.batch_size=4")  # fmt: skip
+                    "eval.sample_steps=3", "eval.batch_size=4", timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stderr + res.stdout
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [3, 4]
@@ -214,7 +214,7 @@ def test_training_logs_the_digits_metric_of_the_ema_weights(tmp_path):
     assert "step 3 EMA ddim-3: digits FD " in res.stdout
     # a bad reference stops the run before its first step, with one line
     bad = run_train("--config", TINY, f"data.path={data}", f"run.out_dir={tmp_path / 'bad'}", "eval.every=3",
-                    "eval.metric=digits", f"eval.ref={tmp_path / 'none'}")  # fmt: skip
+                    "eval.metric=digits", f"eval.ref={tmp_path / 'none'}", timeout=900)  # fmt: skip
     assert bad.returncode == 2
     err = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "eval.ref" in err[0] and "reference not found" in err[0], bad.stderr
