@@ -132,13 +132,17 @@ def test_sigkill_and_resume_with_two_micro_batches_is_bitwise_and_another_k_resu
         after = {s: v for s, v in a[tag].items() if s > 40}
         assert after and after == b[tag], tag
 
-    # the same checkpoint resumed without accumulation (same global batch): the same samples, t and noise from step
-    # 40 on, so the same run up to the rounding of a mean of 8 versus a mean of two means of 4
+    # the same checkpoint resumed without accumulation (same global batch) trains on the same samples, t and noise
+    # from step 40 on, so the logged trace matches up to the rounding of a mean of 8 versus a mean of two means of 4.
+    # Weights are not compared elementwise: parameters whose gradient is zero in exact arithmetic (attention key
+    # biases, conv biases before a GroupNorm) are moved by that rounding noise, which Adam scales up to lr-size steps.
     other_k = run_train(*common, "train.grad_accum=1", f"run.out_dir={tmp_path / 'c'}", timeout=900)
     assert other_k.returncode == 0, other_k.stderr
     assert "at step 40" in other_k.stdout and "micro-batches" not in other_k.stdout
-    ref, got = final_state(tmp_path / "a"), final_state(tmp_path / "c")
-    assert set(ref) == set(got)
-    for k in ref:
-        np.testing.assert_allclose(got[k], ref[k], atol=1e-4, rtol=1e-3, err_msg=k)
-    assert int(got["global_step"].reshape(-1)[0]) == 80
+    assert int(final_state(tmp_path / "c")["global_step"].reshape(-1)[0]) == 80
+    c = _events(tmp_path / "c", newest_only=True)
+    for tag in ["train/loss", "train/grad_norm", "loss_by_t/q0", "loss_by_t/q3"]:
+        after = {s: v for s, v in a[tag].items() if s > 40}
+        assert after and set(after) == set(c[tag]), tag
+        for s in after:
+            assert c[tag][s] == pytest.approx(after[s], rel=1e-4), (tag, s)
