@@ -114,10 +114,17 @@ class TensorBoard:
         try:
             writer.close()
         except OSError:
-            # tensorboardX's atexit hook would retry the failed flush and print a traceback: mark its writers closed
+            # tensorboardX's atexit hook would retry the failed flush and print a traceback: mark its writers closed.
+            # Its event queue is a multiprocessing.Queue whose reader (the writer thread) is dead: events still in the
+            # queue's pipe would make the interpreter wait for them at exit forever, so that wait is cancelled.
             for file_writer in (getattr(writer, "all_writers", None) or {}).values():
-                if hasattr(file_writer, "event_writer"):
-                    file_writer.event_writer._closed = True
+                event_writer = getattr(file_writer, "event_writer", None)
+                if event_writer is None:
+                    continue
+                queue = getattr(event_writer, "_event_queue", None)
+                if queue is not None:
+                    queue.cancel_join_thread()
+                event_writer._closed = True
 
 
 _WATCHED: list = []
