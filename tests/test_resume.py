@@ -335,6 +335,25 @@ def test_resume_refuses_another_model_and_warns_on_another_world_size(digits8, t
 
 # ---------------------------------------------------------------- faults
 @pytest.mark.slow
+def test_sigint_is_named_as_a_possible_sigint_and_saves(digits8, tmp_path):
+    """Ctrl-C: MindSpore re-raises a SIGINT that lands in a step as SIGTERM, so the stop line names SIGINT either way
+    (it used to say only "stopped by SIGTERM")."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ddpm_dist.train", "--config", TINY, f"data.path={digits8}", f"run.out_dir={run}",
+           "train.total_steps=100000", "train.ckpt_every=0", "run.log_every=10"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 10/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stopped = [ln for ln in out.splitlines() if ln.startswith("stopped by ") and " at step " in ln]
+    assert stopped and "SIGINT (Ctrl-C)" in stopped[0], out
+    assert checkpoint.read_index(run / "checkpoints"), out
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_zero_then_resume_continues(digits8, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ddpm_dist.train", "--config", TINY, f"data.path={digits8}", f"run.out_dir={run}",
@@ -346,7 +365,7 @@ def test_sigterm_saves_and_exits_zero_then_resume_continues(digits8, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    stopped = [ln for ln in out.splitlines() if ln.startswith("stopped by SIGTERM at step")]
+    stopped = [ln for ln in out.splitlines() if ln.startswith("stopped by SIGTERM") and " at step " in ln]
     assert stopped, out
     step = int(stopped[0].split("at step ")[1].split(":")[0])
     assert (run / "checkpoints" / f"step_{step:08d}.ckpt").is_file()
@@ -372,9 +391,9 @@ def test_sigterm_to_the_launcher_stops_all_workers_at_one_step(digits8, tmp_path
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err + worker_logs(tmp_path / "logs")
-    assert f"stopped by {sig.name} at step" in out
+    assert f"stopped by {sig.name}" in out
     log0 = _read(tmp_path / "logs" / "worker_0.log")
-    step = int(log0.split(f"stopped by {sig.name} at step ")[1].split(":")[0])
+    step = int(log0.split(f"stopped by {sig.name}")[1].split(" at step ")[1].split(":")[0])
     assert step % 10 == 0  # both workers agreed on a stop step at a sync point (msrun's 0 means both exited 0)
     assert [e["step"] for e in checkpoint.read_index(run / "checkpoints")] == [step]
 

@@ -33,7 +33,11 @@ from ddpm_dist.diffusion.sampling import (
 from ddpm_dist.models import build_model
 
 SAMPLE = str(ROOT / "tools" / "sample.py")
-_TINY_CFG = {"data": {"path": "unused", "image_size": 8, "channels": 1}, "diffusion": {"timesteps": 100}}
+_TINY_CFG = {
+    "data": {"path": "unused", "image_size": 8, "channels": 1},
+    "diffusion": {"timesteps": 100},
+    "model": {"attn_resolutions": [8]},  # a resolution an 8x8 network has
+}
 CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
 
 

@@ -84,9 +84,13 @@ class StopRequest:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._handler)
 
+    # MindSpore's runtime guards SIGINT while a graph runs and re-raises it as a SIGTERM to the process (its
+    # SignalGuard: "Kill this process with SIGTERM"), so the two cannot be told apart here: name both.
+    _NAMES = {signal.SIGTERM: "SIGTERM or SIGINT (Ctrl-C)", signal.SIGINT: "SIGINT (Ctrl-C)"}
+
     def _handler(self, signum, frame) -> None:
         if not self._flag.is_set():  # the first signal names the stop (a SIGINT may be followed by a SIGTERM)
-            self.reason = signal.Signals(signum).name
+            self.reason = self._NAMES.get(signum, signal.Signals(signum).name)
         self._flag.set()
 
     def local(self) -> bool:
