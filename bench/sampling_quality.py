@@ -66,25 +66,17 @@ def parse_settings(text: str, timesteps: int) -> list[tuple[str, int]]:
 
 
 def choose_metric(metric: str, channels: int) -> str:
-    """The metric ``auto`` resolves to: ``digits`` if ``ddpm_dist.eval.digits`` imports and images are 1-channel."""
+    """The metric ``auto`` resolves to: ``digits`` for 1-channel images (the embedded digits), pixel FD otherwise."""
     if metric != "auto":
         return metric
-    if channels != 1:
-        return "pixel-fd"
-    try:
-        from ddpm_dist.eval import digits  # noqa: F401 - added by the "time to quality" issue; optional here
-    except ImportError:
-        return "pixel-fd"
-    return "digits"
+    return "digits" if channels == 1 else "pixel-fd"
 
 
 def make_scorer(metric: str, ref_images=None):
     """``score(images uint8 [N, H, W, C]) -> dict`` for ``metric``; pixel-fd needs ``ref_images`` uint8 [M, H, W, C]."""
     if metric == "digits":
-        try:
-            from ddpm_dist.eval.digits import digits_scores
-        except ImportError as err:
-            raise BenchError(f"--metric digits: ddpm_dist.eval.digits is not available ({err})") from None
+        from ddpm_dist.eval.digits import digits_scores
+
         return lambda images: {k: float(v) for k, v in digits_scores(images, reference="heldout").items()}
 
     from ddpm_dist.eval.metrics import feature_stats, frechet_distance
