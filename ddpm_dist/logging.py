@@ -60,6 +60,26 @@ class TensorBoardError(RuntimeError):
     """The events file cannot be written (e.g. the disk is full); one line naming the directory."""
 
 
+def _import_summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX's writer module imports torch whenever it is installed, only to accept torch tensors as values. In a
+    MindSpore worker that costs ~4 s of start-up and loads a second framework with its own OpenMP runtime into the
+    process. We pass numpy values only, so torch is hidden for the duration of the import (``sys.modules[name] = None``
+    makes ``import name`` raise ImportError, which tensorboardX handles), unless the process imported it already.
+    """
+    hidden = [] if "torch" in sys.modules else ["torch"]
+    for name in hidden:
+        sys.modules[name] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return SummaryWriter
+
+
 class TensorBoard:
     """tensorboardX writer under ``<out_dir>/tb`` on rank 0; a no-op elsewhere.
 
@@ -73,8 +93,7 @@ class TensorBoard:
         self.logdir = Path(out_dir) / "tb"
         self.error: OSError | None = None
         if rank == 0:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _import_summary_writer()
             _watch_writer_thread(self)
             # A long queue: with the default (10) a full queue behind a writer thread that died would block forever.
             self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30, max_queue=100_000)

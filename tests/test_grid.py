@@ -71,3 +71,26 @@ def test_tensorboard_shows_the_same_grid(tmp_path):
 
     shown = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
     np.testing.assert_array_equal(shown, grid_image(images))
+
+
+def test_the_tensorboard_writer_does_not_load_pytorch_into_the_worker(tmp_path):
+    """tensorboardX imports torch when it is installed (~4 s and a second OpenMP runtime per worker); the board hides
+    it for that import, and torch stays importable afterwards."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed: nothing to hide")
+    code = (
+        "import sys; from ddpm_dist.logging import TensorBoard\n"
+        f"board = TensorBoard({str(tmp_path)!r}, rank=0); board.scalars({{'a': 1.0}}, 1); board.close()\n"
+        "print('torch' in sys.modules)\n"
+        "import torch; print(torch.__name__)\n"
+    )
+    from train_helpers import env
+
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "torch"]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
