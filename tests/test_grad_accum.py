@@ -10,10 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from test_resume import _assert_same_state, _events, _wait_for_checkpoint
+from test_resume import _assert_same_state, _events
 from train_helpers import ROOT, TINY, env, final_state, prepare_digits, run_msrun, run_train, scalars, worker_logs
 
 from ddpm_dist import checkpoint
+
+DIE_AT_STEP = str(ROOT / "tests" / "workers" / "die_at_step.py")
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +56,20 @@ def test_bad_grad_accum_is_one_line_and_exit_2(override, needle):
     assert len(lines) == 1 and needle in lines[0] and "train.grad_accum" in lines[0]
 
 
-# ---------------------------------------------------------------- equivalence
-@pytest.mark.slow
-def test_one_worker_two_micro_batches_equals_one_big_batch(digits8, one_big_batch, tmp_path):
-    run_dir = tmp_path / "k2"
+@pytest.fixture(scope="module")
+def two_micro_batches(digits8, tmp_path_factory):
+    """1 process x K=2 x micro-batch 4, uninterrupted: (run dir, its stdout)."""
+    run_dir = tmp_path_factory.mktemp("k2") / "run"
     res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run_dir}", "train.grad_accum=2", *COMMON)
     assert res.returncode == 0, res.stderr
-    assert "batch 8 (8 per worker in 2 micro-batches of 4)" in res.stdout
+    return run_dir, res.stdout
+
+
+# ---------------------------------------------------------------- equivalence
+@pytest.mark.slow
+def test_one_worker_two_micro_batches_equals_one_big_batch(one_big_batch, two_micro_batches):
+    run_dir, stdout = two_micro_batches
+    assert "batch 8 (8 per worker in 2 micro-batches of 4)" in stdout
     _assert_close_and_trained(one_big_batch, final_state(run_dir))
     tb = scalars(run_dir)
     for (_, img_s), (_, step_s) in zip(tb["perf/images_per_sec"], tb["perf/step_time_s"], strict=True):
@@ -109,40 +118,38 @@ def test_inf_in_one_micro_batch_of_one_rank_skips_the_whole_step_once(digits8, t
 
 # ---------------------------------------------------------------- kill and resume
 @pytest.mark.slow
-def test_sigkill_and_resume_with_two_micro_batches_is_bitwise_and_another_k_resumes_too(digits8, tmp_path):
-    common = ["--config", TINY, f"data.path={digits8}", "model.dropout=0", "train.total_steps=80",
-              "train.ckpt_every=40", "run.log_every=20", "train.grad_accum=2"]  # fmt: skip
-    straight = run_train(*common, f"run.out_dir={tmp_path / 'a'}", timeout=900)
-    assert straight.returncode == 0, straight.stderr
-
-    cmd = [sys.executable, "-m", "ddpm_dist.train", *common, f"run.out_dir={tmp_path / 'b'}"]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_checkpoint(tmp_path / "b", 40, proc, timeout=600)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert [e["step"] for e in checkpoint.read_index(tmp_path / "b" / "checkpoints")] == [40]
+def test_sigkill_and_resume_with_two_micro_batches_is_bitwise_and_another_k_resumes_too(
+    digits8, two_micro_batches, tmp_path
+):
+    straight = two_micro_batches[0]
+    common = ["--config", TINY, f"data.path={digits8}", *COMMON, "train.ckpt_every=2", "train.grad_accum=2"]
+    # SIGKILL (no clean-up) when the 4th batch is drawn: after the step-2 checkpoint, with step 3 done and lost
+    cmd = [sys.executable, DIE_AT_STEP, "4", "0", *common, f"run.out_dir={tmp_path / 'b'}"]
+    killed = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [e["step"] for e in checkpoint.read_index(tmp_path / "b" / "checkpoints")] == [2]
     shutil.copytree(tmp_path / "b", tmp_path / "c")
 
     resumed = run_train(*common, f"run.out_dir={tmp_path / 'b'}", timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert "at step 40" in resumed.stdout
-    _assert_same_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
-    a, b = _events(tmp_path / "a"), _events(tmp_path / "b", newest_only=True)
+    assert "at step 2" in resumed.stdout
+    _assert_same_state(final_state(straight), final_state(tmp_path / "b"))
+    a, b = _events(straight), _events(tmp_path / "b", newest_only=True)
     for tag in ["train/loss", "train/grad_norm", "train/loss_scale", "loss_by_t/q1"]:
-        after = {s: v for s, v in a[tag].items() if s > 40}
+        after = {s: v for s, v in a[tag].items() if s > 2}
         assert after and after == b[tag], tag
 
     # the same checkpoint resumed without accumulation (same global batch) trains on the same samples, t and noise
-    # from step 40 on, so the logged trace matches up to the rounding of a mean of 8 versus a mean of two means of 4.
+    # from step 2 on, so the logged trace matches up to the rounding of a mean of 8 versus a mean of two means of 4.
     # Weights are not compared elementwise: parameters whose gradient is zero in exact arithmetic (attention key
     # biases, conv biases before a GroupNorm) are moved by that rounding noise, which Adam scales up to lr-size steps.
     other_k = run_train(*common, "train.grad_accum=1", f"run.out_dir={tmp_path / 'c'}", timeout=900)
     assert other_k.returncode == 0, other_k.stderr
-    assert "at step 40" in other_k.stdout and "micro-batches" not in other_k.stdout
-    assert int(final_state(tmp_path / "c")["global_step"].reshape(-1)[0]) == 80
+    assert "at step 2" in other_k.stdout and "micro-batches" not in other_k.stdout
+    assert int(final_state(tmp_path / "c")["global_step"].reshape(-1)[0]) == 4
     c = _events(tmp_path / "c", newest_only=True)
     for tag in ["train/loss", "train/grad_norm", "loss_by_t/q0", "loss_by_t/q3"]:
-        after = {s: v for s, v in a[tag].items() if s > 40}
+        after = {s: v for s, v in a[tag].items() if s > 2}
         assert after and set(after) == set(c[tag]), tag
         for s in after:
             assert c[tag][s] == pytest.approx(after[s], rel=1e-4), (tag, s)

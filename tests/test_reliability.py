@@ -52,36 +52,49 @@ def _steps(ckpt_dir: Path) -> list[int]:
     return [e["step"] for e in checkpoint.read_index(ckpt_dir)] if (ckpt_dir / "index.json").is_file() else []
 
 
+TOTAL = 24  # steps of every 2-worker run below; the uninterrupted reference is launched once for the module
+STRAIGHT = [TINY, "model.dropout=0", f"train.total_steps={TOTAL}"]  # checkpoint and log settings do not change weights
+
+
+def _launch(run: Path, logs: Path, *overrides: str) -> subprocess.Popen:
+    """``launch/run_8p.sh`` with 2 workers, writing to ``run``; the processes' command lines all hold ``run``."""
+    e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(logs), "CLUSTER_TIMEOUT": "120"}
+    cmd = ["bash", str(ROOT / "launch" / "run_8p.sh"), *overrides, f"run.out_dir={run}"]
+    return subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def straight(digits8, tmp_path_factory) -> dict:
+    """Final weights, Adam moments and EMA of an uninterrupted 2-worker run of TOTAL steps."""
+    root = tmp_path_factory.mktemp("straight")
+    proc = _launch(root / "run", root / "logs", *STRAIGHT, f"data.path={digits8}", "train.ckpt_every=0")
+    assert proc.wait(timeout=900) == 0, worker_logs(root / "logs")
+    return final_state(root / "run")
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal(digits8, tmp_path):
-    """Three SIGKILLs of the whole 2-worker job in a row - at a random moment, and twice the moment a checkpoint
-    write is seen in progress - then a last launch finishes. After every kill each checkpoint the index lists passes
-    its CRC; after the next saves no temporary is left; the final weights equal an uninterrupted run's bitwise
-    (dropout 0: every other random stream resumes exactly)."""
-    total = 16
-    common = [TINY, f"data.path={digits8}", "model.dropout=0", f"train.total_steps={total}", "train.ckpt_every=1",
-              "train.keep_last=2", "run.log_every=4"]  # fmt: skip
-
-    def launch(run: Path, logs: str) -> subprocess.Popen:
-        e = env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(run.parent / logs),
-                     "CLUSTER_TIMEOUT": "120"}  # fmt: skip
-        cmd = ["bash", str(ROOT / "launch" / "run_8p.sh"), *common, f"run.out_dir={run}"]
-        return subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    straight = launch(tmp_path / "a" / "run", "logs")
-    assert straight.wait(timeout=900) == 0, worker_logs(tmp_path / "a" / "logs")
-
-    run = tmp_path / "b" / "run"
+def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal(digits8, straight, tmp_path):
+    """Two SIGKILLs of the whole 2-worker job in a row - at a random moment, and the moment a checkpoint write is
+    seen in progress - then a last launch finishes. After every kill each checkpoint the index lists passes its CRC;
+    after the next saves no temporary is left; the final weights equal an uninterrupted run's bitwise (dropout 0:
+    every other random stream resumes exactly)."""
+    common = [*STRAIGHT, f"data.path={digits8}", "train.ckpt_every=1", "train.keep_last=2", "run.log_every=4"]
+    run = tmp_path / "run"
     ckpts = run / "checkpoints"
     rng = np.random.default_rng(17)
-    moments = ["random", "during a checkpoint write", "during a checkpoint write"]
-    for k, moment in enumerate(moments):
-        proc = launch(run, f"logs{k}")
+    for k, moment in enumerate(["random", "during a checkpoint write"]):
+        proc = _launch(run, tmp_path / f"logs{k}", *common)
         start = max(_steps(ckpts), default=0)
         deadline = time.time() + 600
         while max(_steps(ckpts), default=0) <= start:  # training has resumed and saved once more
-            assert proc.poll() is None and time.time() < deadline, worker_logs(run.parent / f"logs{k}")
+            assert proc.poll() is None and time.time() < deadline, worker_logs(tmp_path / f"logs{k}")
             time.sleep(0.05)
         if moment == "random":
             time.sleep(rng.uniform(0.0, 1.5))
@@ -91,18 +104,53 @@ def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal
                 time.sleep(0.001)
         _kill_job(str(run), proc)
         steps = _steps(ckpts)
-        assert steps and max(steps) < total, (moment, steps)  # killed before the end, with something to resume
+        assert steps and max(steps) < TOTAL, (moment, steps)  # killed before the end, with something to resume
         for step in steps:  # every listed checkpoint is complete: load() checks the CRC
             path = ckpts / f"step_{step:08d}.ckpt"
             assert checkpoint.meta_of(checkpoint.load(path))["step"] == step
 
-    last = launch(run, "logs_last")
-    assert last.wait(timeout=900) == 0, worker_logs(run.parent / "logs_last")
-    assert _temporaries(ckpts) == [] and _steps(ckpts)[-1] == total
-    a, b = final_state(tmp_path / "a" / "run"), final_state(run)
-    assert set(a) == set(b)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    last = _launch(run, tmp_path / "logs_last", *common)
+    assert last.wait(timeout=900) == 0, worker_logs(tmp_path / "logs_last")
+    assert _temporaries(ckpts) == [] and _steps(ckpts)[-1] == TOTAL
+    _assert_same_state(straight, final_state(run))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_worker_killed_ends_the_job_and_the_relaunch_resumes_bitwise(digits8, straight, tmp_path):
+    """SIGKILL of one worker (rank 1) after the step-8 checkpoint -> the whole job exits non-zero in bounded time;
+    the same command continues from step 8 and ends bitwise equal to an uninterrupted 2-worker run."""
+    common = [*STRAIGHT, f"data.path={digits8}", "train.ckpt_every=8", "run.log_every=4"]
+    run = tmp_path / "run"
+    victim = _launch(run, tmp_path / "logs", *common)
+    deadline = time.time() + 600
+    while 8 not in _steps(run / "checkpoints"):
+        assert victim.poll() is None and time.time() < deadline, worker_logs(tmp_path / "logs")
+        time.sleep(0.02)
+    ranks = {pid: _rank_of(pid) for pid in _job_pids(str(run))}
+    rank1 = [pid for pid, rank in ranks.items() if rank == "1"]
+    assert rank1, ranks
+    t0 = time.time()
+    os.kill(rank1[0], signal.SIGKILL)
+    code = victim.wait(timeout=300)
+    took = time.time() - t0
+    assert code != 0 and took < 120, (code, took)
+    assert max(_steps(run / "checkpoints")) < TOTAL  # the kill landed before the end
+
+    resumed = _launch(run, tmp_path / "logs_again", *common)
+    assert resumed.wait(timeout=900) == 0, worker_logs(tmp_path / "logs_again")
+    assert "at step 8" in (tmp_path / "logs_again" / "worker_0.log").read_text()
+    _assert_same_state(straight, final_state(run))
+
+
+def _rank_of(pid: int) -> str | None:
+    """RANK_ID of an msrun worker process, None for any other process."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    vals = dict(e.decode(errors="replace").split("=", 1) for e in environ if b"=" in e)
+    return vals.get("RANK_ID") if vals.get("MS_ROLE") == "MS_WORKER" else None
 
 
 @pytest.mark.slow
