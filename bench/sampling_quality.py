@@ -77,7 +77,7 @@ def make_scorer(metric: str, ref_images=None):
     if metric == "digits":
         from ddpm_dist.eval.digits import digits_scores
 
-        return lambda images: {k: float(v) for k, v in digits_scores(images, reference="heldout").items()}
+        return lambda images: digits_scores(images, reference="heldout")
 
     from ddpm_dist.eval.metrics import feature_stats, frechet_distance
 
@@ -162,8 +162,8 @@ def main(argv=None) -> int:
             entry = {"sampler": sampler, "steps": steps, "spacing": default_spacing(sampler), "nfe": steps,
                      "seconds": seconds, "img_per_s": round(args.num_samples * len(seeds) / sum(seconds), 3),
                      "scores": scores}  # fmt: skip
-            for key in scores[0]:
-                if key != "n":
+            for key, value in scores[0].items():
+                if isinstance(value, float):  # fd, confidence, class_entropy (not counts, names)
                     entry[f"{key}_mean"] = float(np.mean([s[key] for s in scores]))
             report["settings"][f"{sampler}-{steps}"] = entry
             print(f"{sampler}-{steps}: {json.dumps(entry)}", file=sys.stderr, flush=True)

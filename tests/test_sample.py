@@ -455,7 +455,8 @@ def test_quality_bench_settings_and_metric_choice(monkeypatch):
 
     def digits_scores(images, *, reference):
         seen.update(shape=images.shape, reference=reference)
-        return {"fd": 1.5, "confidence": 0.9, "class_entropy": 2.2, "n": len(images)}
+        return {"fd": 1.5, "confidence": 0.9, "class_entropy": 2.2, "n": len(images), "reference": reference,
+                "reference_n": 597, "protocol": "p"}  # fmt: skip
 
     monkeypatch.setattr(digits_module, "digits_scores", digits_scores)
     score = bench.make_scorer("digits")
@@ -473,16 +474,18 @@ def test_quality_bench_settings_and_metric_choice(monkeypatch):
 def test_quality_bench_prints_json_per_setting(train_ckpt):
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "sampling_quality.py"), "--ckpt", str(train_ckpt), "--settings",
-         "ddim-3,dpm++2m-3", "--num-samples", "6", "--seeds", "0,1", "--batch-size", "4", "--metric", "pixel-fd"],
+         "ddim-3,dpm++2m-3", "--num-samples", "6", "--seeds", "0,1", "--batch-size", "4"],
         env=env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    assert report["metric"] == "pixel-fd" and report["num_samples"] == 6 and report["seeds"] == [0, 1]
-    assert report["reference"].endswith("digits8")  # the checkpoint's data.path
+    # 1-channel digits: the digits metric against the held-out real digits
+    assert report["metric"] == "digits" and report["num_samples"] == 6 and report["seeds"] == [0, 1]
+    assert report["reference"] == "heldout digits"
     assert list(report["settings"]) == ["ddim-3", "dpm++2m-3"]
     for name, entry in report["settings"].items():
         assert entry["nfe"] == 3 and len(entry["seconds"]) == 2 and len(entry["scores"]) == 2, name
         assert all(s["n"] == 6 and np.isfinite(s["fd"]) and s["fd"] > 0 for s in entry["scores"])
+        assert all(s["reference"] == "heldout" and 0 < s["confidence"] <= 1 for s in entry["scores"])
         assert entry["fd_mean"] == pytest.approx(np.mean([s["fd"] for s in entry["scores"]]))
     assert report["settings"]["dpm++2m-3"]["spacing"] == "logsnr"
