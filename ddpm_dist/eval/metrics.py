@@ -1,10 +1,13 @@
 """FID and Inception Score from Inception features, in float64 numpy (no MindSpore).
 
 - FID (Heusel et al. 2017, eq. 6): ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussians fitted to two
-  sets of 2048-d pool features. The matrix square root is ``scipy.linalg.sqrtm`` in float64; a product too singular
-  for it (a non-finite root) is retried with ``eps`` added to both diagonals, and a numerically complex root keeps
-  its real part when the imaginary part of its diagonal is below 1e-3 (the conventions of the TTUR code and
-  pytorch-fid, so numbers agree with theirs).
+  sets of 2048-d pool features. Only the trace of the root is needed, and S1 S2 has the eigenvalues of the symmetric
+  positive semi-definite ``S1^(1/2) S2 S1^(1/2)``, so ``Tr((S1 S2)^(1/2)) = sum(sqrt(eigvalsh(S1^(1/2) S2 S1^(1/2))))``
+  with ``S1^(1/2)`` from ``eigh(S1)``: two symmetric eigendecompositions in float64, ~3x faster than the TTUR code's
+  and pytorch-fid's ``scipy.linalg.sqrtm`` of the non-symmetric product at 2048-d, and without its failure modes on
+  rank-deficient covariances (N < 2048 samples: a non-finite or complex root, patched there with ``eps`` on the
+  diagonals). Round-off negative eigenvalues count as 0. The values agree with pytorch-fid's to ~1e-9 relative on
+  full-rank statistics (tests/test_eval.py).
 - IS (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` over the 1008-way softmax of the logits, computed on 10
   consecutive splits of the samples; reported as the mean and standard deviation over the splits (the original
   protocol, whose headline numbers use 50,000 samples).
@@ -12,10 +15,7 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from scipy import linalg
 
 from . import EvalError
 
@@ -32,14 +32,13 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():  # singular products are expected (N < D) and handled by the caller
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root = linalg.sqrtm(matrix)
-    return root[0] if isinstance(root, tuple) else root  # older SciPy returns (root, error) with disp=False
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (round-off negative eigenvalues -> 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64. Raises MetricError."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -47,20 +46,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
         raise MetricError(
             f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
         )
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
+        raise MetricError("the feature statistics hold non-finite values")
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2.0)  # symmetric up to round-off: symmetrise exactly
     diff = mu1 - mu2
-    with np.errstate(all="ignore"):
-        covmean = _sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(sigma1.shape[0]) * eps
-            covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if not np.isfinite(covmean).all():
-        raise MetricError("the matrix square root of sigma1 @ sigma2 is not finite, even with eps on the diagonal")
-    if np.iscomplexobj(covmean):
-        imag = np.abs(np.diagonal(covmean).imag).max()
-        if imag > 1e-3:
-            raise MetricError(f"the matrix square root has an imaginary component of {imag:.3g} on its diagonal")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    trace_root = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
