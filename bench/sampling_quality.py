@@ -11,7 +11,7 @@ Quality metric (``--metric``): ``digits`` is ``ddpm_dist.eval.digits.digits_scor
 classifier's feature space, its confidence and class entropy, against the held-out digits); ``pixel-fd`` is the
 Frechet distance between the samples and ``--ref`` (default: the checkpoint's ``data.path``, the training images)
 in raw pixel space (uint8 / 255, H*W*C dimensions) - a crude metric that needs nothing but the data. ``auto``
-(default) takes ``digits`` when that module is installed and the model makes 1-channel images, else ``pixel-fd``.
+(default) takes ``digits`` when the model makes 1-channel images, else ``pixel-fd``.
 The JSON names the metric used. Fields: ``metric``, ``reference``, ``num_samples``, ``seeds``, ``batch_size``,
 ``device``, and per setting (``ddpm-1000``, ``ddim-10``, ..., ``dpm++2m-25``): ``nfe`` (network calls per
 image), ``seconds`` (per seed), ``img_per_s``, ``scores`` (per seed) and their mean (``fd_mean`` etc.).
