@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_env()  # quiet MindSpore before it is imported
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.inference import convert
+    from ddpm_dist.checkpoint.convert import convert
 
     try:
         out = convert(args.input, args.output, weights=args.weights, overwrite=args.overwrite)

@@ -141,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     prepare_env(verbose=args.verbose)
     from ddpm_dist import parallel
     from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.config import ConfigError
     from ddpm_dist.device import setup_device
-    from ddpm_dist.diffusion.sampling import KeyedNoiseMismatch, default_spacing
+    from ddpm_dist.diffusion.keyed_noise import KeyedNoiseMismatch
+    from ddpm_dist.diffusion.sampling import default_spacing
     from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
-    from ddpm_dist.inference import generate, load_for_sampling
+    from ddpm_dist.inference import generate
     from ddpm_dist.logging import info
 
     try:

@@ -45,7 +45,7 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
-    from ..diffusion.sampling import KeyedNoiseMismatch
+    from ..diffusion.keyed_noise import KeyedNoiseMismatch
     from ..logging import TensorBoardError
     from .trainer import Trainer, TrainingError
 
