@@ -17,6 +17,8 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .cli_util import first_line
+
 
 class ConfigError(ValueError):
     """A user error in a config file or an override. The message is one line meant for the user."""
@@ -265,7 +267,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
 
 def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     key = getattr(err, "full_key", None) or "?"
-    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    msg = first_line(err)
     if "Key '" in msg and "not in" in msg:
         return f"{source}: unknown key {key}"
     return f"{source}: {key}: {msg}"
@@ -306,7 +308,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
         if data is None:
             raise ConfigError(
                 f"{path}: the config file is empty; start from one in configs/ (every value left out takes its "
@@ -326,7 +328,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         except OmegaConfBaseException as err:
             raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
         except yaml.YAMLError as err:  # the value is parsed as YAML: e.g. an unclosed list "[1,2"
-            raise ConfigError(f"override {item!r}: not a valid value ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"override {item!r}: not a valid value ({first_line(err)})") from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{source}: required key {missing[0]} is not set")

@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"error: {message}\n")
+from ddpm_dist.cli_util import Parser, fail, first_line
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--to", required=True, choices=("diffusers",), help="the target format")
     p.add_argument("ckpt", help="a ddpm-dist training or inference checkpoint")
     p.add_argument("out_dir", help="the diffusers pipeline folder to write")
@@ -43,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
     except (ValueError, CheckpointError, OSError) as err:
-        text = str(err).strip()
-        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
-        return 2
+        return fail(first_line(err))
     print(f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}")
     return 0
 

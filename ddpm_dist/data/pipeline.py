@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_dist.cli_util import first_line
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, DataError
 from ddpm_dist.files import sha256_file
 
@@ -56,7 +57,7 @@ def read_manifest(path: str) -> dict:
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{file}: corrupt manifest ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{file}: corrupt manifest ({first_line(err)})") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{file}: corrupt manifest (not a JSON object)")
     version = manifest.get("format_version")

@@ -9,7 +9,15 @@ import numpy as np
 
 from .features import FeatureExtractor
 from .metrics import feature_stats, frechet_distance, inception_score
-from .reference import PROTOCOL, ReferenceError, cache_key, default_cache_dir, open_reference, read_cached, write_cached
+from .reference import (
+    PROTOCOL,
+    EvalReferenceError,
+    cache_key,
+    default_cache_dir,
+    open_reference,
+    read_cached,
+    write_cached,
+)
 
 
 def evaluate(
@@ -26,7 +34,7 @@ def evaluate(
 
     Every rank must call it: feature extraction is sharded. Reference statistics come from the cache when rank 0 has
     them (the decision is shared, so the ranks stay in step), else they are computed and rank 0 stores them.
-    Returns the result dict on rank 0 (see :func:`summary`), None on the other ranks. Raises ReferenceError,
+    Returns the result dict on rank 0 (see :func:`summary`), None on the other ranks. Raises EvalReferenceError,
     FeatureError, MetricError.
     """
     from ddpm_dist.parallel import all_reduce_host, rank
@@ -37,7 +45,7 @@ def evaluate(
     h, w = images.shape[1:3]
     if reference.image_size is not None and (h, w) != (reference.image_size, reference.image_size):
         s = reference.image_size
-        raise ReferenceError(
+        raise EvalReferenceError(
             f"samples are {h}x{w} but the reference {ref} holds {s}x{s} images: an FID across resolutions measures "
             f"the resizing, not the model; compare against a reference at {h}x{w}"
         )
