@@ -17,12 +17,7 @@ from ddpm_dist.diffusion.schedule import (
     space_timesteps_logsnr,
 )
 
-
-@pytest.fixture(autouse=True)
-def _graph_mode():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 # ---------------------------------------------------------------- schedules (numpy float64)

@@ -132,11 +132,7 @@ def test_resize_matrix_is_an_interpolation_and_the_identity_at_299():
     assert np.allclose(out[inside], src[inside], atol=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def _cpu_graph():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 @pytest.mark.slow

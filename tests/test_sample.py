@@ -34,11 +34,7 @@ _TINY_CFG = {
 CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
 
 
-@pytest.fixture(autouse=True)
-def _cpu_graph():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 @pytest.fixture(scope="module")
@@ -232,21 +228,21 @@ def test_training_grids_and_eval_use_their_configured_sampler(tmp_path, monkeypa
                              f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
     trainer = Trainer(cfg, device=setup_device("CPU", "graph"), data=iter(()))
     built = []
-    real = trainer._keyed_sampler
+    real = trainer.hooks.keyed_sampler
 
     def spy(sampler, steps):
         keyed = real(sampler, steps)
         built.append((sampler, steps, type(keyed.keyed_step), keyed.num_steps))
         return keyed
 
-    monkeypatch.setattr(trainer, "_keyed_sampler", spy)
-    images = trainer.ema_samples(3)  # what the grid uses
+    monkeypatch.setattr(trainer.hooks, "keyed_sampler", spy)
+    images = trainer.hooks.ema_samples(3)  # what the grid uses
     assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
     assert built == [("dpm++2m", 4, DPMSolverPP2MStep, 4)]
     keyed = real("dpm++2m", 4)
     np.testing.assert_array_equal(keyed.keyed_step.timestep_map.asnumpy(),
                                   space_timesteps_logsnr(build_schedule(cfg), 4))  # fmt: skip
-    trainer.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate_ema passes
+    trainer.hooks.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate passes
     assert built[-1][:3] == ("ddim", 3, KeyedStep) and isinstance(real("ddim", 3).keyed_step.step, DDIMStep)
 
 
