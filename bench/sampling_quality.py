@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     from ddpm_dist.eval.reference import open_reference
 
     try:
-        device = setup_device(args.device, "graph")
+        device = setup_device(args.device, mode="graph")
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
         T = cfg.diffusion.timesteps
         settings = parse_settings(args.settings, T)

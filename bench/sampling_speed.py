@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         print("error: --batch-size, --measure and --rounds must be >= 1", file=sys.stderr)
         return 2
     prepare_env()
-    device = setup_device(args.device, "graph")
+    device = setup_device(args.device, mode="graph")
 
     import mindspore as ms
     import numpy as np

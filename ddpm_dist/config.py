@@ -148,51 +148,58 @@ _CHOICES = {
     "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
 }
 
-# key -> (predicate, description of the allowed range)
+# key -> (predicate, description of the allowed range); the common ranges are shared by groups of keys
+_POSITIVE = (lambda v: v > 0, "> 0")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_OPEN_UNIT = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
+_HALF_OPEN_UNIT = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 _RANGES = {
-    "model.ch": (lambda v: v > 0, "> 0"),
+    **dict.fromkeys(("model.ch", "diffusion.min_snr_gamma", "train.lr", "train.adam_eps"), _POSITIVE),
+    **dict.fromkeys(
+        (
+            "train.warmup_steps",
+            "train.grad_clip",
+            "train.weight_decay",
+            "train.ckpt_every",
+            "train.milestone_every",
+            "run.sample_every",
+            "run.sample_steps",
+            "eval.every",
+            "eval.sample_steps",
+        ),
+        _AT_LEAST_0,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "model.num_res_blocks",
+            "model.convnext_mult",
+            "model.norm_groups",
+            "diffusion.timesteps",
+            "data.num_parallel_workers",
+            "train.global_batch",
+            "train.grad_accum",
+            "train.total_steps",
+            "train.loss_scale_window",
+            "train.keep_last",
+            "train.max_nonfinite",
+            "run.log_every",
+            "run.num_samples",
+            "run.barrier_timeout",
+            "eval.batch_size",
+            "eval.splits",
+        ),
+        _AT_LEAST_1,
+    ),  # fmt: skip
+    **dict.fromkeys(("model.norm_eps", "diffusion.beta_start", "diffusion.beta_end"), _OPEN_UNIT),
+    **dict.fromkeys(("model.dropout", "train.adam_beta1", "train.adam_beta2", "train.ema_decay"), _HALF_OPEN_UNIT),
     "model.ch_mult": (lambda v: len(v) > 0 and all(m > 0 for m in v), "a non-empty list of positive ints"),
-    "model.num_res_blocks": (lambda v: v >= 1, ">= 1"),
     "model.attn_resolutions": (lambda v: all(r > 0 for r in v), "a list of positive ints"),
-    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "model.convnext_mult": (lambda v: v >= 1, ">= 1"),
-    "model.norm_groups": (lambda v: v >= 1, ">= 1"),
-    "model.norm_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
-    "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.min_snr_gamma": (lambda v: v > 0, "> 0"),
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
-    "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
-    "train.global_batch": (lambda v: v >= 1, ">= 1"),
-    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
-    "train.lr": (lambda v: v > 0, "> 0"),
-    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "train.total_steps": (lambda v: v >= 1, ">= 1"),
-    "train.grad_clip": (lambda v: v >= 0, ">= 0"),
-    "train.adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.adam_eps": (lambda v: v > 0, "> 0"),
-    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "train.loss_scale_value": (lambda v: v >= 1.0, ">= 1"),
-    "train.loss_scale_window": (lambda v: v >= 1, ">= 1"),
-    "train.ckpt_every": (lambda v: v >= 0, ">= 0"),
-    "train.keep_last": (lambda v: v >= 1, ">= 1"),
-    "train.milestone_every": (lambda v: v >= 0, ">= 0"),
-    "train.max_nonfinite": (lambda v: v >= 1, ">= 1"),
-    "run.log_every": (lambda v: v >= 1, ">= 1"),
-    "run.sample_every": (lambda v: v >= 0, ">= 0"),
-    "run.num_samples": (lambda v: v >= 1, ">= 1"),
-    "run.sample_steps": (lambda v: v >= 0, ">= 0"),
-    "run.barrier_timeout": (lambda v: v >= 1, ">= 1"),
-    "eval.every": (lambda v: v >= 0, ">= 0"),
     "eval.ref_num": (lambda v: v == 0 or v >= 2, "0 (all) or >= 2"),
     "eval.num_samples": (lambda v: v >= 2, ">= 2"),
-    "eval.sample_steps": (lambda v: v >= 0, ">= 0"),
-    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
-    "eval.splits": (lambda v: v >= 1, ">= 1"),
 }
 
 

@@ -51,8 +51,9 @@ def _available(ms, device: str) -> bool:
         return False
 
 
-def setup_device(device: str = "auto", mode: str = "graph") -> str:
-    """Select the device target and execution mode for this process; return the resolved target."""
+def setup_device(device: str, *, mode: str) -> str:
+    """Select the device target (``run.device``: auto, Ascend, GPU or CPU) and execution mode (``run.mode``: graph
+    or pynative) for this process; return the resolved target."""
     prepare_env()
     import mindspore as ms
 

@@ -95,11 +95,11 @@ def test_fid_matches_pytorch_fid_when_installed():
 
 
 def test_inception_score_of_uniform_logits_is_one_and_of_k_confident_classes_is_k():
-    mean, std = inception_score(np.zeros((100, 1008)))
+    mean, std = inception_score(np.zeros((100, 1008)), splits=10)
     assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
     logits = np.full((200, 1008), -50.0)
     logits[np.arange(200), np.arange(200) % 5] = 50.0  # every split holds 5 classes, equally often, with certainty
-    mean, std = inception_score(logits)
+    mean, std = inception_score(logits, splits=10)
     assert mean == pytest.approx(5.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
     one_class = np.zeros((50, 10))
     one_class[:, 3] = 30.0
@@ -197,11 +197,11 @@ def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     data, npz, images = digits
     extractor = FeatureExtractor(inception_ckpt, batch_size=10)
     cache = tmp_path / "cache"
-    first = evaluate(images, ref=str(npz), extractor=extractor, cache_dir=cache)
+    first = evaluate(images, ref=str(npz), extractor=extractor, cache_dir=cache, splits=10)
     assert not first["reference"]["cached"] and len(list(cache.glob("ref_*.npz"))) == 1
     assert abs(first["fid"]) < 1e-3, first["fid"]
     brighter = np.clip(images.astype(np.int16) + 100, 0, 255).astype(np.uint8)
-    shifted = evaluate(brighter, ref=str(npz), extractor=extractor, cache_dir=cache)
+    shifted = evaluate(brighter, ref=str(npz), extractor=extractor, cache_dir=cache, splits=10)
     assert shifted["reference"]["cached"] and shifted["fid"] > 1.0 + abs(first["fid"]) * 1000, shifted["fid"]
     assert 1.0 <= first["inception_score"]["mean"] < 1008
     # the same 20 images read from the MindRecord data set: a different source (key), the same statistics

@@ -226,7 +226,7 @@ def test_training_grids_and_eval_use_their_configured_sampler(tmp_path, monkeypa
 
     cfg = load_config(TINY, ["run.sampler=dpm++2m", "run.sample_steps=4", "eval.sample_steps=3", "run.num_samples=3",
                              f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
-    trainer = Trainer(cfg, device=setup_device("CPU", "graph"), data=iter(()))
+    trainer = Trainer(cfg, device=setup_device("CPU", mode="graph"), data=iter(()))
     built = []
     real = trainer.hooks.keyed_sampler
 

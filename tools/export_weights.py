@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, fail, first_line
+from ddpm_dist.cli_util import Parser, report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,20 +29,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
-
-    prepare_env()  # quiet MindSpore before it is imported
-    from ddpm_dist.checkpoint import CheckpointError
+def export(args: argparse.Namespace) -> str:
+    """Write the pipeline folder; the line to print."""
     from ddpm_dist.interop.transfer import export_diffusers
 
-    try:
-        out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
-    except (ValueError, CheckpointError, OSError) as err:
-        return fail(first_line(err))
-    print(f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}")
-    return 0
+    out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
+    return f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ddpm_dist.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    return report(lambda: export(args), errors=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

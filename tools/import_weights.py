@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, fail, first_line
+from ddpm_dist.cli_util import Parser, report
 
 FORMATS = ("diffusers",)
 
@@ -36,21 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
-
-    prepare_env()  # quiet MindSpore before it is imported
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.interop.transfer import import_diffusers
 
-    try:
+    def work() -> str:
+        from ddpm_dist.interop.transfer import import_diffusers
+
         out, cfg = import_diffusers(args.source[1], args.output, overwrite=args.overwrite)
-    except (ValueError, CheckpointError, OSError) as err:
-        return fail(first_line(err))
-    m, d = cfg.model, cfg.diffusion
-    print(f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
-          f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} {d.beta_schedule} "
-          f"{d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
-    return 0
+        m, d = cfg.model, cfg.diffusion
+        return (f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
+                f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} "
+                f"{d.beta_schedule} {d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
+
+    return report(work, errors=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

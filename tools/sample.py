@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist.logging import info
 
     try:
-        device = setup_device(args.device, "graph")
+        device = setup_device(args.device, mode="graph")
         rank, world_size = parallel.init()
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
         extractor = make_extractor(args) if args.eval else None  # a bad weights file fails before sampling

@@ -51,7 +51,7 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
 
     trainer = None
     try:
-        device = setup_device(cfg.run.device, cfg.run.mode)
+        device = setup_device(cfg.run.device, mode=cfg.run.mode)
         parallel.init()
 
         trainer = Trainer(cfg, device=device)

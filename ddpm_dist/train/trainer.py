@@ -139,8 +139,8 @@ class Trainer:
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
         parallel.check_identical(weight_fingerprint(self.net.trainable_params()), "initial weights")
-        self.amp_level = resolve_amp_level(t.amp_level, device)
-        apply_amp(self.net, self.amp_level, fp32_cells())
+        self.amp_level = resolve_amp_level(t.amp_level, device=device)
+        apply_amp(self.net, level=self.amp_level, fp32_cells=fp32_cells())
 
         self.diffusion = build_diffusion(cfg)
         self.optimizer = build_optimizer(cfg, self.net.trainable_params())
@@ -275,16 +275,7 @@ class Trainer:
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 saved_at = self.save()
             if self.stop.should_stop(self.step):
-                self.profiler.finish()
-                if saved_at != self.step:
-                    self.save()
-                self.tb.close()
-                where = checkpoint.read_index(self.ckpt_dir)[-1]["file"] if self.rank == 0 else "rank 0's run dir"
-                info(
-                    f"stopped by {self.stop.reason} at step {self.step}: checkpoint {self.ckpt_dir / where}; "
-                    "run the same command again (train.resume=auto) to continue",
-                    rank=self.rank,
-                )
+                self._stop(saved_at)
                 return
         self.profiler.finish()
         if saved_at != self.step:
@@ -295,6 +286,19 @@ class Trainer:
             self.hooks.evaluate(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _stop(self, saved_at: int | None) -> None:
+        """Save (unless this step was just saved) and say where, after a stop request."""
+        self.profiler.finish()
+        if saved_at != self.step:
+            self.save()
+        self.tb.close()
+        where = checkpoint.read_index(self.ckpt_dir)[-1]["file"] if self.rank == 0 else "rank 0's run dir"
+        info(
+            f"stopped by {self.stop.reason} at step {self.step}: checkpoint {self.ckpt_dir / where}; "
+            "run the same command again (train.resume=auto) to continue",
+            rank=self.rank,
+        )
 
     def _micro_note(self) -> str:
         k = self.cfg.train.grad_accum
