@@ -153,6 +153,7 @@ def test_samplers_return_the_single_data_point(sampler, steps, objective, var_ty
     np.testing.assert_allclose(out, np.repeat(x_star, 6, axis=0), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sampler,steps,eta,var_type",
     [("ddpm", 0, 0.0, "fixedsmall"), ("ddpm", 0, 0.0, "fixedlarge"), ("ddim", 500, 0.0, ""), ("ddim", 500, 1.0, "")],

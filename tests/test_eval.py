@@ -77,6 +77,7 @@ def test_fid_of_near_singular_covariances_is_finite_and_matches_the_formula():
     assert fid == pytest.approx(frechet_by_eigenvalues(*stats), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fid_matches_pytorch_fid_when_installed():
     if not torch_fid_available():
         pytest.skip("pytorch-fid is not installed")
@@ -214,6 +215,7 @@ def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     assert cache_key(from_dataset, weights_sha256="0" * 64) != key
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(inception_ckpt, digits, tmp_path):
     from ddpm_dist.eval.features import FeatureExtractor
     from ddpm_dist.eval.metrics import feature_stats
@@ -241,13 +243,17 @@ def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(ince
         (["--ref", "{tmp}/none"], "reference not found"),
         (["--samples", "{tmp}/none.npz"], "samples not found"),
         (["--splits", "0"], "--splits must be >= 1"),
-        (["--samples", "{tmp}/floats.npz"], "must be uint8"),
-        (["--inception", "{tmp}/floats.npz"], "expected a MindSpore"),
-        (["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
-        (["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
+        pytest.param(["--samples", "{tmp}/floats.npz"], "must be uint8", marks=pytest.mark.slow),
+        pytest.param(["--inception", "{tmp}/floats.npz"], "expected a MindSpore", marks=pytest.mark.slow),
+        pytest.param(["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz", marks=pytest.mark.slow),
+        pytest.param(["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz", marks=pytest.mark.slow),
         (["--out", "/proc/e.json"], "--out /proc/e.json: cannot write there"),
-        (["--samples", "{tmp}/px8.npz"], "samples are 8x8 but the reference"),
-        (["--samples", "{tmp}/px8.npz", "--ref", "{data}"], "samples are 8x8 but the reference"),
+        pytest.param(["--samples", "{tmp}/px8.npz"], "samples are 8x8 but the reference", marks=pytest.mark.slow),
+        pytest.param(
+            ["--samples", "{tmp}/px8.npz", "--ref", "{data}"],
+            "samples are 8x8 but the reference",
+            marks=pytest.mark.slow,
+        ),  # fmt: skip
     ],
 )
 def test_eval_cli_bad_inputs_are_one_line(args, needle, inception_ckpt, digits, tmp_path):

@@ -285,8 +285,12 @@ def test_import_of_a_folder_written_without_diffusers(tmp_path):
     assert to_dict(imported)["model"] == to_dict(cfg)["model"]
 
 
-@pytest.mark.parametrize("case", ["no_config", "other_arch", "missing_tensor", "misshaped_tensor", "bin_no_torch",
-                                  "extra_tensor", "bad_json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    ["no_config", *(pytest.param(c, marks=pytest.mark.slow) for c in ("other_arch", "missing_tensor",
+                                                                      "misshaped_tensor", "bin_no_torch",
+                                                                      "extra_tensor", "bad_json"))],
+)  # fmt: skip
 def test_bad_imports_are_one_line_and_leave_nothing(case, tmp_path):
     cfg = tiny_cfg()
     folder = diffusers_folder(tmp_path / "model", cfg, random_weights(cfg))
@@ -326,6 +330,7 @@ def test_bad_imports_are_one_line_and_leave_nothing(case, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
+@pytest.mark.slow
 def test_bad_exports_are_one_line_and_leave_nothing(tmp_path):
     cfg = tiny_cfg("model.ch_mult=[2,2]")
     ckpt = write_inference(tmp_path / "c.ckpt", random_weights(cfg), cfg, weights="ema", step=0, source="test")

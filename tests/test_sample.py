@@ -361,8 +361,8 @@ def _fake_checkpoints(tmp_path):
     "tool,args,needle",
     [
         (SAMPLE, ["--ckpt", "{missing}"], "checkpoint not found"),
-        (SAMPLE, ["--ckpt", "{random}"], "not a readable MindSpore checkpoint"),
-        (SAMPLE, ["--ckpt", "{foreign}"], "not a ddpm-dist checkpoint"),
+        pytest.param(SAMPLE, ["--ckpt", "{random}"], "not a readable MindSpore checkpoint", marks=pytest.mark.slow),
+        pytest.param(SAMPLE, ["--ckpt", "{foreign}"], "not a ddpm-dist checkpoint", marks=pytest.mark.slow),
         (SAMPLE, ["--ckpt", "{random}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (SAMPLE, ["--ckpt", "{random}", "--seed", "-1"], "--seed"),
         (SAMPLE, ["--ckpt", "{random}", "--sampler", "plms"], "invalid choice"),
@@ -384,8 +384,8 @@ def _fake_checkpoints(tmp_path):
             "--eval needs --num-samples >= max(2, --splits 10)",
         ),
         (CONVERT, ["--input", "{missing}"], "checkpoint not found"),
-        (CONVERT, ["--input", "{infer}"], "a training checkpoint is needed"),
-        (CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint"),
+        pytest.param(CONVERT, ["--input", "{infer}"], "a training checkpoint is needed", marks=pytest.mark.slow),
+        pytest.param(CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint", marks=pytest.mark.slow),
     ],
 )
 def test_bad_inputs_are_one_line_and_exit_2(tool, args, needle, tmp_path):
@@ -406,6 +406,7 @@ def test_unwritable_out_is_found_before_the_checkpoint_is_read(tmp_path):
     assert res.returncode == 2 and lines == ["error: --out /proc/s: cannot write there (No such file or directory)"]
 
 
+@pytest.mark.slow
 def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
     res = run_tool(SAMPLE, "--ckpt", str(train_ckpt), "--out", str(tmp_path / "o"), "--steps", "101")
     assert res.returncode == 2
