@@ -189,6 +189,7 @@ def digits(tmp_path_factory):
     return data, root / "first20.npz", images
 
 
+@pytest.mark.slow
 def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     """(Each FID runs scipy's sqrtm on a 2048x2048 matrix, ~10 s here: this test keeps to two.)"""
     from ddpm_dist.eval.evaluate import evaluate

@@ -548,30 +548,31 @@ def convert(
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
+    input_path, upsample = _check_input(source, input_path=input_path, split=split, upsample=upsample)
+    meta = {"source": source, "split": split, "input": input_path}
     if source == "digits":
-        from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
+        meta["upsample"] = upsample
+    src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
+                                              split=split, strict=strict, upsample=upsample)  # fmt: skip
+    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
-        if split != "train":
-            raise DataError("the digits data set has only a train split (all 1797 images)")
-        upsample = upsample or DEFAULT_UPSAMPLE
-        if upsample not in UPSAMPLE_MODES:
-            raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
-        input_path = None
-    else:
+
+def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
+    """(absolute input path or None for digits, digits' upsampling mode or None); DataError on a bad combination."""
+    if source != "digits":
         if not input_path:
             raise DataError(f"--input is required for --source {source}")
         if not Path(input_path).exists():
             raise DataError(f"input not found: {input_path}")
-        input_path = str(Path(input_path).absolute())
-    meta = {"source": source, "split": split, "input": input_path}
-    if source == "digits":
-        meta["upsample"] = upsample
+        return str(Path(input_path).absolute()), None
+    from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
 
-    src, meta["source_format"] = _open_source(
-        source, input_path=input_path, image_size=image_size, channels=channels, split=split, strict=strict,
-        upsample=upsample,
-    )  # fmt: skip
-    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
+    if split != "train":
+        raise DataError("the digits data set has only a train split (all 1797 images)")
+    upsample = upsample or DEFAULT_UPSAMPLE
+    if upsample not in UPSAMPLE_MODES:
+        raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
+    return None, upsample
 
 
 def _open_source(
