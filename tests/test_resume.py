@@ -241,7 +241,7 @@ def test_kill_during_save_never_leaves_a_checkpoint_latest_would_pick(tmp_path):
     for _ in range(4):  # killed while a save is in flight (its partial file exists), not whenever a timer ends
         proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt")], env=env())
         deadline = time.time() + 120
-        while not (checkpoint.read_index(tmp_path / "ckpt") and list((tmp_path / "ckpt").glob(".step_*.partial*"))):
+        while not ((tmp_path / "ckpt" / "index.json").exists() and list((tmp_path / "ckpt").glob(".step_*.partial*"))):
             assert proc.poll() is None and time.time() < deadline, "the saver never reached a second save"
             time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
