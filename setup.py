@@ -30,5 +30,5 @@ setup(
         "parity": ["torch", "torchvision", "pytorch-fid", "diffusers==0.42.1"],
         "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
     },
-    entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train:main"]},
+    entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train.cli:main"]},
 )

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist.eval.inception import FIDInceptionV3
     from ddpm_dist.eval.metrics import feature_stats, frechet_distance
 
-    device = setup_device(args.device, "graph")
+    device = setup_device(args.device, mode="graph")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "random.source"

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_dist.cli_util import fail, first_line
+
 DEFAULT_SETTINGS = "ddpm-1000,ddim-10,ddim-25,ddim-50,ddim-100,dpm++2m-10,dpm++2m-15,dpm++2m-20,dpm++2m-25"
 METRICS = ("auto", "digits", "pixel-fd")
 
@@ -125,16 +127,16 @@ def main(argv=None) -> int:
 
     prepare_env()
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.diffusion import build_schedule
-    from ddpm_dist.diffusion.sampling import KeyedSampler, build_sampler, default_spacing
+    from ddpm_dist.checkpoint.convert import load_for_sampling
+    from ddpm_dist.diffusion import build_keyed_sampler
+    from ddpm_dist.diffusion.sampling import default_spacing
     from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.reference import open_reference
-    from ddpm_dist.inference import load_for_sampling
 
     try:
-        device = setup_device(args.device, "graph")
+        device = setup_device(args.device, mode="graph")
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
-        d, T = cfg.diffusion, cfg.diffusion.timesteps
+        T = cfg.diffusion.timesteps
         settings = parse_settings(args.settings, T)
         metric = choose_metric(args.metric, cfg.data.channels)
         ref_source = None
@@ -143,16 +145,13 @@ def main(argv=None) -> int:
             ref_source = args.ref or cfg.data.path
             ref_images = open_reference(ref_source).load_images()
         score = make_scorer(metric, ref_images)
-        shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         batch = min(args.batch_size, args.num_samples)
         report = {"ckpt": str(args.ckpt), "step": meta.get("step"), "weights": meta["weights"], "device": device,
                   "metric": metric, "reference": "heldout digits" if metric == "digits" else str(ref_source),
                   "num_samples": args.num_samples, "seeds": seeds, "batch_size": batch, "settings": {}}  # fmt: skip
         for sampler, steps in settings:
             full = sampler == "ddpm" and steps == T
-            step = build_sampler(net, build_schedule(cfg), sampler=sampler, steps=0 if full else steps, eta=0.0,
-                                 objective=d.objective, clip_x0=d.clip_x0, var_type=d.var_type)  # fmt: skip
-            keyed = KeyedSampler(step, shape=shape)
+            keyed = build_keyed_sampler(cfg, net, sampler=sampler, steps=0 if full else steps, eta=0.0)
             keyed.sample(np.arange(batch), seed=seeds[0]).asnumpy()  # compile both graphs: not timed
             seconds, scores = [], []
             for seed in seeds:
@@ -168,15 +167,9 @@ def main(argv=None) -> int:
             report["settings"][f"{sampler}-{steps}"] = entry
             print(f"{sampler}-{steps}: {json.dumps(entry)}", file=sys.stderr, flush=True)
     except (BenchError, CheckpointError, EvalError, ValueError, OSError) as err:
-        text = str(err).strip()
-        return fail(text.splitlines()[0] if text else type(err).__name__)
+        return fail(first_line(err))
     print(json.dumps(report))
     return 0
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 2
 
 
 if __name__ == "__main__":

@@ -68,17 +68,18 @@ def main(argv=None) -> int:
         print("error: --batch-size, --measure and --rounds must be >= 1", file=sys.stderr)
         return 2
     prepare_env()
-    device = setup_device(args.device, "graph")
+    device = setup_device(args.device, mode="graph")
 
     import mindspore as ms
     import numpy as np
     from mindspore import Tensor, ops
 
     from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.config import ConfigError, load_config
     from ddpm_dist.diffusion import build_schedule
-    from ddpm_dist.diffusion.sampling import KeyedNoise, KeyedSampler, KeyedStep, build_sampler, seed_tensor
-    from ddpm_dist.inference import load_for_sampling
+    from ddpm_dist.diffusion.keyed_noise import KeyedNoise, seed_tensor
+    from ddpm_dist.diffusion.sampling import KeyedSampler, KeyedStep, build_sampler
     from ddpm_dist.models import build_model, count_params
 
     try:
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     ddim_steps = min(50, T)
     ddim = build_sampler(net, build_schedule(cfg), sampler="ddim", steps=ddim_steps, eta=0.0, **common)
     noise = KeyedNoise(shape=(c, s, s))
-    keyed_ddpm, keyed_ddim = KeyedStep(ddpm, noise), KeyedStep(ddim, noise)
+    keyed_ddpm, keyed_ddim = KeyedStep(step=ddpm, noise=noise), KeyedStep(step=ddim, noise=noise)
 
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((b, c, s, s)).astype(np.float32))

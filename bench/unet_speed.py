@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         None if skip_reason else TorchReference(cfg, batch=args.batch, fwd_batch=fwd_batch, threads=args.torch_threads)
     )
 
-    device = setup_device(args.device, "graph")
+    device = setup_device(args.device, mode="graph")
     steps = build_mindspore_steps(cfg, batch=args.batch, fwd_batch=fwd_batch)
 
     times: dict[str, list[float]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,3 +31,18 @@ def first_line(err: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(err).__name__
+
+
+def report(work: Callable[[], str], *, errors: tuple[type[BaseException], ...]) -> int:
+    """The body of a one-shot tool's ``main``: quiet MindSpore (``device.prepare_env``) before ``work`` imports it,
+    run ``work``, print the line it returns and return 0; an exception in ``errors`` becomes one ``error:`` line on
+    stderr and status 2."""
+    from .device import prepare_env
+
+    prepare_env()
+    try:
+        line = work()
+    except errors as err:
+        return fail(first_line(err))
+    print(line)
+    return 0

@@ -17,6 +17,8 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .cli_util import first_line
+
 
 class ConfigError(ValueError):
     """A user error in a config file or an override. The message is one line meant for the user."""
@@ -146,51 +148,58 @@ _CHOICES = {
     "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
 }
 
-# key -> (predicate, description of the allowed range)
+# key -> (predicate, description of the allowed range); the common ranges are shared by groups of keys
+_POSITIVE = (lambda v: v > 0, "> 0")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_OPEN_UNIT = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
+_HALF_OPEN_UNIT = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 _RANGES = {
-    "model.ch": (lambda v: v > 0, "> 0"),
+    **dict.fromkeys(("model.ch", "diffusion.min_snr_gamma", "train.lr", "train.adam_eps"), _POSITIVE),
+    **dict.fromkeys(
+        (
+            "train.warmup_steps",
+            "train.grad_clip",
+            "train.weight_decay",
+            "train.ckpt_every",
+            "train.milestone_every",
+            "run.sample_every",
+            "run.sample_steps",
+            "eval.every",
+            "eval.sample_steps",
+        ),
+        _AT_LEAST_0,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "model.num_res_blocks",
+            "model.convnext_mult",
+            "model.norm_groups",
+            "diffusion.timesteps",
+            "data.num_parallel_workers",
+            "train.global_batch",
+            "train.grad_accum",
+            "train.total_steps",
+            "train.loss_scale_window",
+            "train.keep_last",
+            "train.max_nonfinite",
+            "run.log_every",
+            "run.num_samples",
+            "run.barrier_timeout",
+            "eval.batch_size",
+            "eval.splits",
+        ),
+        _AT_LEAST_1,
+    ),  # fmt: skip
+    **dict.fromkeys(("model.norm_eps", "diffusion.beta_start", "diffusion.beta_end"), _OPEN_UNIT),
+    **dict.fromkeys(("model.dropout", "train.adam_beta1", "train.adam_beta2", "train.ema_decay"), _HALF_OPEN_UNIT),
     "model.ch_mult": (lambda v: len(v) > 0 and all(m > 0 for m in v), "a non-empty list of positive ints"),
-    "model.num_res_blocks": (lambda v: v >= 1, ">= 1"),
     "model.attn_resolutions": (lambda v: all(r > 0 for r in v), "a list of positive ints"),
-    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "model.convnext_mult": (lambda v: v >= 1, ">= 1"),
-    "model.norm_groups": (lambda v: v >= 1, ">= 1"),
-    "model.norm_eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.timesteps": (lambda v: v >= 1, ">= 1"),
-    "diffusion.beta_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.beta_end": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "diffusion.min_snr_gamma": (lambda v: v > 0, "> 0"),
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
-    "data.num_parallel_workers": (lambda v: v >= 1, ">= 1"),
-    "train.global_batch": (lambda v: v >= 1, ">= 1"),
-    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
-    "train.lr": (lambda v: v > 0, "> 0"),
-    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "train.total_steps": (lambda v: v >= 1, ">= 1"),
-    "train.grad_clip": (lambda v: v >= 0, ">= 0"),
-    "train.adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.adam_eps": (lambda v: v > 0, "> 0"),
-    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "train.loss_scale_value": (lambda v: v >= 1.0, ">= 1"),
-    "train.loss_scale_window": (lambda v: v >= 1, ">= 1"),
-    "train.ckpt_every": (lambda v: v >= 0, ">= 0"),
-    "train.keep_last": (lambda v: v >= 1, ">= 1"),
-    "train.milestone_every": (lambda v: v >= 0, ">= 0"),
-    "train.max_nonfinite": (lambda v: v >= 1, ">= 1"),
-    "run.log_every": (lambda v: v >= 1, ">= 1"),
-    "run.sample_every": (lambda v: v >= 0, ">= 0"),
-    "run.num_samples": (lambda v: v >= 1, ">= 1"),
-    "run.sample_steps": (lambda v: v >= 0, ">= 0"),
-    "run.barrier_timeout": (lambda v: v >= 1, ">= 1"),
-    "eval.every": (lambda v: v >= 0, ">= 0"),
     "eval.ref_num": (lambda v: v == 0 or v >= 2, "0 (all) or >= 2"),
     "eval.num_samples": (lambda v: v >= 2, ">= 2"),
-    "eval.sample_steps": (lambda v: v >= 0, ">= 0"),
-    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
-    "eval.splits": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -265,7 +274,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
 
 def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     key = getattr(err, "full_key", None) or "?"
-    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    msg = first_line(err)
     if "Key '" in msg and "not in" in msg:
         return f"{source}: unknown key {key}"
     return f"{source}: {key}: {msg}"
@@ -306,7 +315,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
         if data is None:
             raise ConfigError(
                 f"{path}: the config file is empty; start from one in configs/ (every value left out takes its "
@@ -326,7 +335,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         except OmegaConfBaseException as err:
             raise ConfigError(_format_omegaconf_error(err, f"{source} (override {item})")) from None
         except yaml.YAMLError as err:  # the value is parsed as YAML: e.g. an unclosed list "[1,2"
-            raise ConfigError(f"override {item!r}: not a valid value ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"override {item!r}: not a valid value ({first_line(err)})") from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{source}: required key {missing[0]} is not set")

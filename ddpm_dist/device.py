@@ -6,7 +6,7 @@ Two steps, because MindSpore reads some variables at import time:
    set ``GLOG_v`` or passed ``verbose=True``.
 2. :func:`setup_device` after the import, before the first op: picks the device target (``auto``: Ascend, then GPU,
    then CPU), the execution mode, and on CPU sets ``ONEDNN_MAX_CPU_ISA=AVX2`` unless the user set it (oneDNN's default
-   choice of convolution kernel is ~70x slower on AVX-512/AMX CPUs; see docs/MINDSPORE_NOTES in the shared notes).
+   choice of convolution kernel is ~70x slower on AVX-512/AMX CPUs; the measurement is in docs/development.md).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def _available(ms, device: str) -> bool:
         return False
 
 
-def setup_device(device: str = "auto", mode: str = "graph") -> str:
-    """Select the device target and execution mode for this process; return the resolved target."""
+def setup_device(device: str, *, mode: str) -> str:
+    """Select the device target (``run.device``: auto, Ascend, GPU or CPU) and execution mode (``run.mode``: graph
+    or pynative) for this process; return the resolved target."""
     prepare_env()
     import mindspore as ms
 

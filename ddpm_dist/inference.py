@@ -1,197 +1,17 @@
-"""Inference checkpoints and sampling for single-card or data-parallel use after training.
+"""Sampling after training, on one card or data-parallel.
 
-A training checkpoint (``meta.kind = ddpm-dist/train``) holds the whole train step: network weights, ``ema.<name>``
-EMA weights, Adam moments, loss-scale state. :func:`convert` keeps only one set of network weights (EMA by default) as
-float32, with the ``model``, ``diffusion`` and ``data`` config sections embedded, in an inference checkpoint
-(``meta.kind = ddpm-dist/inference``): a MindSpore ``.ckpt`` (CRC-checked) or a ``.safetensors`` file (the meta entries
-go to its string metadata). :func:`load_for_sampling` takes either kind and returns a ready network.
-
-:func:`generate` draws samples ``0 .. num_samples-1`` split over the ranks in contiguous ranges; sample n depends only
-on (seed, n) (see ``KeyedNoise``), so the images do not depend on the batch size or the number of cards.
+:func:`generate` draws samples ``0 .. num_samples-1`` split over the ranks (``parallel.shards``); sample n depends
+only on (seed, n) (see ``diffusion.keyed_noise``), so the images do not depend on the batch size or the number of
+cards. Checkpoints are read by ``checkpoint.convert.load_for_sampling``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import yaml
 
-from . import checkpoint
-from .checkpoint import KIND_INFERENCE, KIND_TRAIN, CheckpointError
-from .cli_util import first_line
-from .config import Config, ConfigError, from_dict, to_dict
-
-WEIGHTS = ("ema", "raw")
-SUFFIXES = (".ckpt", ".safetensors")
-EMBEDDED_SECTIONS = ("model", "diffusion", "data")
-
-
-@dataclass
-class Loaded:
-    """A checkpoint's network and what it says about itself.
-
-    ``weights``: the network's ``name -> float32 ndarray``; ``meta``: the ``meta.*`` entries (kind, step, config, ...);
-    ``source_weights``: ``ema`` or ``raw``.
-    """
-
-    path: Path
-    cfg: Config
-    meta: dict
-    weights: dict
-    source_weights: str
-
-
-def read_arrays(path: Path) -> tuple[dict, dict]:
-    """(name -> float ndarray of the non-meta entries, meta dict) of a .ckpt or .safetensors file."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as f:
-                meta = {k[5:]: v for k, v in (f.metadata() or {}).items() if k.startswith("meta.")}
-                arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
-        for key in ("step",):
-            if key in meta:
-                meta[key] = int(meta[key])
-        return arrays, meta
-    if path.suffix != ".ckpt":
-        raise CheckpointError(f"{path}: expected a MindSpore .ckpt or a .safetensors file")
-    params = checkpoint.load(path)
-    arrays = {k: v.asnumpy() for k, v in params.items() if not k.startswith("meta.") and hasattr(v, "asnumpy")}
-    return arrays, checkpoint.meta_of(params)
-
-
-def _config(path: Path, meta: dict) -> Config:
-    text = meta.get("config")
-    if not isinstance(text, str) or not text.strip():
-        raise CheckpointError(f"{path}: no embedded config (meta.config)")
-    try:
-        data = yaml.safe_load(text)
-        return from_dict({k: v for k, v in data.items() if k in EMBEDDED_SECTIONS}, source=f"{path} (meta.config)")
-    except (yaml.YAMLError, AttributeError) as err:
-        raise CheckpointError(f"{path}: unreadable embedded config ({first_line(err)})") from None
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
-
-
-def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (KIND_TRAIN, KIND_INFERENCE)) -> Loaded:
-    """Read the network weights (float32) and the config from a training or an inference checkpoint.
-
-    ``weights``: ``ema`` or ``raw`` from a training checkpoint (default ``ema``); for an inference checkpoint it must
-    be None or match what the file holds. ``kinds``: the accepted ``meta.kind`` values. Raises CheckpointError (one
-    line naming the file) for a missing, unreadable, wrong-kind or incomplete file.
-    """
-    return _read_checked(path, weights=weights, kinds=kinds)[0]
-
-
-def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
-    """(Loaded, the network its config describes - built on the host to check names and shapes, not loaded)."""
-    from .models import build_model
-
-    path = Path(path)
-    if weights is not None and weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS} (got {weights!r})")
-    arrays, meta = read_arrays(path)
-    kind = meta.get("kind")
-    if kind not in (KIND_TRAIN, KIND_INFERENCE):
-        raise CheckpointError(f"{path}: not a ddpm-dist checkpoint (meta.kind is {kind!r})")
-    if kind not in kinds:
-        wanted = " or ".join("a training" if k == KIND_TRAIN else "an inference" for k in kinds)
-        raise CheckpointError(f"{path}: is {'a training' if kind == KIND_TRAIN else 'an inference'} checkpoint; "
-                              f"{wanted} checkpoint is needed")  # fmt: skip
-    cfg = _config(path, meta)
-    net = build_model(cfg)
-    expected = {p.name: (tuple(p.shape), p.requires_grad) for p in net.get_parameters()}
-    if kind == KIND_INFERENCE:
-        stored = meta.get("weights", "ema")
-        if weights is not None and weights != stored:
-            raise CheckpointError(f"{path}: holds {stored} weights only (asked for {weights})")
-        source, prefix = stored, ""
-    else:
-        source = weights or "ema"
-        prefix = "ema." if source == "ema" else ""
-    out = {}
-    for name, (shape, trainable) in expected.items():
-        key = prefix + name if trainable else name  # EMA covers the trainable parameters only
-        if key not in arrays:
-            raise CheckpointError(f"{path}: missing {key} for the {cfg.model.arch} in its embedded config")
-        value = arrays[key]
-        if tuple(value.shape) != shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {shape}")
-        out[name] = np.ascontiguousarray(value, dtype=np.float32)
-    return Loaded(path=path, cfg=cfg, meta=meta, weights=out, source_weights=source), net
-
-
-def load_for_sampling(path, *, weights: str | None = None):
-    """(cfg, net, meta) from a training or inference checkpoint: ``net`` is the float32 network with the EMA (default)
-    or raw weights, in inference mode (``set_train(False)``: no dropout), not yet compiled."""
-    import mindspore as ms
-
-    loaded, net = _read_checked(path, weights=weights, kinds=(KIND_TRAIN, KIND_INFERENCE))
-    params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in loaded.weights.items()}
-    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-    if not_loaded:  # read_weights checked every name; this is an internal invariant
-        raise CheckpointError(f"{loaded.path}: parameters not loaded: {not_loaded[:3]}")
-    net.set_train(False)
-    meta = dict(loaded.meta, weights=loaded.source_weights)
-    return loaded.cfg, net, meta
-
-
-def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
-    """Write the inference checkpoint of training checkpoint ``src`` to ``dst`` (``.ckpt`` or ``.safetensors``).
-
-    Holds the network's ``weights`` (``ema`` or ``raw``) as float32 under the network's own parameter names, and
-    ``meta.kind = ddpm-dist/inference``, ``meta.weights``, ``meta.step``, ``meta.config`` (model, diffusion and data
-    sections as YAML), ``meta.source`` and versions. Written to a temporary file, fsynced and renamed: an error
-    leaves no ``dst``. Raises CheckpointError.
-    """
-    src, dst = Path(src), Path(dst)
-    if dst.suffix not in SUFFIXES:
-        raise CheckpointError(f"{dst}: the output name must end in .ckpt or .safetensors")
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: exists; use --overwrite to replace it")
-    if dst.resolve() == src.resolve():
-        raise CheckpointError(f"{dst}: the output must differ from the input")
-    loaded = read_weights(src, weights=weights, kinds=(KIND_TRAIN,))
-    return write_inference(
-        dst, loaded.weights, loaded.cfg, weights=loaded.source_weights, step=int(loaded.meta.get("step", 0)), source=src
-    )
-
-
-def write_inference(dst, arrays: dict, cfg: Config, *, weights: str, step: int, source, extra: dict | None = None):
-    """Write ``arrays`` (the network's ``name -> float32 ndarray``) as an inference checkpoint ``dst`` with ``cfg``'s
-    model, diffusion and data sections embedded (see :func:`convert`); ``extra``: more ``meta.*`` entries. Atomic;
-    raises CheckpointError."""
-    import mindspore as ms
-
-    import ddpm_dist
-
-    sections = {k: v for k, v in to_dict(cfg).items() if k in EMBEDDED_SECTIONS}
-    meta = {
-        "meta.kind": KIND_INFERENCE,
-        "meta.weights": weights,
-        "meta.step": int(step),
-        "meta.config": yaml.safe_dump(sections, sort_keys=False),
-        "meta.source": str(source),
-        "meta.mindspore_version": ms.__version__,
-        "meta.ddpm_dist_version": ddpm_dist.__version__,
-        **(extra or {}),
-    }
-    return checkpoint.write_weights(dst, arrays, meta)
-
-
-# --------------------------------------------------------------------------------------------------- sampling
-def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous sample indices [start, stop) of ``rank``: ceil(N / world_size) each, the last ones shorter."""
-    share = -(-num_samples // world_size)
-    return min(rank * share, num_samples), min((rank + 1) * share, num_samples)
+from .config import Config
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -215,56 +35,26 @@ def generate(
     """Samples ``0 .. num_samples-1`` as uint8 [N, H, W, C] on rank 0 (None on the other ranks; with ``all_ranks``
     on every rank, e.g. to evaluate them in shards).
 
-    Every rank draws its :func:`rank_range` in batches of ``batch_size`` (the last one padded, so one graph serves
-    all; ``batch_size`` is capped at the per-rank share); after each batch the ranks all-gather it, so every rank
-    runs the same number of collectives. ``steps``: respaced sampling steps (0: the full schedule).
-    ``progress(done, total)`` is called after every sampler step with this rank's step counts.
+    Every rank draws its share in batches of ``batch_size`` (see ``parallel.shards.sharded_map``). ``steps``:
+    respaced sampling steps (0: the full schedule). ``progress(done, total)`` is called after every sampler step
+    with this rank's step counts.
     """
-    from .diffusion import build_schedule
-    from .diffusion.sampling import KeyedSampler, build_sampler
-    from .parallel import AllGather, rank, world_size
+    from .diffusion import build_keyed_sampler
+    from .parallel import rank, world_size
+    from .parallel.shards import shard_plan, sharded_map
 
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
-    d = cfg.diffusion
-    step = build_sampler(
-        net, build_schedule(cfg), sampler=sampler, steps=steps, eta=eta,
-        objective=d.objective, clip_x0=d.clip_x0, var_type=d.var_type,
-    )  # fmt: skip
-    keyed = KeyedSampler(step, shape=(cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
-    r, w = rank(), world_size()
-    batch_size, batches = shard_plan(num_samples, w, batch_size)
-    total = batches * keyed.num_steps
-    gather = AllGather()
-    out = np.zeros((num_samples, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
-    for b in range(batches):
-        indices, valid = batch_indices(num_samples, r, w, b, batch_size)
-        done = b * keyed.num_steps
-        tick = None if progress is None else (lambda k, done=done: progress(done + k, total))
-        rows = gather(keyed.sample(np.where(valid, indices, 0), seed=seed, progress=tick)).asnumpy()
-        indices, valid = gathered_batch_indices(num_samples, w, b, batch_size)  # every rank's batch b, in rank order
-        if r == 0 or all_ranks:
-            out[indices[valid]] = to_uint8(rows)[valid]
-    return out if r == 0 or all_ranks else None
+    keyed = build_keyed_sampler(cfg, net, sampler=sampler, steps=steps, eta=eta)
+    total = shard_plan(num_samples, world_size(), batch_size)[1] * keyed.num_steps
 
+    def draw(indices: np.ndarray, batch: int):
+        done = batch * keyed.num_steps
+        tick = None if progress is None else (lambda k: progress(done + k, total))
+        return keyed.sample(indices, seed=seed, progress=tick)
 
-def shard_plan(num_samples: int, world_size: int, batch_size: int) -> tuple[int, int]:
-    """(batch size capped at the per-rank share, number of batches per rank) for :func:`rank_range` shards: every
-    rank runs the same number of equal batches, so one compiled graph and the same collectives serve them all."""
-    share = -(-num_samples // world_size)
-    batch_size = min(batch_size, share)
-    return batch_size, -(-share // batch_size)
-
-
-def batch_indices(num_samples: int, rank: int, world_size: int, batch: int, batch_size: int):
-    """(indices int64 [batch_size], valid bool [batch_size]) of ``rank``'s batch number ``batch``; invalid rows pad
-    the last batch of a rank."""
-    start, stop = rank_range(num_samples, rank, world_size)
-    indices = start + batch * batch_size + np.arange(batch_size)
-    return indices, indices < stop
-
-
-def gathered_batch_indices(num_samples: int, world_size: int, batch: int, batch_size: int):
-    """(indices, valid) [world_size * batch_size] of the rows an all-gather of every rank's batch ``batch`` gives."""
-    parts = [batch_indices(num_samples, q, world_size, batch, batch_size) for q in range(world_size)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    keep = rank() == 0 or all_ranks
+    s, c = cfg.data.image_size, cfg.data.channels
+    out = np.zeros((num_samples, s, s, c), np.uint8) if keep else None
+    sharded_map(draw, num_samples=num_samples, batch_size=batch_size, out=out, convert=to_uint8)
+    return out

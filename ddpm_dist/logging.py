@@ -16,9 +16,11 @@ def info(msg: str, *, rank: int = 0) -> None:
         print(msg, flush=True)
 
 
-def warn(msg: str) -> None:
-    """One line to stderr from any rank, prefixed with the rank when distributed."""
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+def warn(msg: str, *, rank: int | None = None) -> None:
+    """One line to stderr from any rank: ``warning: <msg>``, or ``warning: rank <rank>: <msg>`` when ``rank`` is given
+    (pass it in a distributed run, where every worker may warn)."""
+    where = "" if rank is None else f"rank {rank}: "
+    print(f"warning: {where}{msg}", file=sys.stderr, flush=True)
 
 
 def format_duration(seconds: float) -> str:

@@ -43,10 +43,15 @@ echo "msrun: $((DEVICE_NUM * NNODES)) workers ($DEVICE_NUM on node $NODE_RANK of
 # msrun is not exec'd: on SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) msrun would die or SIGKILL its
 # workers, so this script forwards the signal to the workers themselves (msrun's children); they finish the current
 # step, agree on a stop step, save a checkpoint and exit 0, and msrun then exits 0 too.
+# msrun's own console lines ("[WARNING] ME(pid:...) ...", "[INFO] DISTRIBUTED(...) ...") are kept in
+# $LOG_DIR/msrun.log, not shown: the console shows the workers' lines. msrun writes to process substitutions (not a
+# pipe), so $! is msrun itself (the signal forwarding below needs its pid) and its exit status is the job's.
+MSRUN_NOISE='^\[(WARNING|INFO)\] (ME|DISTRIBUTED)\('
+console() { tee -a "$LOG_DIR/msrun.log" | grep --line-buffered -v -E "$MSRUN_NOISE" || true; }
 msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \
   --log_dir="$LOG_DIR" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
-  "$ENTRY" "${ARGS[@]}" &
+  "$ENTRY" "${ARGS[@]}" > >(console) 2> >(console >&2) &
 MSRUN_PID=$!
 forward() {  # the signal to msrun's worker children only (not to its scheduler process, MS_ROLE=MS_SCHED)
   echo "run_8p.sh: $1 received; asking the workers to save a checkpoint and stop" >&2

@@ -24,3 +24,13 @@ def _tmp_cwd(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def cpu_graph():
+    """MindSpore in GRAPH_MODE on the CPU, for tests that compile Cells in this process (``pytestmark`` of a module)."""
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    yield

@@ -55,3 +55,16 @@ class GaussianOracle(_Oracle):
         a, b = self.coefs(t)
         x0 = self.mu + a * self.var / (a * a * self.var + b * b) * (x - a * self.mu)
         return self.output(x0, (x - a * x0) / b, a, b)
+
+
+def make_loss(schedule, *, objective: str, loss_type: str, loss_weight: str = "none", min_snr_gamma: float = 5.0):
+    """The DiffusionLoss of ``schedule`` with these settings (tests' shorthand for build_diffusion without a config)."""
+    from ddpm_dist.diffusion.gaussian import DiffusionLoss, GaussianDiffusion
+
+    return DiffusionLoss(
+        diffusion=GaussianDiffusion(schedule=schedule, objective=objective),
+        schedule=schedule,
+        loss_type=loss_type,
+        loss_weight=loss_weight,
+        min_snr_gamma=min_snr_gamma,
+    )

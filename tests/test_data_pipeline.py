@@ -42,6 +42,7 @@ def make(path: str, **kw) -> TrainData:
         random_flip=True,
         image_size=SIZE,
         channels=CHANNELS,
+        num_parallel_workers=2,
     )
     return TrainData(**{**args, **kw})
 
@@ -230,3 +231,18 @@ def test_build_train_data_from_config(data):
     cfg.data.channels = 1
     with pytest.raises(DataError, match="myconf.yaml: data.channels"):
         build_train_data(cfg, rank=0, world_size=1, source="myconf.yaml")
+
+
+def test_build_train_data_reads_and_checks_the_manifest_once(data, monkeypatch):
+    from ddpm_dist.config import load_config
+    from ddpm_dist.data import pipeline
+
+    path, _ = data
+    overrides = [f"data.path={path}", "data.image_size=8", "data.channels=3", "train.global_batch=10",
+                 "model.attn_resolutions=[4]"]  # fmt: skip
+    calls = []
+    real_read, real_check = pipeline.read_manifest, pipeline.check_manifest
+    monkeypatch.setattr(pipeline, "read_manifest", lambda p: calls.append("read") or real_read(p))
+    monkeypatch.setattr(pipeline, "check_manifest", lambda m, **kw: calls.append("check") or real_check(m, **kw))
+    td = build_train_data(load_config(None, overrides), rank=0, world_size=1, verify=True)
+    assert calls == ["read", "check"] and td.num_samples == N

@@ -4,7 +4,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
-from oracles import GaussianOracle, PointOracle
+from oracles import GaussianOracle, PointOracle, make_loss
 
 from ddpm_dist.diffusion.gaussian import GaussianDiffusion
 from ddpm_dist.diffusion.sampling import build_sampler, sample_loop
@@ -17,17 +17,12 @@ from ddpm_dist.diffusion.schedule import (
     space_timesteps_logsnr,
 )
 
-
-@pytest.fixture(autouse=True)
-def _graph_mode():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 # ---------------------------------------------------------------- schedules (numpy float64)
 def test_linear_schedule_is_the_papers():
-    s = make_schedule("linear", 1000, 1e-4, 0.02)
+    s = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
     assert s.betas.dtype == np.float64 and s.betas.shape == (1000,)
     assert s.betas[0] == pytest.approx(1e-4) and s.betas[-1] == pytest.approx(0.02)
     # abar_T of the paper's schedule is ~4e-5: x_T is nearly pure noise
@@ -61,7 +56,7 @@ def test_sigmoid_schedule_matches_its_definition(T):
 
 
 def test_posterior_matches_bayes_rule():
-    s = make_schedule("linear", 50, 1e-3, 0.2)
+    s = make_schedule("linear", 50, beta_start=1e-3, beta_end=0.2)
     t = np.arange(1, 50)
     _ab, ab_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod_prev[t], s.betas[t]
     # q(x_{t-1}|x0) = N(sqrt(ab_prev) x0, 1-ab_prev) times q(x_t|x_{t-1}) = N(sqrt(1-beta) x_{t-1}, beta)
@@ -73,7 +68,7 @@ def test_posterior_matches_bayes_rule():
 
 
 def test_respace_keeps_alpha_bar_and_endpoints():
-    s = make_schedule("linear", 1000)
+    s = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
     use = space_timesteps(1000, 50)
     assert len(use) == 50 and use[0] == 0 and use[-1] == 999
     r = respace(s, use)
@@ -91,7 +86,7 @@ def _rand(*shape, seed=0):
 
 def test_q_sample_and_inversions_match_closed_forms():
     s = make_schedule("cosine", 100)
-    d = GaussianDiffusion(schedule=s)
+    d = GaussianDiffusion(schedule=s, objective="eps")
     x0, noise = np.tanh(_rand(4, 3, 8, 8, seed=1)), _rand(4, 3, 8, 8, seed=2)
     t = np.array([0, 10, 50, 99], np.int32)
     a = s.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)
@@ -104,21 +99,20 @@ def test_q_sample_and_inversions_match_closed_forms():
     np.testing.assert_allclose(v, a * noise - b * x0, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(d.predict_x0_from_v(X, T_, Tensor(v)).asnumpy(), x0, atol=1e-5)
     np.testing.assert_allclose(d.predict_eps_from_x0(X, T_, Tensor(x0)).asnumpy()[1:], noise[1:], atol=1e-4)
-    mean, var = d.q_posterior(Tensor(x0), X, T_)
+    mean = d.q_posterior_mean(Tensor(x0), X, T_)  # its variance: test_posterior_matches_bayes_rule
     c1 = s.posterior_mean_coef1[t].reshape(-1, 1, 1, 1)
     c2 = s.posterior_mean_coef2[t].reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(mean.asnumpy(), c1 * x0 + c2 * xt, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(var.asnumpy().ravel(), s.posterior_variance[t], rtol=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 @pytest.mark.parametrize("loss_type", ["mse", "l1"])
 def test_training_loss_is_zero_for_the_exact_denoiser_and_matches_formula(objective, loss_type):
-    s = make_schedule("linear", 100, 1e-3, 0.05)
+    s = make_schedule("linear", 100, beta_start=1e-3, beta_end=0.05)
     x_star = np.tanh(_rand(1, 3, 8, 8, seed=3))
     x0 = np.repeat(x_star, 4, axis=0)
     noise, t = _rand(4, 3, 8, 8, seed=4), np.array([0, 5, 60, 99], np.int32)
-    d = GaussianDiffusion(schedule=s, objective=objective, loss_type=loss_type)
+    d = make_loss(s, objective=objective, loss_type=loss_type)
     oracle = PointOracle(s, x_star, objective=objective)
     loss = d.training_losses(oracle, Tensor(x0), Tensor(t), Tensor(noise)).asnumpy()
     assert loss.shape == (4,) and np.all(loss < 1e-5)
@@ -144,7 +138,7 @@ def test_training_loss_is_zero_for_the_exact_denoiser_and_matches_formula(object
     ],
 )
 def test_samplers_return_the_single_data_point(sampler, steps, objective, var_type):
-    s = make_schedule("linear", 100, 1e-3, 0.1)
+    s = make_schedule("linear", 100, beta_start=1e-3, beta_end=0.1)
     x_star = np.clip(_rand(1, 3, 8, 8, seed=5) * 0.5, -1, 1)
     step = build_sampler(
         PointOracle(s, x_star, objective=objective),
@@ -159,6 +153,7 @@ def test_samplers_return_the_single_data_point(sampler, steps, objective, var_ty
     np.testing.assert_allclose(out, np.repeat(x_star, 6, axis=0), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sampler,steps,eta,var_type",
     [("ddpm", 0, 0.0, "fixedsmall"), ("ddpm", 0, 0.0, "fixedlarge"), ("ddim", 500, 0.0, ""), ("ddim", 500, 1.0, "")],
@@ -167,7 +162,7 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, eta, var_type):
     # DDIM's discretisation error shrinks with the step count (std 0.180 / 0.273 / 0.292 at 10 / 50 / 200 steps here),
     # so the exact-moment check uses 500 steps.
     mu, sd = 0.25, 0.3
-    s = make_schedule("linear", 1000)
+    s = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
     ms.set_seed(0)
     step = build_sampler(
         GaussianOracle(s, mu, sd),
@@ -187,7 +182,7 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, eta, var_type):
 @pytest.mark.parametrize("beta_schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("steps", [1, 2, 10, 25, 999])
 def test_logsnr_spacing_gives_distinct_timesteps_with_even_log_snr(beta_schedule, steps):
-    s = make_schedule(beta_schedule, 1000)
+    s = make_schedule(beta_schedule, 1000, beta_start=1e-4, beta_end=0.02)
     use = space_timesteps_logsnr(s, steps)
     assert use.dtype == np.int64 and len(use) == steps and len(np.unique(use)) == steps
     assert use[-1] == 999 and (steps == 1 or use[0] == 0) and np.all(np.diff(use) > 0)
@@ -204,7 +199,7 @@ def test_logsnr_spacing_gives_distinct_timesteps_with_even_log_snr(beta_schedule
     [("linear", 10, "eps"), ("linear", 20, "x0"), ("cosine", 15, "v"), ("cosine", 25, "eps"), ("linear", 2, "v")],
 )
 def test_dpm_solver_returns_the_single_data_point(beta_schedule, steps, objective):
-    s = make_schedule(beta_schedule, 100, 1e-3, 0.1)
+    s = make_schedule(beta_schedule, 100, beta_start=1e-3, beta_end=0.1)
     x_star = np.clip(_rand(1, 3, 8, 8, seed=5) * 0.5, -1, 1)
     step = build_sampler(PointOracle(s, x_star, objective=objective), s, sampler="dpm++2m", steps=steps,
                          objective=objective)  # fmt: skip
@@ -219,7 +214,7 @@ def test_dpm_solver_reproduces_gaussian_data_in_20_steps(beta_schedule):
     first order on the same grid (DDIM) is off by 4.9% and 7.4%, and on the time-uniform grid the second-order
     solver overshoots by 30% and 19%, so either mistake fails this test."""
     mu, sd = 0.25, 0.3
-    s = make_schedule(beta_schedule, 1000)
+    s = make_schedule(beta_schedule, 1000, beta_start=1e-4, beta_end=0.02)
     step = build_sampler(GaussianOracle(s, mu, sd), s, sampler="dpm++2m", steps=20, clip_x0=False)
     x_T = _rand(4, 1, 64, 64, seed=7)  # 16384 independent pixels
     out = sample_loop(step, Tensor(x_T)).asnumpy()
@@ -231,7 +226,7 @@ def test_dpm_solver_reproduces_gaussian_data_in_20_steps(beta_schedule):
 def test_first_order_dpm_solver_is_ddim_eta_0_step_for_step(beta_schedule, objective, clip, monkeypatch):
     from ddpm_dist.diffusion import sampling
 
-    s = make_schedule(beta_schedule, 1000)
+    s = make_schedule(beta_schedule, 1000, beta_start=1e-4, beta_end=0.02)
     oracle = GaussianOracle(s, 0.1, 0.5, objective=objective)
     real = sampling.dpmpp_2m_coefficients
 
@@ -257,7 +252,7 @@ def test_first_order_dpm_solver_is_ddim_eta_0_step_for_step(beta_schedule, objec
 def test_dpm_solver_coefficients_are_algorithm_2():
     from ddpm_dist.diffusion.sampling import dpmpp_2m_coefficients
 
-    s = make_schedule("linear", 1000)
+    s = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
     for use in (space_timesteps(1000, 10), space_timesteps_logsnr(s, 20)):
         r = respace(s, use)
         c_x, c_d, w = dpmpp_2m_coefficients(r)

@@ -148,6 +148,7 @@ def run_eval(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, EVAL, *args], env=env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_eval_cli_digits_against_heldout_and_a_prepared_data_set(parts, tmp_path):
     samples = nearest(parts["heldout"], 2)[..., None]
     np.savez(tmp_path / "s.npz", arr_0=samples)

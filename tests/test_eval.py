@@ -78,6 +78,7 @@ def test_fid_of_near_singular_covariances_is_finite_and_matches_the_formula():
     assert fid == pytest.approx(frechet_by_sqrtm(*stats), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fid_matches_pytorch_fid_when_installed():
     if not torch_fid_available():
         pytest.skip("pytorch-fid is not installed")
@@ -96,11 +97,11 @@ def test_fid_matches_pytorch_fid_when_installed():
 
 
 def test_inception_score_of_uniform_logits_is_one_and_of_k_confident_classes_is_k():
-    mean, std = inception_score(np.zeros((100, 1008)))
+    mean, std = inception_score(np.zeros((100, 1008)), splits=10)
     assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
     logits = np.full((200, 1008), -50.0)
     logits[np.arange(200), np.arange(200) % 5] = 50.0  # every split holds 5 classes, equally often, with certainty
-    mean, std = inception_score(logits)
+    mean, std = inception_score(logits, splits=10)
     assert mean == pytest.approx(5.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
     one_class = np.zeros((50, 10))
     one_class[:, 3] = 30.0
@@ -133,11 +134,7 @@ def test_resize_matrix_is_an_interpolation_and_the_identity_at_299():
     assert np.allclose(out[inside], src[inside], atol=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def _cpu_graph():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 @pytest.mark.slow
@@ -193,6 +190,7 @@ def digits(tmp_path_factory):
     return data, root / "first20.npz", images
 
 
+@pytest.mark.slow
 def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     """(Each FID takes two symmetric eigendecompositions of 2048x2048 matrices, a few seconds here.)"""
     from ddpm_dist.eval.evaluate import evaluate
@@ -202,11 +200,11 @@ def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     data, npz, images = digits
     extractor = FeatureExtractor(inception_ckpt, batch_size=10)
     cache = tmp_path / "cache"
-    first = evaluate(images, ref=str(npz), extractor=extractor, cache_dir=cache)
+    first = evaluate(images, ref=str(npz), extractor=extractor, cache_dir=cache, splits=10)
     assert not first["reference"]["cached"] and len(list(cache.glob("ref_*.npz"))) == 1
     assert abs(first["fid"]) < 1e-3, first["fid"]
     brighter = np.clip(images.astype(np.int16) + 100, 0, 255).astype(np.uint8)
-    shifted = evaluate(brighter, ref=str(npz), extractor=extractor, cache_dir=cache)
+    shifted = evaluate(brighter, ref=str(npz), extractor=extractor, cache_dir=cache, splits=10)
     assert shifted["reference"]["cached"] and shifted["fid"] > 1.0 + abs(first["fid"]) * 1000, shifted["fid"]
     assert 1.0 <= first["inception_score"]["mean"] < 1008
     # the same 20 images read from the MindRecord data set: a different source (key), the same statistics
@@ -219,6 +217,7 @@ def test_evaluate_self_shift_and_cache(inception_ckpt, digits, tmp_path):
     assert cache_key(from_dataset, weights_sha256="0" * 64) != key
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(inception_ckpt, digits, tmp_path):
     from ddpm_dist.eval.features import FeatureExtractor
     from ddpm_dist.eval.metrics import feature_stats
@@ -246,13 +245,17 @@ def test_eval_cli_writes_metrics_and_a_stats_npz_reference_is_used_as_given(ince
         (["--ref", "{tmp}/none"], "reference not found"),
         (["--samples", "{tmp}/none.npz"], "samples not found"),
         (["--splits", "0"], "--splits must be >= 1"),
-        (["--samples", "{tmp}/floats.npz"], "must be uint8"),
-        (["--inception", "{tmp}/floats.npz"], "expected a MindSpore"),
-        (["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
-        (["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz"),
+        pytest.param(["--samples", "{tmp}/floats.npz"], "must be uint8", marks=pytest.mark.slow),
+        pytest.param(["--inception", "{tmp}/floats.npz"], "expected a MindSpore", marks=pytest.mark.slow),
+        pytest.param(["--ref", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz", marks=pytest.mark.slow),
+        pytest.param(["--samples", "{tmp}/garbage.npz"], "garbage.npz: not a readable npz", marks=pytest.mark.slow),
         (["--out", "/proc/e.json"], "--out /proc/e.json: cannot write there"),
-        (["--samples", "{tmp}/px8.npz"], "samples are 8x8 but the reference"),
-        (["--samples", "{tmp}/px8.npz", "--ref", "{data}"], "samples are 8x8 but the reference"),
+        pytest.param(["--samples", "{tmp}/px8.npz"], "samples are 8x8 but the reference", marks=pytest.mark.slow),
+        pytest.param(
+            ["--samples", "{tmp}/px8.npz", "--ref", "{data}"],
+            "samples are 8x8 but the reference",
+            marks=pytest.mark.slow,
+        ),  # fmt: skip
     ],
 )
 def test_eval_cli_bad_inputs_are_one_line(args, needle, inception_ckpt, digits, tmp_path):

@@ -24,10 +24,10 @@ from safetensors.numpy import load_file, save_file
 from train_helpers import ROOT, env
 
 from ddpm_dist.checkpoint import CheckpointError
+from ddpm_dist.checkpoint.convert import load_for_sampling, read_arrays, write_inference
 from ddpm_dist.config import load_config, to_dict
 from ddpm_dist.diffusion.sampling import DDIMStep, DDPMStep, sample_loop
 from ddpm_dist.diffusion.schedule import make_schedule, respace
-from ddpm_dist.inference import load_for_sampling, read_arrays, write_inference
 from ddpm_dist.interop import diffusers as fmt
 from ddpm_dist.interop.transfer import export_diffusers, import_diffusers
 from ddpm_dist.models import build_model
@@ -285,8 +285,12 @@ def test_import_of_a_folder_written_without_diffusers(tmp_path):
     assert to_dict(imported)["model"] == to_dict(cfg)["model"]
 
 
-@pytest.mark.parametrize("case", ["no_config", "other_arch", "missing_tensor", "misshaped_tensor", "bin_no_torch",
-                                  "extra_tensor", "bad_json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    ["no_config", *(pytest.param(c, marks=pytest.mark.slow) for c in ("other_arch", "missing_tensor",
+                                                                      "misshaped_tensor", "bin_no_torch",
+                                                                      "extra_tensor", "bad_json"))],
+)  # fmt: skip
 def test_bad_imports_are_one_line_and_leave_nothing(case, tmp_path):
     cfg = tiny_cfg()
     folder = diffusers_folder(tmp_path / "model", cfg, random_weights(cfg))
@@ -326,6 +330,7 @@ def test_bad_imports_are_one_line_and_leave_nothing(case, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
+@pytest.mark.slow
 def test_bad_exports_are_one_line_and_leave_nothing(tmp_path):
     cfg = tiny_cfg("model.ch_mult=[2,2]")
     ckpt = write_inference(tmp_path / "c.ckpt", random_weights(cfg), cfg, weights="ema", step=0, source="test")
@@ -474,7 +479,7 @@ def test_ddpm_step_equals_ddpmscheduler_step(small, variance):
     (measured: 5.5e-5 at t = 1, <= 3e-6 elsewhere, for |x| <= 6). Without the same noise the results differ by
     > 1e-2."""
     ref = np.load(small / "steps.npz")
-    base = make_schedule("linear", 1000, 1e-4, 0.02)
+    base = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
     var_type = {"fixed_large": "fixedlarge", "fixed_small": "fixedsmall"}[variance]
     for t in (999, 500, 100, 1, 0):
         key = f"ddpm/{variance}/{t}"
@@ -496,7 +501,7 @@ def test_ddim_step_equals_ddimscheduler_step(small, eta, clip):
     ref = np.load(small / "steps.npz")
     timesteps = ref["ddim_timesteps"]
     assert list(timesteps) == list(range(950, -1, -50))
-    schedule = respace(make_schedule("linear", 1000, 1e-4, 0.02), timesteps)
+    schedule = respace(make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02), timesteps)
     for t in (950, 500, 50, 0):
         key = f"ddim/{int(clip)}/{eta}/{t}"
         x, e, noise, prev = (ref[f"{key}/{k}"] for k in ("x", "eps", "noise", "prev"))
@@ -516,7 +521,7 @@ def test_20_step_ddim_trajectory_ends_at_diffusers_image(small):
     ref = np.load(small / "ddim.npz")
     x_T = np.load(small / "x_T.npz")["x_T"]
     cfg, net, _ = load_for_sampling(small / "small.ckpt")
-    schedule = respace(make_schedule("linear", 1000, 1e-4, 0.02), ref["timesteps"])
+    schedule = respace(make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02), ref["timesteps"])
     step = DDIMStep(model=net, schedule=schedule, objective="eps", clip_x0=cfg.diffusion.clip_x0, eta=0.0)
     ours = sample_loop(step, Tensor(x_T), noise_fn=lambda shape: Tensor(np.zeros(shape, np.float32))).asnumpy()
     theirs, exact = ref["x0_32"], ref["x0_64"]

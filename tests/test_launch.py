@@ -90,3 +90,34 @@ def test_every_process_msrun_starts_joins_its_cluster_even_with_one_worker(monke
     assert parallel.launched_distributed()
     monkeypatch.delenv("MS_ROLE")
     assert not parallel.launched_distributed()  # a plain single process
+
+
+FAKE_MSRUN = """#!/usr/bin/env bash
+# stands in for msrun: its own noise and a worker's lines on both streams, a log file, a chosen exit status
+for a in "$@"; do case $a in --log_dir=*) LOG=${a#--log_dir=};; esac; done
+mkdir -p "$LOG" && echo "worker log line" > "$LOG/worker_0.log"
+echo "[WARNING] ME(123:456,MainProcess):2026-11-27-05:37:05.319.000 [_api.py:275] Distributed job is spawned."
+echo "training ddpm_unet on CPU x 1 worker(s)"
+echo "[INFO] DISTRIBUTED(26700,7fd9,python):2026-11-27 [tcp_server.cc:314] Start] Event base dispatch success!" >&2
+echo "[WARNING] something of ours: not msrun's" >&2
+echo "error: a worker's own error line" >&2
+exit ${FAKE_STATUS:-0}
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_msrun_console_noise_is_filtered_but_logged_and_the_exit_status_kept(tmp_path, status):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "msrun").write_text(FAKE_MSRUN)
+    (bin_dir / "msrun").chmod(0o755)
+    path = f"{bin_dir}:{env()['PATH']}"
+    res = _run_8p(tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status)
+    assert res.returncode == status, res.stderr
+    console = res.stdout + res.stderr
+    assert "ME(" not in console and "DISTRIBUTED(" not in console, console
+    assert "training ddpm_unet on CPU" in res.stdout and "error: a worker's own error line" in res.stderr
+    assert "[WARNING] something of ours" in res.stderr  # only msrun's own ME / DISTRIBUTED lines are dropped
+    log = (tmp_path / "logs" / "msrun.log").read_text()
+    assert "[WARNING] ME(123:456" in log and "[INFO] DISTRIBUTED(26700" in log and "training ddpm_unet" in log
+    assert (tmp_path / "logs" / "worker_0.log").read_text() == "worker log line\n"

@@ -4,11 +4,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
+from oracles import make_loss
 from train_helpers import TINY, run_train
 
 from ddpm_dist.config import load_config
 from ddpm_dist.diffusion import build_diffusion
-from ddpm_dist.diffusion.gaussian import GaussianDiffusion, min_snr_weights
+from ddpm_dist.diffusion.gaussian import min_snr_weights
 from ddpm_dist.diffusion.schedule import make_schedule
 
 T_VALUES = np.array([0, 3, 10, 25, 50, 99], np.int32)
@@ -49,9 +50,8 @@ def test_weighted_loss_is_min_snr_times_the_x0_error_for_every_objective(objecti
     x0 = np.tanh(rng.standard_normal((b, 2, 4, 4))).astype(np.float32)
     noise = rng.standard_normal((b, 2, 4, 4)).astype(np.float32)
     out = rng.standard_normal((b, 2, 4, 4)).astype(np.float32)  # an arbitrary network output
-    schedule = make_schedule("linear", T, 1e-3, 0.05)
-    d = GaussianDiffusion(schedule=schedule, objective=objective, loss_type="mse", loss_weight="min_snr",
-                          min_snr_gamma=gamma)  # fmt: skip
+    schedule = make_schedule("linear", T, beta_start=1e-3, beta_end=0.05)
+    d = make_loss(schedule, objective=objective, loss_type="mse", loss_weight="min_snr", min_snr_gamma=gamma)
     model = lambda xt, t: Tensor(out) + xt * 0  # noqa: E731
     got = d.training_losses(model, Tensor(x0), Tensor(T_VALUES), Tensor(noise)).asnumpy()
 
@@ -65,7 +65,7 @@ def test_weighted_loss_is_min_snr_times_the_x0_error_for_every_objective(objecti
     snr = (abar / (1 - abar)).reshape(-1)
     expect = np.minimum(snr, gamma) * ((x0 - x0_hat) ** 2).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(got, expect, rtol=2e-4)
-    plain = GaussianDiffusion(schedule=schedule, objective=objective, loss_type="mse")
+    plain = make_loss(schedule, objective=objective, loss_type="mse")
     unweighted = plain.training_losses(model, Tensor(x0), Tensor(T_VALUES), Tensor(noise)).asnumpy()
     assert not np.allclose(unweighted, got, rtol=1e-2)  # the weight is really applied
 
@@ -73,7 +73,7 @@ def test_weighted_loss_is_min_snr_times_the_x0_error_for_every_objective(objecti
 def test_config_builds_the_weighted_loss_and_rejects_l1():
     cfg = load_config(TINY, ["diffusion.loss_weight=min_snr", "diffusion.min_snr_gamma=2", "diffusion.objective=v"])
     d = build_diffusion(cfg)
-    abar = make_schedule("linear", 100, 1e-4, 0.02).alphas_cumprod
+    abar = make_schedule("linear", 100, beta_start=1e-4, beta_end=0.02).alphas_cumprod
     np.testing.assert_allclose(d.loss_weights.asnumpy(), min_snr_weights(abar, objective="v", gamma=2.0), rtol=1e-6)
     assert load_config(TINY).diffusion.loss_weight == "none" and load_config(TINY).diffusion.min_snr_gamma == 5.0
     res = run_train("--config", TINY, "--dry-run", "diffusion.loss_weight=min_snr", "diffusion.loss_type=l1")

@@ -126,6 +126,7 @@ def test_dropout_only_in_train_mode():
     assert not np.allclose(net(x, t).asnumpy(), net(x, t).asnumpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_graph_mode_matches_pynative(arch):  # ~2 s each: compiles a tiny net
     net = _tiny(arch)

@@ -238,10 +238,12 @@ for step in range(1, 100000):
 def test_kill_during_save_never_leaves_a_checkpoint_latest_would_pick(tmp_path):
     script = tmp_path / "saver.py"
     script.write_text(_SAVER)
-    rng = np.random.default_rng(0)
-    for _ in range(4):
+    for _ in range(4):  # killed while a save is in flight (its partial file exists), not whenever a timer ends
         proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt")], env=env())
-        time.sleep(4 + rng.uniform(0, 1.5))
+        deadline = time.time() + 120
+        while not ((tmp_path / "ckpt" / "index.json").exists() and list((tmp_path / "ckpt").glob(".step_*.partial*"))):
+            assert proc.poll() is None and time.time() < deadline, "the saver never reached a second save"
+            time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         found = checkpoint.latest(tmp_path / "ckpt")

@@ -18,18 +18,11 @@ from train_helpers import ROOT, TINY, env, free_port, prepare_digits, run_train,
 
 from ddpm_dist import checkpoint, inference
 from ddpm_dist.checkpoint import KIND_INFERENCE, CheckpointError
+from ddpm_dist.checkpoint import convert as ckpt_convert
 from ddpm_dist.config import from_dict
 from ddpm_dist.diffusion import build_schedule
-from ddpm_dist.diffusion.sampling import (
-    X_T_STREAM,
-    KeyedNoise,
-    KeyedSampler,
-    KeyedStep,
-    _i32,
-    build_sampler,
-    keyed_noise_reference,
-    seed_tensor,
-)
+from ddpm_dist.diffusion.keyed_noise import X_T_STREAM, KeyedNoise, int32_bits, keyed_noise_reference, seed_tensor
+from ddpm_dist.diffusion.sampling import KeyedSampler, KeyedStep, build_sampler
 from ddpm_dist.models import build_model
 
 SAMPLE = str(ROOT / "tools" / "sample.py")
@@ -41,11 +34,7 @@ _TINY_CFG = {
 CONVERT = str(ROOT / "tools" / "convert_ckpt.py")
 
 
-@pytest.fixture(autouse=True)
-def _cpu_graph():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    yield
+pytestmark = pytest.mark.usefixtures("cpu_graph")
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +80,24 @@ def test_converted_network_equals_the_ema_weights_of_the_training_checkpoint(tra
     assert np.abs(expected - raw).max() > 1e-4  # EMA and raw weights differ, so the comparison below can fail
 
     for name in ["ema.ckpt", "ema.safetensors"]:
-        out = inference.convert(train_ckpt, tmp_path / name)
-        cfg, net, meta = inference.load_for_sampling(out)
+        out = ckpt_convert.convert(train_ckpt, tmp_path / name)
+        cfg, net, meta = ckpt_convert.load_for_sampling(out)
         np.testing.assert_array_equal(forward(net), expected, err_msg=name)
         assert meta["kind"] == KIND_INFERENCE and meta["weights"] == "ema" and meta["step"] == 4
         assert set(yaml.safe_load(meta["config"])) == {"model", "diffusion", "data"}
         assert cfg.model.ch == 16 and cfg.diffusion.timesteps == 100 and cfg.data.image_size == 8
-    stored = inference.read_weights(tmp_path / "ema.ckpt").weights
+    stored = ckpt_convert.read_weights(tmp_path / "ema.ckpt").weights
     assert all(v.dtype == np.float32 for v in stored.values())
     assert not any(k.startswith(("ema.", "moment", "global_step")) for k in stored)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ema.ckpt", "ema.safetensors"]  # no temporary left
 
     res = run_tool(CONVERT, "--input", str(train_ckpt), "--output", str(tmp_path / "raw.ckpt"), "--weights", "raw")
     assert res.returncode == 0, res.stderr
-    _, net, meta = inference.load_for_sampling(tmp_path / "raw.ckpt")
+    _, net, meta = ckpt_convert.load_for_sampling(tmp_path / "raw.ckpt")
     np.testing.assert_array_equal(forward(net), raw)
     assert meta["weights"] == "raw"
     # a training checkpoint loads directly too, EMA by default
-    _, net, _ = inference.load_for_sampling(train_ckpt)
+    _, net, _ = ckpt_convert.load_for_sampling(train_ckpt)
     np.testing.assert_array_equal(forward(net), expected)
 
 
@@ -118,7 +107,9 @@ def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
     noise = KeyedNoise(shape=shape)
 
     def draw(seed, indices, stream):
-        return noise(seed_tensor(seed), Tensor(np.asarray(indices, np.int32)), Tensor(_i32(stream), ms.int32)).asnumpy()
+        return noise(
+            seed_tensor(seed), Tensor(np.asarray(indices, np.int32)), Tensor(int32_bits(stream), ms.int32)
+        ).asnumpy()
 
     for seed, stream in [(0, 0), (2**32 - 1, 999), (12345, X_T_STREAM)]:
         idx = [0, 1, 7, 2**31 - 1]
@@ -141,10 +132,10 @@ def test_keyed_noise_is_the_reference_function_of_seed_sample_and_stream():
 
 
 def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monkeypatch):
-    from ddpm_dist.diffusion import sampling
+    from ddpm_dist.diffusion import keyed_noise
 
-    assert sampling.check_keyed_noise(force=True) == "CPU:0"  # the probe, drawn by this device's kernels
-    real_words, real_normals = sampling.keyed_noise_words, sampling.keyed_noise_reference
+    assert keyed_noise.check_keyed_noise(force=True) == "CPU:0"  # the probe, drawn by this device's kernels
+    real_words, real_normals = keyed_noise.keyed_noise_words, keyed_noise.keyed_noise_reference
 
     def flipped(seed, indices, stream, pairs):  # a device whose words differ in one bit of one lane
         words = real_words(seed, indices, stream, pairs).copy()
@@ -152,37 +143,37 @@ def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monke
             words[3, 1, 7] ^= np.uint32(1 << 31)
         return words
 
-    monkeypatch.setattr(sampling, "keyed_noise_words", flipped)
-    with pytest.raises(sampling.KeyedNoiseMismatch) as err:
-        sampling.check_keyed_noise(force=True)
+    monkeypatch.setattr(keyed_noise, "keyed_noise_words", flipped)
+    with pytest.raises(keyed_noise.KeyedNoiseMismatch) as err:
+        keyed_noise.check_keyed_noise(force=True)
     msg = str(err.value)
     want = real_words(2**32 - 1, [2**31 - 1], 999, 10)[0, 1, 7]
     assert "\n" not in msg and msg.startswith("keyed noise self-check failed on CPU:0: hash word [3, 1, 7]")
     assert f"seed {2**32 - 1}, stream 999, sample {2**31 - 1}" in msg
     assert f"is {int(want):#010x}, the reference is {int(want ^ np.uint32(1 << 31)):#010x}" in msg
-    with pytest.raises(sampling.KeyedNoiseMismatch):  # a failed check is not remembered as passed
+    with pytest.raises(keyed_noise.KeyedNoiseMismatch):  # a failed check is not remembered as passed
         KeyedSampler(build_sampler(lambda x, t: x, build_schedule(from_dict(_TINY_CFG)), sampler="ddim", steps=2),
                      shape=(1, 8, 8))  # fmt: skip
 
-    monkeypatch.setattr(sampling, "keyed_noise_words", real_words)
+    monkeypatch.setattr(keyed_noise, "keyed_noise_words", real_words)
 
     def shifted(seed, indices, stream, shape):  # words right, one normal off by 1e-3 (a bad log or cos)
         z = real_normals(seed, indices, stream, shape).copy()
-        if stream == sampling.X_T_STREAM:
+        if stream == keyed_noise.X_T_STREAM:
             z[2, 0, 1, 3] += 1e-3
         return z
 
-    monkeypatch.setattr(sampling, "keyed_noise_reference", shifted)
-    with pytest.raises(sampling.KeyedNoiseMismatch, match=r"on CPU:0: normal \[2, 0, 1, 3\] \(seed 0, stream "):
-        sampling.check_keyed_noise(force=True)
-    monkeypatch.setattr(sampling, "keyed_noise_reference", real_normals)
-    assert sampling.check_keyed_noise(force=True) == "CPU:0"
+    monkeypatch.setattr(keyed_noise, "keyed_noise_reference", shifted)
+    with pytest.raises(keyed_noise.KeyedNoiseMismatch, match=r"on CPU:0: normal \[2, 0, 1, 3\] \(seed 0, stream "):
+        keyed_noise.check_keyed_noise(force=True)
+    monkeypatch.setattr(keyed_noise, "keyed_noise_reference", real_normals)
+    assert keyed_noise.check_keyed_noise(force=True) == "CPU:0"
 
 
 # ---------------------------------------------------------------- determinism
 @pytest.mark.slow
 def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
-    cfg, net, _ = inference.load_for_sampling(train_ckpt)
+    cfg, net, _ = ckpt_convert.load_for_sampling(train_ckpt)
     step = build_sampler(net, build_schedule(cfg), sampler="ddpm", steps=20)
     sampler = KeyedSampler(step, shape=(1, 8, 8))
     four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
@@ -202,7 +193,7 @@ def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
 
 @pytest.mark.slow
 def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch(train_ckpt):
-    cfg, net, _ = inference.load_for_sampling(train_ckpt)
+    cfg, net, _ = ckpt_convert.load_for_sampling(train_ckpt)
     step = build_sampler(net, build_schedule(cfg), sampler="dpm++2m", steps=6)
     sampler = KeyedSampler(step, shape=(1, 8, 8))
     four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
@@ -213,8 +204,8 @@ def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch
     # the same keyed x_T as DDIM (the trajectories differ: tests/test_diffusion.py's oracles; this network, 4 steps
     # from its zero-initialised output layer, predicts eps ~ 0, for which every deterministic sampler ends alike)
     ddim = KeyedSampler(build_sampler(net, build_schedule(cfg), sampler="ddim", steps=6), shape=(1, 8, 8))
-    np.testing.assert_array_equal(sampler.initial_noise([0, 1], seed=7).asnumpy(),
-                                  ddim.initial_noise([0, 1], seed=7).asnumpy())  # fmt: skip
+    x_T = [s.noise(seed_tensor(7), Tensor(np.array([0, 1], np.int32)), s._x_T_stream) for s in (sampler, ddim)]
+    np.testing.assert_array_equal(x_T[0].asnumpy(), x_T[1].asnumpy())
 
     kw = dict(sampler="dpm++2m", steps=5, eta=0.0, num_samples=5, seed=3)
     by4 = inference.generate(cfg, net, batch_size=4, **kw)
@@ -235,30 +226,30 @@ def test_training_grids_and_eval_use_their_configured_sampler(tmp_path, monkeypa
 
     cfg = load_config(TINY, ["run.sampler=dpm++2m", "run.sample_steps=4", "eval.sample_steps=3", "run.num_samples=3",
                              f"run.out_dir={tmp_path / 'run'}", "data.path=unused"])  # fmt: skip
-    trainer = Trainer(cfg, device=setup_device("CPU", "graph"), data=iter(()))
+    trainer = Trainer(cfg, device=setup_device("CPU", mode="graph"), data=iter(()))
     built = []
-    real = trainer._keyed_sampler
+    real = trainer.hooks.keyed_sampler
 
     def spy(sampler, steps):
         keyed = real(sampler, steps)
         built.append((sampler, steps, type(keyed.keyed_step), keyed.num_steps))
         return keyed
 
-    monkeypatch.setattr(trainer, "_keyed_sampler", spy)
-    images = trainer.ema_samples(3)  # what the grid uses
+    monkeypatch.setattr(trainer.hooks, "keyed_sampler", spy)
+    images = trainer.hooks.ema_samples(3)  # what the grid uses
     assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
     assert built == [("dpm++2m", 4, DPMSolverPP2MStep, 4)]
     keyed = real("dpm++2m", 4)
     np.testing.assert_array_equal(keyed.keyed_step.timestep_map.asnumpy(),
                                   space_timesteps_logsnr(build_schedule(cfg), 4))  # fmt: skip
-    trainer.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate_ema passes
+    trainer.hooks.ema_samples(2, sampler=cfg.eval.sampler, steps=cfg.eval.sample_steps)  # what evaluate passes
     assert built[-1][:3] == ("ddim", 3, KeyedStep) and isinstance(real("ddim", 3).keyed_step.step, DDIMStep)
 
 
 # ---------------------------------------------------------------- the CLI, one worker and two
 @pytest.mark.slow
 def test_sample_cli_writes_npz_grid_and_individual_pngs(train_ckpt, tmp_path):
-    ckpt = inference.convert(train_ckpt, tmp_path / "ema.ckpt")
+    ckpt = ckpt_convert.convert(train_ckpt, tmp_path / "ema.ckpt")
     out = tmp_path / "out"
     res = run_tool(SAMPLE, "--ckpt", str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "5",
                    "--num-samples", "6", "--batch-size", "4", "--seed", "3", "--png-individual")  # fmt: skip
@@ -370,8 +361,8 @@ def _fake_checkpoints(tmp_path):
     "tool,args,needle",
     [
         (SAMPLE, ["--ckpt", "{missing}"], "checkpoint not found"),
-        (SAMPLE, ["--ckpt", "{random}"], "not a readable MindSpore checkpoint"),
-        (SAMPLE, ["--ckpt", "{foreign}"], "not a ddpm-dist checkpoint"),
+        pytest.param(SAMPLE, ["--ckpt", "{random}"], "not a readable MindSpore checkpoint", marks=pytest.mark.slow),
+        pytest.param(SAMPLE, ["--ckpt", "{foreign}"], "not a ddpm-dist checkpoint", marks=pytest.mark.slow),
         (SAMPLE, ["--ckpt", "{random}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (SAMPLE, ["--ckpt", "{random}", "--seed", "-1"], "--seed"),
         (SAMPLE, ["--ckpt", "{random}", "--sampler", "plms"], "invalid choice"),
@@ -393,8 +384,8 @@ def _fake_checkpoints(tmp_path):
             "--eval needs --num-samples >= max(2, --splits 10)",
         ),
         (CONVERT, ["--input", "{missing}"], "checkpoint not found"),
-        (CONVERT, ["--input", "{infer}"], "a training checkpoint is needed"),
-        (CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint"),
+        pytest.param(CONVERT, ["--input", "{infer}"], "a training checkpoint is needed", marks=pytest.mark.slow),
+        pytest.param(CONVERT, ["--input", "{random}"], "not a readable MindSpore checkpoint", marks=pytest.mark.slow),
     ],
 )
 def test_bad_inputs_are_one_line_and_exit_2(tool, args, needle, tmp_path):
@@ -415,6 +406,7 @@ def test_unwritable_out_is_found_before_the_checkpoint_is_read(tmp_path):
     assert res.returncode == 2 and lines == ["error: --out /proc/s: cannot write there (No such file or directory)"]
 
 
+@pytest.mark.slow
 def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
     res = run_tool(SAMPLE, "--ckpt", str(train_ckpt), "--out", str(tmp_path / "o"), "--steps", "101")
     assert res.returncode == 2
@@ -425,9 +417,9 @@ def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
     res = run_tool(CONVERT, "--input", str(train_ckpt), "--output", str(target))
     assert res.returncode == 2 and "use --overwrite" in res.stderr and target.read_bytes() == b"keep me"
     with pytest.raises(CheckpointError, match="must end in .ckpt or .safetensors"):
-        inference.convert(train_ckpt, tmp_path / "model.pt")
+        ckpt_convert.convert(train_ckpt, tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="holds ema weights only"):
-        inference.read_weights(inference.convert(train_ckpt, tmp_path / "e.ckpt"), weights="raw")
+        ckpt_convert.read_weights(ckpt_convert.convert(train_ckpt, tmp_path / "e.ckpt"), weights="raw")
 
 
 # ---------------------------------------------------------------- bench/sampling_quality.py

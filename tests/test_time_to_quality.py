@@ -32,6 +32,7 @@ def test_bad_options_are_one_line(args, needle):
     assert res.returncode == 2 and needle in res.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_failing_quickstart_is_one_error_line(tmp_path):
     res = run_bench("--work-dir", str(tmp_path / "w"), "train.lrr=1", timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, fail
+from ddpm_dist.cli_util import Parser, report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,18 +27,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
-
-    prepare_env()  # quiet MindSpore before it is imported
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.inference import convert
 
-    try:
+    def work() -> str:
+        from ddpm_dist.checkpoint.convert import convert
+
         out = convert(args.input, args.output, weights=args.weights, overwrite=args.overwrite)
-    except CheckpointError as err:
-        return fail(str(err))
-    print(f"wrote {args.weights} weights of {args.input} to {out}")
-    return 0
+        return f"wrote {args.weights} weights of {args.input} to {out}"
+
+    return report(work, errors=(CheckpointError,))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images_npz(args.samples)[: args.num_samples]
         if len(images) < args.splits:
             raise ValueError(f"{args.samples}: {len(images)} samples, fewer than --splits {args.splits}")
-        setup_device(args.device, "graph")
+        setup_device(args.device, mode="graph")
         rank, _ = parallel.init()
         result = run_eval(images, args, rank=rank)
         if rank == 0:

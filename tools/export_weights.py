@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"error: {message}\n")
+from ddpm_dist.cli_util import Parser, report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--to", required=True, choices=("diffusers",), help="the target format")
     p.add_argument("ckpt", help="a ddpm-dist training or inference checkpoint")
     p.add_argument("out_dir", help="the diffusers pipeline folder to write")
@@ -32,22 +29,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
-
-    prepare_env()  # quiet MindSpore before it is imported
-    from ddpm_dist.checkpoint import CheckpointError
+def export(args: argparse.Namespace) -> str:
+    """Write the pipeline folder; the line to print."""
     from ddpm_dist.interop.transfer import export_diffusers
 
-    try:
-        out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
-    except (ValueError, CheckpointError, OSError) as err:
-        text = str(err).strip()
-        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}")
-    return 0
+    out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
+    return f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ddpm_dist.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    return report(lambda: export(args), errors=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ddpm_dist.cli_util import Parser, report
+
 FORMATS = ("diffusers",)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="source", nargs=2, required=True, metavar=("FORMAT", "PATH"),
                    help="diffusers and a model or pipeline folder")  # fmt: skip
     p.add_argument("--output", required=True, help="the inference checkpoint to write (.ckpt or .safetensors)")
@@ -39,23 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
-
-    prepare_env()  # quiet MindSpore before it is imported
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.interop.transfer import import_diffusers
 
-    try:
+    def work() -> str:
+        from ddpm_dist.interop.transfer import import_diffusers
+
         out, cfg = import_diffusers(args.source[1], args.output, overwrite=args.overwrite)
-    except (ValueError, CheckpointError, OSError) as err:
-        text = str(err).strip()
-        print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
-        return 2
-    m, d = cfg.model, cfg.diffusion
-    print(f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
-          f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} {d.beta_schedule} "
-          f"{d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
-    return 0
+        m, d = cfg.model, cfg.diffusion
+        return (f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
+                f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} "
+                f"{d.beta_schedule} {d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
+
+    return report(work, errors=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

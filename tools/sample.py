@@ -141,16 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     prepare_env(verbose=args.verbose)
     from ddpm_dist import parallel
     from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.config import ConfigError
     from ddpm_dist.device import setup_device
-    from ddpm_dist.diffusion.sampling import KeyedNoiseMismatch, default_spacing
+    from ddpm_dist.diffusion.keyed_noise import KeyedNoiseMismatch
+    from ddpm_dist.diffusion.sampling import default_spacing
     from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
-    from ddpm_dist.inference import generate, load_for_sampling
+    from ddpm_dist.inference import generate
     from ddpm_dist.logging import info
 
     try:
-        device = setup_device(args.device, "graph")
+        device = setup_device(args.device, mode="graph")
         rank, world_size = parallel.init()
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
         extractor = make_extractor(args) if args.eval else None  # a bad weights file fails before sampling

@@ -311,19 +311,19 @@ def read_folder(path: str, *, image_size: int, channels: int, strict: bool = Fal
             if kept:
                 yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
 
-    return Source(len(files), image_size, channels, chunks(), info)
+    return Source(count_hint=len(files), image_size=image_size, channels=channels, chunks=chunks(), info=info)
 
 
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def _array_source(images: np.ndarray, labels: np.ndarray, image_size: int, channels: int, info: dict) -> Source:
+def _array_source(images: np.ndarray, labels: np.ndarray, *, image_size: int, channels: int, info: dict) -> Source:
     def chunks() -> Chunks:
         for start in range(0, images.shape[0], _ROWS_PER_WRITE):
             part = resize_array(images[start : start + _ROWS_PER_WRITE], image_size, channels)
             yield np.ascontiguousarray(part), labels[start : start + _ROWS_PER_WRITE].astype(np.int32)
 
-    return Source(images.shape[0], image_size, channels, chunks(), info)
+    return Source(count_hint=images.shape[0], image_size=image_size, channels=channels, chunks=chunks(), info=info)
 
 
 def write_arrays(
@@ -351,7 +351,7 @@ def write_arrays(
     labels = np.zeros(images.shape[0], np.int32) if labels is None else np.asarray(labels, np.int32)
     if labels.shape != (images.shape[0],):
         raise DataError(f"label count mismatch: {labels.size} labels for {images.shape[0]} images")
-    src = _array_source(images, labels, images.shape[1], images.shape[3], {})
+    src = _array_source(images, labels, image_size=images.shape[1], channels=images.shape[3], info={})
     meta = {"source": source, "split": "train", "input": None, "source_format": "arrays"}
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
@@ -548,44 +548,56 @@ def convert(
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
+    input_path, upsample = _check_input(source, input_path=input_path, split=split, upsample=upsample)
+    meta = {"source": source, "split": split, "input": input_path}
     if source == "digits":
-        from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
+        meta["upsample"] = upsample
+    src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
+                                              split=split, strict=strict, upsample=upsample)  # fmt: skip
+    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
-        if split != "train":
-            raise DataError("the digits data set has only a train split (all 1797 images)")
-        upsample = upsample or DEFAULT_UPSAMPLE
-        if upsample not in UPSAMPLE_MODES:
-            raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
-        input_path = None
-    else:
+
+def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
+    """(absolute input path or None for digits, digits' upsampling mode or None); DataError on a bad combination."""
+    if source != "digits":
         if not input_path:
             raise DataError(f"--input is required for --source {source}")
         if not Path(input_path).exists():
             raise DataError(f"input not found: {input_path}")
-        input_path = str(Path(input_path).absolute())
-    meta = {"source": source, "split": split, "input": input_path}
-    if source == "digits":
-        meta["upsample"] = upsample
+        return str(Path(input_path).absolute()), None
+    from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
 
-    src = _open_source(source, input_path, image_size, channels, split, strict, meta)
-    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
+    if split != "train":
+        raise DataError("the digits data set has only a train split (all 1797 images)")
+    upsample = upsample or DEFAULT_UPSAMPLE
+    if upsample not in UPSAMPLE_MODES:
+        raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
+    return None, upsample
 
 
-def _open_source(source, input_path, image_size, channels, split, strict, meta) -> Source:
+def _open_source(
+    source: str,
+    *,
+    input_path: str | None,
+    image_size: int,
+    channels: int,
+    split: str,
+    strict: bool,
+    upsample: str | None,
+) -> tuple[Source, str]:
+    """(the reader of ``source``, its ``source_format`` for the manifest)."""
     if source == "folder":
-        meta["source_format"] = "image-folder"
-        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict)
+        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict), "image-folder"
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),
-        "digits": lambda: _read_digits(image_size, meta["upsample"]),
+        "digits": lambda: _read_digits(image_size, upsample),
     }
     images, labels, fmt = readers[source]()
-    meta["source_format"] = fmt
     info: dict = {"num_classes": int(labels.max()) + 1 if labels.size else 0}
     if source == "cifar10":
         info["class_names"] = list(CIFAR10_CLASSES)
-    return _array_source(images, labels, image_size, channels, info)
+    return _array_source(images, labels, image_size=image_size, channels=channels, info=info), fmt
 
 
 def _read_digits(image_size: int, upsample: str) -> tuple[np.ndarray, np.ndarray, str]:

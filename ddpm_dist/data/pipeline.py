@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_dist.cli_util import first_line
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, DataError
 from ddpm_dist.files import sha256_file
 
@@ -56,7 +57,7 @@ def read_manifest(path: str) -> dict:
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{file}: corrupt manifest ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{file}: corrupt manifest ({first_line(err)})") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{file}: corrupt manifest (not a JSON object)")
     version = manifest.get("format_version")
@@ -186,8 +187,9 @@ class TrainData:
         random_flip: bool,
         image_size: int,
         channels: int,
+        num_parallel_workers: int,
         start_step: int = 0,
-        num_parallel_workers: int = 2,
+        source: str = "",
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
@@ -204,7 +206,7 @@ class TrainData:
         if num_parallel_workers < 1:
             raise DataError(f"data.num_parallel_workers: must be >= 1 (got {num_parallel_workers})")
         self.manifest = read_manifest(path)
-        check_manifest(self.manifest, image_size=image_size, channels=channels, source="")
+        check_manifest(self.manifest, image_size=image_size, channels=channels, source=source)
         self.num_samples: int = self.manifest["count"]
         if global_batch > self.num_samples:
             raise DataError(
@@ -316,14 +318,10 @@ class TrainData:
 def build_train_data(
     cfg: Any, *, rank: int, world_size: int, start_step: int = 0, source: str | None = None, verify: bool = False
 ):
-    """TrainData from a :class:`ddpm_dist.config.Config`, after checking ``cfg.data`` against the manifest; with
-    ``verify`` the files' sha256 too (about 1 s per GB), so a damaged shard is one line before training starts, not
-    a MindSpore traceback at the first batch."""
-    manifest = read_manifest(cfg.data.path)
-    check_manifest(manifest, image_size=cfg.data.image_size, channels=cfg.data.channels, source=source or "config")
-    if verify:
-        verify_checksums(manifest)
-    return TrainData(
+    """TrainData from a :class:`ddpm_dist.config.Config` (which checks ``cfg.data`` against the manifest it reads;
+    ``source`` names the config in its errors); with ``verify`` the files' sha256 too (about 1 s per GB), so a damaged
+    shard is one line before training starts, not a MindSpore traceback at the first batch."""
+    data = TrainData(
         path=cfg.data.path,
         global_batch=cfg.train.global_batch,
         rank=rank,
@@ -335,7 +333,11 @@ def build_train_data(
         channels=cfg.data.channels,
         start_step=start_step,
         num_parallel_workers=cfg.data.num_parallel_workers,
+        source=source or "config",
     )
+    if verify:
+        verify_checksums(data.manifest)
+    return data
 
 
 __all__ = [

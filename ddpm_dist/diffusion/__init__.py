@@ -3,23 +3,52 @@ as an argument (this package never imports ``ddpm_dist.models``)."""
 
 from .schedule import Schedule, make_schedule, respace, space_timesteps
 
-__all__ = ["Schedule", "make_schedule", "respace", "space_timesteps", "build_diffusion", "build_schedule"]
+__all__ = [
+    "Schedule",
+    "make_schedule",
+    "respace",
+    "space_timesteps",
+    "build_diffusion",
+    "build_keyed_sampler",
+    "build_schedule",
+]
 
 
 def build_schedule(cfg) -> Schedule:
     d = cfg.diffusion
-    return make_schedule(d.beta_schedule, d.timesteps, d.beta_start, d.beta_end)
+    return make_schedule(d.beta_schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
 
 
 def build_diffusion(cfg):
-    """The training-side GaussianDiffusion Cell for ``cfg.diffusion``."""
-    from .gaussian import GaussianDiffusion
+    """The training loss (a DiffusionLoss over the full schedule's GaussianDiffusion) for ``cfg.diffusion``."""
+    from .gaussian import DiffusionLoss, GaussianDiffusion
 
     d = cfg.diffusion
-    return GaussianDiffusion(
-        schedule=build_schedule(cfg),
-        objective=d.objective,
+    schedule = build_schedule(cfg)
+    return DiffusionLoss(
+        diffusion=GaussianDiffusion(schedule=schedule, objective=d.objective),
+        schedule=schedule,
         loss_type=d.loss_type,
         loss_weight=d.loss_weight,
         min_snr_gamma=d.min_snr_gamma,
     )
+
+
+def build_keyed_sampler(cfg, net, *, sampler: str, steps: int, eta: float):
+    """The one place a keyed sampler is built from a config: ``sampler`` over ``steps`` respaced steps (0: the full
+    schedule) of ``cfg.diffusion``'s schedule, with its objective, clipping and variance, for ``cfg.data``'s images.
+    ``net``: the network, in inference mode."""
+    from .sampling import KeyedSampler, build_sampler
+
+    d = cfg.diffusion
+    step = build_sampler(
+        net,
+        build_schedule(cfg),
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        objective=d.objective,
+        clip_x0=d.clip_x0,
+        var_type=d.var_type,
+    )
+    return KeyedSampler(step, shape=(cfg.data.channels, cfg.data.image_size, cfg.data.image_size))

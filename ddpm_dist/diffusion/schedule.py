@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     """Ho et al. 2020, Sec. 4: betas linear from beta_start to beta_end. Returns float64 [T]."""
     return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
 
 
-def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+def cosine_betas(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Nichol & Dhariwal 2021, eq. 17: alpha-bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2).
 
     betas_t = 1 - alpha-bar(t+1)/alpha-bar(t), clipped to ``max_beta`` to avoid the singularity at t = T.
@@ -57,9 +57,14 @@ def sigmoid_betas(
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 
 
-def make_betas(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """betas float64 [T] of ``schedule``; ``beta_start`` / ``beta_end`` are used by ``linear`` only."""
+def make_betas(
+    schedule: str, timesteps: int, *, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
+    """betas float64 [T] of ``schedule``; ``beta_start`` / ``beta_end`` (``diffusion.*`` in config.py) are needed by
+    ``linear`` only."""
     if schedule == "linear":
+        if beta_start is None or beta_end is None:
+            raise ValueError("the linear beta schedule needs beta_start and beta_end")
         return linear_betas(timesteps, beta_start, beta_end)
     if schedule == "cosine":
         return cosine_betas(timesteps)
@@ -144,8 +149,11 @@ class Schedule:
         raise ValueError(f"unknown var_type {var_type!r} (fixedlarge or fixedsmall)")
 
 
-def make_schedule(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
-    betas = make_betas(schedule, timesteps, beta_start, beta_end)
+def make_schedule(
+    schedule: str, timesteps: int, *, beta_start: float | None = None, beta_end: float | None = None
+) -> Schedule:
+    """The full schedule of :func:`make_betas`."""
+    betas = make_betas(schedule, timesteps, beta_start=beta_start, beta_end=beta_end)
     return Schedule(betas=betas, timestep_map=np.arange(timesteps, dtype=np.int64))
 
 

@@ -193,7 +193,7 @@ def digits_scores(images: np.ndarray, *, reference: str | np.ndarray = "heldout"
 
 def resolve_reference(ref: str) -> str | np.ndarray:
     """``ref`` as :func:`digits_scores` takes it: ``""`` or ``"heldout"`` -> "heldout", ``"train"``, else a prepared
-    data set directory or an image npz, read into uint8 images. Raises DigitsMetricError / ReferenceError."""
+    data set directory or an image npz, read into uint8 images. Raises DigitsMetricError / EvalReferenceError."""
     if ref in ("", "heldout", "train"):
         return ref or "heldout"
     from .reference import open_reference

@@ -9,7 +9,15 @@ import numpy as np
 
 from .features import FeatureExtractor
 from .metrics import feature_stats, frechet_distance, inception_score
-from .reference import PROTOCOL, ReferenceError, cache_key, default_cache_dir, open_reference, read_cached, write_cached
+from .reference import (
+    PROTOCOL,
+    EvalReferenceError,
+    cache_key,
+    default_cache_dir,
+    open_reference,
+    read_cached,
+    write_cached,
+)
 
 
 def evaluate(
@@ -19,17 +27,17 @@ def evaluate(
     extractor: FeatureExtractor,
     cache_dir: str | Path | None = None,
     ref_limit: int | None = None,
-    splits: int = 10,
+    splits: int,
     log: Callable[[str], None] | None = None,
 ) -> dict | None:
     """FID of ``images`` (uint8 [N, H, W, C], the same on every rank) against ``ref`` and their Inception Score.
 
     Every rank must call it: feature extraction is sharded. Reference statistics come from the cache when rank 0 has
     them (the decision is shared, so the ranks stay in step), else they are computed and rank 0 stores them.
-    Returns the result dict on rank 0 (see :func:`summary`), None on the other ranks. Raises ReferenceError,
+    Returns the result dict on rank 0 (see :func:`summary`), None on the other ranks. Raises EvalReferenceError,
     FeatureError, MetricError.
     """
-    from ddpm_dist.parallel import all_reduce_host, rank
+    from ddpm_dist.parallel import rank
 
     say = log or (lambda _msg: None)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -37,27 +45,13 @@ def evaluate(
     h, w = images.shape[1:3]
     if reference.image_size is not None and (h, w) != (reference.image_size, reference.image_size):
         s = reference.image_size
-        raise ReferenceError(
+        raise EvalReferenceError(
             f"samples are {h}x{w} but the reference {ref} holds {s}x{s} images: an FID across resolutions measures "
             f"the resizing, not the model; compare against a reference at {h}x{w}"
         )
-    key = cache_key(reference, weights_sha256=extractor.fingerprint)
-    cached = None
-    if reference.kind != "stats" and rank() == 0:
-        cached = read_cached(cache_dir, key)
-    hit = all_reduce_host(np.array([1.0 if cached is not None else 0.0], np.float32))[0] > 0
-    if reference.kind == "stats":
-        mu_ref, sigma_ref = reference.mu, reference.sigma
-    elif hit:
-        say(f"reference statistics of {ref} from the cache ({cache_dir}/ref_{key}.npz)")
-        mu_ref, sigma_ref = cached if cached is not None else (None, None)
-    else:
-        say(f"computing reference statistics of {reference.num} images of {ref}")
-        ref_pool, _ = extractor(reference.load_images())
-        mu_ref, sigma_ref = feature_stats(ref_pool)
-        if rank() == 0:
-            write_cached(cache_dir, key, mu_ref, sigma_ref, info={"protocol": PROTOCOL, "source": str(ref),
-                         "num": reference.num, "weights_sha256": extractor.fingerprint})  # fmt: skip
+    mu_ref, sigma_ref, key, hit = _reference_stats(
+        reference, ref=ref, extractor=extractor, cache_dir=cache_dir, say=say
+    )
     say(f"computing features of {len(images)} samples")
     pool, logits = extractor(images)
     if rank() != 0:
@@ -79,6 +73,31 @@ def evaluate(
         "inception_weights": {"path": str(extractor.weights), "source_sha256": extractor.fingerprint},
         "protocol": PROTOCOL,
     }
+
+
+def _reference_stats(reference, *, ref: str, extractor: FeatureExtractor, cache_dir: Path, say: Callable[[str], None]):
+    """(mu, sigma, cache key, cache hit) of the reference: given statistics, rank 0's cache entry (the hit decision is
+    shared, so the ranks stay in step) or features computed by all ranks, then cached by rank 0."""
+    from ddpm_dist.parallel import all_reduce_host, rank
+
+    key = cache_key(reference, weights_sha256=extractor.fingerprint)
+    cached = None
+    if reference.kind != "stats" and rank() == 0:
+        cached = read_cached(cache_dir, key)
+    hit = all_reduce_host(np.array([1.0 if cached is not None else 0.0], np.float32))[0] > 0
+    if reference.kind == "stats":
+        return reference.mu, reference.sigma, key, hit
+    if hit:
+        say(f"reference statistics of {ref} from the cache ({cache_dir}/ref_{key}.npz)")
+        mu_ref, sigma_ref = cached if cached is not None else (None, None)
+        return mu_ref, sigma_ref, key, hit
+    say(f"computing reference statistics of {reference.num} images of {ref}")
+    ref_pool, _ = extractor(reference.load_images())
+    mu_ref, sigma_ref = feature_stats(ref_pool)
+    if rank() == 0:
+        write_cached(cache_dir, key, mu_ref, sigma_ref, info={"protocol": PROTOCOL, "source": str(ref),
+                     "num": reference.num, "weights_sha256": extractor.fingerprint})  # fmt: skip
+    return mu_ref, sigma_ref, key, hit
 
 
 def summary(result: dict) -> str:

@@ -1,8 +1,6 @@
-"""Inception features of a set of uint8 images, computed in shards across the ranks and gathered.
-
-Rank r takes the contiguous range ``rank_range(N, r, world_size)`` and runs it in batches of ``batch_size`` (the last
-one padded, so one compiled graph serves all); after every batch the ranks all-gather their rows, so every rank
-ends with the features of all N images, in order. With one process it is plain batching.
+"""Inception features of a set of uint8 images, computed in shards across the ranks and gathered
+(``parallel.shards.sharded_map``): every rank ends with the features of all N images, in order. With one process it
+is plain batching.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ class FeatureExtractor:
     Every rank must call it with the same images (the collectives pair up batch by batch).
     """
 
-    def __init__(self, weights, *, batch_size: int = 50):
+    def __init__(self, weights, *, batch_size: int):
         from .weights import read
 
         if batch_size < 1:
@@ -60,24 +58,18 @@ class FeatureExtractor:
     ) -> tuple[np.ndarray, np.ndarray]:
         import mindspore as ms
 
-        from ddpm_dist.inference import batch_indices, gathered_batch_indices, shard_plan
-        from ddpm_dist.parallel import AllGather, rank, world_size
+        from ddpm_dist.parallel.shards import sharded_map
 
         to_network_input(images[:1])  # check dtype and shape before any work
         n = len(images)
         if n < 1:
             raise FeatureError("no images to evaluate")
         net = self._net(tuple(images.shape[1:3]))
-        r, w = rank(), world_size()
-        batch, batches = shard_plan(n, w, self.batch_size)
-        gather = AllGather()
+
+        def features(indices: np.ndarray, _batch: int):
+            pool, logits = net(ms.Tensor(to_network_input(images[indices])))
+            return ms.ops.concat((pool, logits), axis=1)
+
         out = np.zeros((n, FEATURE_DIM + NUM_LOGITS), np.float32)
-        for b in range(batches):
-            indices, valid = batch_indices(n, r, w, b, batch)
-            pool, logits = net(ms.Tensor(to_network_input(images[np.where(valid, indices, 0)])))
-            rows = gather(ms.ops.concat((pool, logits), axis=1)).asnumpy()
-            indices, valid = gathered_batch_indices(n, w, b, batch)
-            out[indices[valid]] = rows[valid]
-            if progress is not None:
-                progress(b + 1, batches)
+        sharded_map(features, num_samples=n, batch_size=self.batch_size, out=out, after_batch=progress)
         return out[:, :FEATURE_DIM], out[:, FEATURE_DIM:]

@@ -61,7 +61,7 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*feature_stats(features1), *feature_stats(features2))
 
 
-def inception_score(logits: np.ndarray, *, splits: int = 10) -> tuple[float, float]:
+def inception_score(logits: np.ndarray, *, splits: int) -> tuple[float, float]:
     """(mean, std) over ``splits`` consecutive parts of logits [N, K] of exp(E KL(p(y|x) || p(y)))."""
     logits = np.asarray(logits, np.float64)
     if logits.ndim != 2 or splits < 1 or logits.shape[0] < splits:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import EvalConfig
+
+_DEFAULTS = EvalConfig()  # the options' defaults are the config's (eval.batch_size, eval.splits)
+
 
 def add_eval_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     """The evaluation options, shared with tools/sample.py --eval."""
     p.add_argument("--ref", required=required, help="reference: prepared data set dir, image npz or stats npz")
     p.add_argument("--inception", required=required, help="FID Inception checkpoint from tools/convert_inception.py")
     p.add_argument("--ref-num", type=int, help="use only the first N reference images (default: all)")
-    p.add_argument("--eval-batch-size", type=int, default=50, help="Inception batch per worker (default 50)")
-    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--eval-batch-size", type=int, default=_DEFAULTS.batch_size,
+                   help=f"Inception batch per worker (default {_DEFAULTS.batch_size})")  # fmt: skip
+    p.add_argument("--splits", type=int, default=_DEFAULTS.splits,
+                   help=f"Inception Score splits (default {_DEFAULTS.splits})")  # fmt: skip
     p.add_argument("--cache-dir", help="reference statistics cache (default: $DDPM_DIST_CACHE/fid or ~/.cache/...)")
 
 

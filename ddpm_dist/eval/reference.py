@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_util import first_line
 from ..files import sha256_file
 from . import FEATURE_DIM, EvalError
 
@@ -34,7 +35,7 @@ PROTOCOL = {
 }
 
 
-class ReferenceError(EvalError):
+class EvalReferenceError(EvalError):
     """A reference that cannot be read or used. The message is one line."""
 
 
@@ -59,62 +60,64 @@ class Reference:
         return int(self.images.shape[1]) if self.images is not None else None
 
     def load_images(self) -> np.ndarray:
-        """uint8 [num, H, W, C]. Raises ReferenceError."""
+        """uint8 [num, H, W, C]. Raises EvalReferenceError."""
         if self.images is None and self.manifest is not None:
             from ddpm_dist.data import DataError, read_images
 
             try:
                 self.images = read_images(self.manifest, limit=self.num)
             except DataError as err:
-                raise ReferenceError(str(err)) from None
+                raise EvalReferenceError(str(err)) from None
         if self.images is None:
-            raise ReferenceError(f"{self.source}: holds statistics, not images")
+            raise EvalReferenceError(f"{self.source}: holds statistics, not images")
         return self.images
 
 
-def _unreadable(path, err: Exception) -> ReferenceError:
-    text = str(err).strip()
-    return ReferenceError(f"{path}: not a readable npz ({text.splitlines()[0] if text else type(err).__name__})")
+def _unreadable(path, err: Exception) -> EvalReferenceError:
+    return EvalReferenceError(f"{path}: not a readable npz ({first_line(err)})")
 
 
 def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
-    """uint8 [N, H, W, C] from ``arr_0`` or ``images`` of an npz. Raises ReferenceError."""
+    """uint8 [N, H, W, C] from ``arr_0`` or ``images`` of an npz. Raises EvalReferenceError."""
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"{what} not found: {path}")
+        raise EvalReferenceError(f"{what} not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             key = next((k for k in ("arr_0", "images") if k in data.files), None)
             if key is None:
-                raise ReferenceError(f"{path}: no arr_0 or images array (has {sorted(data.files)[:5]})")
+                raise EvalReferenceError(f"{path}: no arr_0 or images array (has {sorted(data.files)[:5]})")
             images = data[key]
-    except ReferenceError:
+    except EvalReferenceError:
         raise
     except Exception as err:  # numpy and zipfile raise many types for a bad file; one line for the user
         raise _unreadable(path, err) from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
-        raise ReferenceError(f"{path}: {key} must be uint8 [N, H, W, 1 or 3] (got {images.dtype} {list(images.shape)})")
+        raise EvalReferenceError(
+            f"{path}: {key} must be uint8 [N, H, W, 1 or 3] (got {images.dtype} {list(images.shape)})"
+        )
     return images
 
 
 def open_reference(source, *, limit: int | None = None) -> Reference:
-    """Read a reference (see the module doc); ``limit``: use only its first ``limit`` images. Raises ReferenceError."""
+    """Read a reference (see the module doc); ``limit``: use only its first ``limit`` images.
+    Raises EvalReferenceError."""
     path = Path(source)
     if not path.exists():
-        raise ReferenceError(f"reference not found: {source} (a prepared data set directory or an .npz)")
+        raise EvalReferenceError(f"reference not found: {source} (a prepared data set directory or an .npz)")
     if path.is_dir():
         from ddpm_dist.data import DataError, read_manifest
 
         try:
             manifest = read_manifest(str(path))
         except DataError as err:
-            raise ReferenceError(str(err)) from None
+            raise EvalReferenceError(str(err)) from None
         files = sorted(entry["sha256"] for entry in manifest["files"])
         content = hashlib.sha256(json.dumps(files).encode()).hexdigest()
         num = min(limit, manifest["count"]) if limit else manifest["count"]
         return Reference(str(path), "dataset", content, num=num, manifest=manifest)
     if path.suffix != ".npz":
-        raise ReferenceError(f"{source}: a reference is a prepared data set directory or an .npz file")
+        raise EvalReferenceError(f"{source}: a reference is a prepared data set directory or an .npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
             has_stats = {"mu", "sigma"} <= set(data.files)
@@ -124,7 +127,7 @@ def open_reference(source, *, limit: int | None = None) -> Reference:
         raise _unreadable(source, err) from None
     if has_stats:
         if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
-            raise ReferenceError(f"{source}: mu / sigma must be [{FEATURE_DIM}] / [{FEATURE_DIM}, {FEATURE_DIM}] "
+            raise EvalReferenceError(f"{source}: mu / sigma must be [{FEATURE_DIM}] / [{FEATURE_DIM}, {FEATURE_DIM}] "
                                  f"(got {list(mu.shape)} / {list(sigma.shape)})")  # fmt: skip
         return Reference(str(path), "stats", sha256_file(path), mu=mu, sigma=sigma)
     images = load_images_npz(path, what="reference")

@@ -93,7 +93,7 @@ def read(path) -> tuple[dict[str, np.ndarray], dict]:
     if not path.is_file():
         raise WeightsError(f"FID Inception weights not found: {path}; {how_to_get(str(path))}")
     from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.inference import read_arrays
+    from ddpm_dist.checkpoint.convert import read_arrays
 
     try:
         arrays, meta = read_arrays(path)

@@ -211,21 +211,12 @@ def unet_sections(config: dict, *, source: str) -> tuple[dict, dict, bool]:
         raise InteropError(f"{source}: block_out_channels = {boc!r} is not a list of positive ints")
     if not (isinstance(down, list) and isinstance(up, list) and len(down) == len(up) == len(boc)):
         raise InteropError(f"{source}: down_block_types, up_block_types and block_out_channels differ in length")
-    ch, levels = boc[0], len(boc)
+    ch = boc[0]
     bad = [b for b in boc if b % ch]
     if bad:
         raise InteropError(f"{source}: block_out_channels = {boc}: {bad[0]} is not a multiple of the first "
                            f"width {ch} (ddpm-dist's widths are ch * ch_mult)")  # fmt: skip
-    attn_levels = []
-    for level, kind in enumerate(down):
-        if kind not in ("DownBlock2D", "AttnDownBlock2D"):
-            raise InteropError(f"{source}: down_block_types[{level}] = {kind!r} (only DownBlock2D, AttnDownBlock2D)")
-        upkind = up[levels - 1 - level]
-        if upkind != kind.replace("Down", "Up"):
-            raise InteropError(f"{source}: up_block_types[{levels - 1 - level}] = {upkind!r} does not mirror "
-                               f"down_block_types[{level}] = {kind!r}")  # fmt: skip
-        if kind == "AttnDownBlock2D":
-            attn_levels.append(level)
+    attn_levels = _attention_levels(down, up, source=source)
     head = c["attention_head_dim"]
     for width in sorted({boc[level] for level in attn_levels} | {boc[-1]}):  # the middle always has attention
         if head is not None and head != width:
@@ -261,6 +252,22 @@ def unet_sections(config: dict, *, source: str) -> tuple[dict, dict, bool]:
     }
     data = {"image_size": size, "channels": c["in_channels"]}
     return model, data, bool(c["flip_sin_to_cos"])
+
+
+def _attention_levels(down: list, up: list, *, source: str) -> list[int]:
+    """The levels whose down blocks have attention; the up blocks must mirror the down blocks."""
+    levels = len(down)
+    attn_levels = []
+    for level, kind in enumerate(down):
+        if kind not in ("DownBlock2D", "AttnDownBlock2D"):
+            raise InteropError(f"{source}: down_block_types[{level}] = {kind!r} (only DownBlock2D, AttnDownBlock2D)")
+        upkind = up[levels - 1 - level]
+        if upkind != kind.replace("Down", "Up"):
+            raise InteropError(f"{source}: up_block_types[{levels - 1 - level}] = {upkind!r} does not mirror "
+                               f"down_block_types[{level}] = {kind!r}")  # fmt: skip
+        if kind == "AttnDownBlock2D":
+            attn_levels.append(level)
+    return attn_levels
 
 
 def diffusion_section(config: dict | None, *, source: str) -> dict:

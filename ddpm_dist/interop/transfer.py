@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
+from ..checkpoint.convert import SUFFIXES, read_weights, write_inference
+from ..cli_util import first_line
 from ..config import ConfigError, from_dict, to_dict
 from ..files import fsync_dir
-from ..inference import SUFFIXES, read_weights, write_inference
 from . import diffusers as fmt
 
 IMPORTED_WEIGHTS = "ema"  # what diffusers' released DDPM models hold (one set of weights; the EMA for Ho et al.'s)
@@ -86,8 +87,7 @@ def export_diffusers(ckpt, out_dir, *, weights: str | None = None, overwrite: bo
     except (OSError, ValueError) as err:
         if old.exists() and not out.exists():
             old.rename(out)
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"could not write {out}: {text}") from None
+        raise CheckpointError(f"could not write {out}: {first_line(err)}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -34,13 +34,11 @@ def build_model(cfg: Config) -> nn.Cell:
     ``convnext_unet`` reads model.ch, ch_mult, convnext_mult.
     """
     m, d = cfg.model, cfg.data
+    shared = dict(image_size=d.image_size, in_channels=d.channels, out_channels=d.channels, ch=m.ch,
+                  ch_mult=tuple(m.ch_mult))  # fmt: skip
     if m.arch == "ddpm_unet":
         return DDPMUNet(
-            image_size=d.image_size,
-            in_channels=d.channels,
-            out_channels=d.channels,
-            ch=m.ch,
-            ch_mult=tuple(m.ch_mult),
+            **shared,
             num_res_blocks=m.num_res_blocks,
             attn_resolutions=tuple(m.attn_resolutions),
             dropout=m.dropout,
@@ -49,14 +47,7 @@ def build_model(cfg: Config) -> nn.Cell:
             norm_eps=m.norm_eps,
         )
     if m.arch == "convnext_unet":
-        return ConvNextUNet(
-            image_size=d.image_size,
-            in_channels=d.channels,
-            out_channels=d.channels,
-            ch=m.ch,
-            ch_mult=tuple(m.ch_mult),
-            convnext_mult=m.convnext_mult,
-        )
+        return ConvNextUNet(**shared, convnext_mult=m.convnext_mult)
     raise ValueError(f"model.arch: unknown architecture {m.arch!r} (choose ddpm_unet or convnext_unet)")
 
 

@@ -163,16 +163,8 @@ class ConvNextUNet(nn.Cell):
     """The tutorial U-Net. x: float32 [B, in_channels, H, W], t: int32 [B] in [0, T) -> float32 [B, out_channels, H,
     W]; H = W = ``image_size`` divisible by 2 ** (len(ch_mult) - 1)."""
 
-    def __init__(
-        self,
-        *,
-        image_size: int,
-        in_channels: int,
-        out_channels: int,
-        ch: int = 32,
-        ch_mult: Sequence[int] = (1, 2, 4),
-        convnext_mult: int = 2,
-    ) -> None:
+    def __init__(self, *, image_size: int, in_channels: int, out_channels: int, ch: int, ch_mult: Sequence[int],
+                 convnext_mult: int) -> None:  # fmt: skip
         super().__init__()
         if image_size % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"image_size {image_size} is not divisible by 2 ** (len(ch_mult) - 1)")

@@ -124,14 +124,14 @@ class DDPMUNet(nn.Cell):
         image_size: int,
         in_channels: int,
         out_channels: int,
-        ch: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
-        resamp_with_conv: bool = True,
-        norm_groups: int = 32,
-        norm_eps: float = 1e-5,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        resamp_with_conv: bool,
+        norm_groups: int,
+        norm_eps: float,
     ) -> None:
         super().__init__()
         norm = partial(group_norm, max_groups=norm_groups, eps=norm_eps)
@@ -142,68 +142,63 @@ class DDPMUNet(nn.Cell):
         self.num_res_blocks = num_res_blocks
         temb_ch = 4 * ch
 
+        def block(in_ch: int, out_ch: int, res: int) -> ResAttnBlock:
+            return ResAttnBlock(in_ch=in_ch, out_ch=out_ch, temb_ch=temb_ch, dropout=dropout,
+                                attn=res in attn_resolutions, norm=norm)  # fmt: skip
+
         self.temb = nn.SequentialCell(
             SinusoidalEmbedding(dim=ch), dense(ch, temb_ch), nn.SiLU(), dense(temb_ch, temb_ch)
         )
         self.conv_in = conv2d(in_channels, ch, 3)
+        skip_chs = self._build_down(block, ch=ch, ch_mult=ch_mult, image_size=image_size, with_conv=resamp_with_conv)
+        cur_ch = skip_chs[-1]
+        self.mid_block1 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
+        self.mid_attn = AttnBlock(channels=cur_ch, norm=norm)
+        self.mid_block2 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
+        cur_ch = self._build_up(block, skip_chs, ch=ch, ch_mult=ch_mult, image_size=image_size,
+                                with_conv=resamp_with_conv)  # fmt: skip
+        self.norm_out = norm(cur_ch)
+        self.act = nn.SiLU()
+        self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
 
-        # Down: skip_chs tracks the channels of every tensor pushed on the skip stack, in order.
+    def _build_down(self, block, *, ch: int, ch_mult: Sequence[int], image_size: int, with_conv: bool) -> list[int]:
+        """``down_blocks`` and ``downsamples``; returns the channels of every tensor pushed on the skip stack, in
+        order (the last one is the channels entering the middle)."""
         down_blocks, downsamples = [], []
         skip_chs = [ch]
         cur_ch, res = ch, image_size
         for level, mult in enumerate(ch_mult):
-            out_ch = ch * mult
-            for _ in range(num_res_blocks):
-                down_blocks.append(
-                    ResAttnBlock(
-                        in_ch=cur_ch,
-                        out_ch=out_ch,
-                        temb_ch=temb_ch,
-                        dropout=dropout,
-                        attn=res in attn_resolutions,
-                        norm=norm,
-                    )
-                )
-                cur_ch = out_ch
+            for _ in range(self.num_res_blocks):
+                down_blocks.append(block(cur_ch, ch * mult, res))
+                cur_ch = ch * mult
                 skip_chs.append(cur_ch)
-            if level != num_levels - 1:
-                downsamples.append(Downsample(channels=cur_ch, with_conv=resamp_with_conv))
+            if level != self.num_levels - 1:
+                downsamples.append(Downsample(channels=cur_ch, with_conv=with_conv))
                 skip_chs.append(cur_ch)
                 res //= 2
         self.down_blocks = nn.CellList(down_blocks)
         self.downsamples = nn.CellList(downsamples)
+        return skip_chs
 
-        self.mid_block1 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
-        self.mid_attn = AttnBlock(channels=cur_ch, norm=norm)
-        self.mid_block2 = ResBlock(in_ch=cur_ch, out_ch=cur_ch, temb_ch=temb_ch, dropout=dropout, norm=norm)
-
-        # Up: levels in reverse order; up_blocks[i * (num_res_blocks + 1) + j] is block j of the i-th level up.
+    def _build_up(
+        self, block, skip_chs: list[int], *, ch: int, ch_mult: Sequence[int], image_size: int, with_conv: bool
+    ) -> int:
+        """``up_blocks`` (levels in reverse order; up_blocks[i * (num_res_blocks + 1) + j] is block j of the i-th
+        level up) and ``upsamples``, consuming ``skip_chs``; returns the output channels."""
         up_blocks, upsamples = [], []
-        for level in reversed(range(num_levels)):
-            out_ch = ch * ch_mult[level]
-            for _ in range(num_res_blocks + 1):
-                skip_ch = skip_chs.pop()
-                up_blocks.append(
-                    ResAttnBlock(
-                        in_ch=cur_ch + skip_ch,
-                        out_ch=out_ch,
-                        temb_ch=temb_ch,
-                        dropout=dropout,
-                        attn=res in attn_resolutions,
-                        norm=norm,
-                    )
-                )
-                cur_ch = out_ch
+        skip_chs = list(skip_chs)
+        cur_ch, res = skip_chs[-1], image_size // 2 ** (self.num_levels - 1)
+        for level in reversed(range(self.num_levels)):
+            for _ in range(self.num_res_blocks + 1):
+                up_blocks.append(block(cur_ch + skip_chs.pop(), ch * ch_mult[level], res))
+                cur_ch = ch * ch_mult[level]
             if level != 0:
-                upsamples.append(Upsample(channels=cur_ch, with_conv=resamp_with_conv))
+                upsamples.append(Upsample(channels=cur_ch, with_conv=with_conv))
                 res *= 2
         assert not skip_chs and res == image_size
         self.up_blocks = nn.CellList(up_blocks)
         self.upsamples = nn.CellList(upsamples)
-
-        self.norm_out = norm(cur_ch)
-        self.act = nn.SiLU()
-        self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
+        return cur_ch
 
     def construct(self, x: Tensor, t: Tensor) -> Tensor:
         temb = self.temb(t)

@@ -114,6 +114,11 @@ class AllGather(nn.Cell):
 _CELLS: dict = {}
 
 
+def all_gather_cell() -> AllGather:
+    """The process's one AllGather Cell (built on first use, after :func:`init`)."""
+    return _CELLS.setdefault("gather", AllGather())
+
+
 def all_reduce_host(values: np.ndarray) -> np.ndarray:
     """Host convenience: sum a small float32 vector over ranks (every rank must call it at the same point)."""
     values = np.asarray(values, np.float32)
@@ -128,8 +133,7 @@ def all_gather_host(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float32)
     if not is_distributed():
         return values[None]
-    cell = _CELLS.setdefault("gather", AllGather())
-    return cell(Tensor(values[None])).asnumpy()
+    return all_gather_cell()(Tensor(values[None])).asnumpy()
 
 
 def barrier(timeout: float | None = None, what: str = "barrier") -> None:

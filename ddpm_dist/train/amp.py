@@ -14,7 +14,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 
-def resolve_amp_level(level: str, device: str) -> str:
+def resolve_amp_level(level: str, *, device: str) -> str:
+    """``train.amp_level`` for ``device``: ``auto`` is O0 on CPU and O2 elsewhere; a float16 level on CPU warns."""
     if level == "auto":
         return "O0" if device == "CPU" else "O2"
     if level != "O0" and device == "CPU":
@@ -26,8 +27,9 @@ def resolve_amp_level(level: str, device: str) -> str:
     return level
 
 
-def apply_amp(net: nn.Cell, level: str, fp32_cells=()) -> nn.Cell:
-    """Cast ``net`` in place for ``level`` (O0: unchanged) and return it."""
+def apply_amp(net: nn.Cell, *, level: str, fp32_cells: list[type]) -> nn.Cell:
+    """Cast ``net`` in place for ``level`` (O0: unchanged) and return it; ``fp32_cells``: Cell types kept in float32
+    under O2 (the models' ``fp32_cells()``)."""
     if level == "O0":
         return net
     if level == "O2":
@@ -51,7 +53,7 @@ class LossScaler(nn.Cell):
     ``static``: a fixed value. ``none``: 1.
     """
 
-    def __init__(self, *, mode: str, value: float, window: int = 2000, factor: float = 2.0):
+    def __init__(self, *, mode: str, value: float, window: int, factor: float = 2.0):
         super().__init__(auto_prefix=False)
         self.dynamic = mode == "dynamic"
         init = 1.0 if mode == "none" else float(value)

@@ -45,13 +45,13 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..device import setup_device
-    from ..diffusion.sampling import KeyedNoiseMismatch
+    from ..diffusion.keyed_noise import KeyedNoiseMismatch
     from ..logging import TensorBoardError
     from .trainer import Trainer, TrainingError
 
     trainer = None
     try:
-        device = setup_device(cfg.run.device, cfg.run.mode)
+        device = setup_device(cfg.run.device, mode=cfg.run.mode)
         parallel.init()
 
         trainer = Trainer(cfg, device=device)

@@ -6,7 +6,6 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -20,16 +19,16 @@ from mindspore import Tensor, nn, ops
 
 from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
-from ..diffusion import build_diffusion, build_schedule
-from ..diffusion.sampling import KeyedSampler, build_sampler, sampler_label
+from ..diffusion import build_diffusion
 from ..files import probe_writable, write_text_atomic
-from ..logging import ProgressLine, TensorBoard, info, save_grid_png, warn
+from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
+from .hooks import EMAHooks
 from .optim import build_optimizer, lr_at
 from .profiling import build_profiler
-from .step import STAT_NAMES, CopyParams, ReadStats, TrainStep
+from .step import STAT_NAMES, ReadStats, TrainStep
 
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
@@ -140,8 +139,8 @@ class Trainer:
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
         parallel.check_identical(weight_fingerprint(self.net.trainable_params()), "initial weights")
-        self.amp_level = resolve_amp_level(t.amp_level, device)
-        apply_amp(self.net, self.amp_level, fp32_cells())
+        self.amp_level = resolve_amp_level(t.amp_level, device=device)
+        apply_amp(self.net, level=self.amp_level, fp32_cells=fp32_cells())
 
         self.diffusion = build_diffusion(cfg)
         self.optimizer = build_optimizer(cfg, self.net.trainable_params())
@@ -165,27 +164,7 @@ class Trainer:
         self.data = data if data is not None else self._build_data()  # checked before anything is written
         self._check_writable()
         self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
-        self._samplers: dict = {}
-        self._sample_net = None
-        self._extractor = None
-        self._digits_ref = None
-        if cfg.eval.every and cfg.eval.metric == "fid":
-            from ..eval import EvalError
-            from ..eval.features import FeatureExtractor
-
-            try:  # a missing or wrong weights file fails now, not after hours of training
-                self._extractor = FeatureExtractor(cfg.eval.inception, batch_size=cfg.eval.batch_size)
-            except EvalError as err:
-                raise ConfigError(f"eval.inception: {err}") from None
-        if cfg.eval.every and cfg.eval.metric == "digits" and self.rank == 0:
-            from ..eval import EvalError
-            from ..eval.digits import classifier, resolve_reference
-
-            try:  # a bad reference (or no scikit-learn) fails now, not at the first evaluation
-                self._digits_ref = resolve_reference(cfg.eval.ref)
-                classifier()
-            except EvalError as err:
-                raise ConfigError(f"eval.ref: {err}") from None
+        self.hooks = EMAHooks(cfg, ema_params=self.ema.ema_params, rank=self.rank, tb=self.tb)
         self.stop = StopRequest(distributed=parallel.is_distributed())
         self.profiler = build_profiler(cfg, rank=self.rank, device=device)
 
@@ -229,7 +208,8 @@ class Trainer:
         if int(meta.get("world_size", self.world_size)) != self.world_size:
             warn(
                 f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers: "
-                f"the data position is recomputed from images seen ({images_seen})"
+                f"the data position is recomputed from images seen ({images_seen})",
+                rank=self.rank if self.world_size > 1 else None,
             )
         self.resumed = True
         info(f"resumed from {path} at step {self.step}", rank=self.rank)
@@ -289,32 +269,36 @@ class Trainer:
                 progress(self.step, scalars)
                 interval_t0, interval_step = time.perf_counter(), self.step
             if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
-                self.sample_to_tensorboard(self.step)
+                self.hooks.sample_grid(self.step)
             if cfg.eval.every and self.step % cfg.eval.every == 0:
-                self.evaluate_ema(self.step)
+                self.hooks.evaluate(self.step)
             if t.ckpt_every and self.step % t.ckpt_every == 0:
                 saved_at = self.save()
             if self.stop.should_stop(self.step):
-                self.profiler.finish()
-                if saved_at != self.step:
-                    self.save()
-                self.tb.close()
-                where = checkpoint.read_index(self.ckpt_dir)[-1]["file"] if self.rank == 0 else "rank 0's run dir"
-                info(
-                    f"stopped by {self.stop.reason} at step {self.step}: checkpoint {self.ckpt_dir / where}; "
-                    "run the same command again (train.resume=auto) to continue",
-                    rank=self.rank,
-                )
+                self._stop(saved_at)
                 return
         self.profiler.finish()
         if saved_at != self.step:
             self.save()
-        if not cfg.run.sample_every or self.step % cfg.run.sample_every:
-            self.sample_to_tensorboard(self.step)
+        if cfg.run.sample_every and self.step % cfg.run.sample_every:  # a last grid, unless sample_every is 0: never
+            self.hooks.sample_grid(self.step)
         if cfg.eval.every and self.step % cfg.eval.every:
-            self.evaluate_ema(self.step)
+            self.hooks.evaluate(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _stop(self, saved_at: int | None) -> None:
+        """Save (unless this step was just saved) and say where, after a stop request."""
+        self.profiler.finish()
+        if saved_at != self.step:
+            self.save()
+        self.tb.close()
+        where = checkpoint.read_index(self.ckpt_dir)[-1]["file"] if self.rank == 0 else "rank 0's run dir"
+        info(
+            f"stopped by {self.stop.reason} at step {self.step}: checkpoint {self.ckpt_dir / where}; "
+            "run the same command again (train.resume=auto) to continue",
+            rank=self.rank,
+        )
 
     def _micro_note(self) -> str:
         k = self.cfg.train.grad_accum
@@ -359,123 +343,7 @@ class Trainer:
         self.tb.scalars(scalars, step)
         return scalars
 
-    # ------------------------------------------------------------------ sampling and checkpoints
-    def _keyed_sampler(self, sampler: str, steps: int) -> KeyedSampler:
-        """The EMA network's keyed sampler: ``sampler`` with ``steps`` steps (0: full ancestral DDPM, whatever
-        ``sampler`` says), built once per (sampler, steps)."""
-        cfg = self.cfg
-        if self._sample_net is None:
-            self._sample_net = build_model(cfg)
-            self._sample_net.set_train(False)
-            self._gather = parallel.AllGather()
-            self._load_ema = CopyParams(self.ema.ema_params, self._sample_net.trainable_params())
-        key = sampler_label(sampler, steps)
-        if key not in self._samplers:
-            step = build_sampler(
-                self._sample_net,
-                build_schedule(cfg),
-                sampler=sampler if steps else "ddpm",
-                steps=steps,
-                eta=0.0,
-                objective=cfg.diffusion.objective,
-                clip_x0=cfg.diffusion.clip_x0,
-                var_type=cfg.diffusion.var_type,
-            )
-            shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-            self._samplers[key] = KeyedSampler(step, shape=shape)
-        return self._samplers[key]
-
-    def ema_samples(
-        self, num: int, *, sampler: str | None = None, steps: int | None = None, batch: int | None = None
-    ) -> np.ndarray:
-        """``num`` samples from the EMA weights on every rank (float32 NCHW in [-1, 1]); each rank draws its share.
-
-        ``sampler``, ``steps``: default ``run.sampler``, ``run.sample_steps`` (steps 0: full ancestral DDPM);
-        ``batch``: per-rank sampler batch (default: the whole share at once). Sample n's noise depends only on
-        (run.seed, n), so the grids of one run are comparable over time and do not depend on the number of workers."""
-        from ..inference import batch_indices, gathered_batch_indices, shard_plan
-
-        keyed = self._keyed_sampler(
-            self.cfg.run.sampler if sampler is None else sampler,
-            self.cfg.run.sample_steps if steps is None else steps,
-        )
-        self._load_ema()
-        w = self.world_size
-        batch, batches = shard_plan(num, w, num if batch is None else batch)
-        c, s = self.cfg.data.channels, self.cfg.data.image_size
-        out = np.zeros((num, c, s, s), np.float32)
-        for b in range(batches):
-            indices, valid = batch_indices(num, self.rank, w, b, batch)
-            rows = self._gather(keyed.sample(np.where(valid, indices, 0), seed=self.cfg.run.seed)).asnumpy()
-            indices, valid = gathered_batch_indices(num, w, b, batch)
-            out[indices[valid]] = rows[valid]
-        return out
-
-    def evaluate_ema(self, step: int) -> dict | None:
-        """``eval.metric`` of ``eval.num_samples`` EMA samples: one line on the console, one JSON line in
-        ``<run dir>/metrics.jsonl`` and TensorBoard scalars - ``eval/fid``, ``eval/is`` (FID and IS against
-        ``eval.ref``, default the training data; every rank samples and extracts features, rank 0 computes and
-        writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
-        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores)."""
-        from ..inference import to_uint8
-
-        e = self.cfg.eval
-        images = to_uint8(self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size))
-        sampler = sampler_label(e.sampler, e.sample_steps)
-        if e.metric == "digits":
-            return self._write_digits_scores(images, step, sampler)
-        from ..eval.evaluate import evaluate, summary
-
-        result = evaluate(
-            images,
-            ref=e.ref or self.cfg.data.path,
-            extractor=self._extractor,
-            cache_dir=e.cache_dir or None,
-            ref_limit=e.ref_num or None,
-            splits=e.splits,
-        )
-        if self.rank != 0:
-            return None
-        result = {"step": step, "weights": "ema", "sampler": sampler, **result}
-        is_ = result["inception_score"]
-        self.tb.scalars({"eval/fid": result["fid"], "eval/is": is_["mean"], "eval/is_std": is_["std"]}, step)
-        self._append_metrics(result, summary(result))
-        return result
-
-    def _write_digits_scores(self, images: np.ndarray, step: int, sampler: str) -> dict | None:
-        if self.rank != 0:
-            return None
-        from ..eval.digits import digits_scores, summary
-
-        result = {"step": step, "weights": "ema", "sampler": sampler, "metric": "digits"}
-        result.update(digits_scores(images, reference=self._digits_ref))
-        if not isinstance(self._digits_ref, str):
-            result["reference"] = self.cfg.eval.ref
-        self.tb.scalars(
-            {f"eval/digits_{k}": result[k] for k in ("fd", "confidence", "class_entropy")},
-            step,
-        )
-        self._append_metrics(result, summary(result))
-        return result
-
-    def _append_metrics(self, result: dict, line: str) -> None:
-        self.tb.flush()
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
-        info(f"step {result['step']} EMA {result['sampler']}: {line}", rank=self.rank)
-
-    def sample_to_tensorboard(self, step: int) -> Path | None:
-        images = self.ema_samples(self.cfg.run.num_samples)
-        if self.rank != 0:
-            return None
-        self.tb.images("samples/ema", images, step)
-        self.tb.flush()
-        path = self.out_dir / "samples" / f"ema_step_{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid_png(images, path)
-        info(f"EMA samples -> {path}", rank=self.rank)
-        return path
-
+    # ------------------------------------------------------------------ checkpoints
     def save(self) -> int:
         """Rank 0 writes the checkpoint of the current step; the others wait (bounded by run.barrier_timeout)."""
         t = self.cfg.train

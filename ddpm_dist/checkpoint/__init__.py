@@ -27,8 +27,8 @@ import re
 import warnings
 from pathlib import Path
 
-from .cli_util import first_line
-from .files import fsync_dir, write_json_atomic
+from ..cli_util import first_line
+from ..files import fsync_dir, write_json_atomic
 
 KIND_TRAIN = "ddpm-dist/train"
 KIND_INFERENCE = "ddpm-dist/inference"

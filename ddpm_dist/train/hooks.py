@@ -1,0 +1,170 @@
+"""The trainer's sampling and evaluation hooks: EMA sample grids (``run.sample_every``) and the evaluation metric
+(``eval.every``), outside the training loop.
+
+Samples come from a copy of the network that receives the EMA weights before each use; sample n's noise depends only
+on (run.seed, n), so the grids of one run are comparable over time and do not depend on the number of workers.
+Every rank samples its share (``parallel.shards.sharded_map``); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from ..diffusion import build_keyed_sampler
+from ..diffusion.sampling import KeyedSampler, sampler_label
+from ..inference import to_uint8
+from ..logging import TensorBoard, info, save_grid_png
+from ..models import build_model
+from ..parallel.shards import sharded_map
+from .step import CopyParams
+
+
+class EMAHooks:
+    """EMA sample grids and evaluations of one training run.
+
+    Args:
+        cfg: the resolved config (``run.*`` and ``eval.*`` choose what and when).
+        ema_params: the EMA parameters of the train step (copied into the sampling network before each use).
+        rank: this process's rank; rank 0 writes the grids, metrics and TensorBoard entries.
+        tb: the run's TensorBoard writer.
+
+    Building it checks the evaluation's inputs (Inception weights, digits reference): a missing or wrong file fails
+    now, not after hours of training.
+    """
+
+    def __init__(self, cfg: Config, *, ema_params, rank: int, tb: TensorBoard):
+        self.cfg = cfg
+        self.rank = rank
+        self.tb = tb
+        self.out_dir = Path(cfg.run.out_dir)
+        self._ema_params = ema_params
+        self._samplers: dict = {}
+        self._sample_net = None
+        self._extractor = None
+        self._digits_ref = None
+        if cfg.eval.every and cfg.eval.metric == "fid":
+            self._extractor = _feature_extractor(cfg)
+        if cfg.eval.every and cfg.eval.metric == "digits" and rank == 0:
+            self._digits_ref = _digits_reference(cfg)
+
+    def keyed_sampler(self, sampler: str, steps: int) -> KeyedSampler:
+        """The EMA network's keyed sampler: ``sampler`` with ``steps`` steps (0: full ancestral DDPM, whatever
+        ``sampler`` says), built once per (sampler, steps)."""
+        if self._sample_net is None:
+            self._sample_net = build_model(self.cfg)
+            self._sample_net.set_train(False)
+            self._load_ema = CopyParams(self._ema_params, self._sample_net.trainable_params())
+        key = sampler_label(sampler, steps)
+        if key not in self._samplers:
+            self._samplers[key] = build_keyed_sampler(
+                self.cfg, self._sample_net, sampler=sampler if steps else "ddpm", steps=steps, eta=0.0
+            )
+        return self._samplers[key]
+
+    def ema_samples(
+        self, num: int, *, sampler: str | None = None, steps: int | None = None, batch: int | None = None
+    ) -> np.ndarray:
+        """``num`` samples from the EMA weights on every rank (float32 NCHW in [-1, 1]); each rank draws its share.
+
+        ``sampler``, ``steps``: default ``run.sampler``, ``run.sample_steps`` (steps 0: full ancestral DDPM);
+        ``batch``: per-rank sampler batch (default: the whole share at once)."""
+        run = self.cfg.run
+        keyed = self.keyed_sampler(run.sampler if sampler is None else sampler,
+                                   run.sample_steps if steps is None else steps)  # fmt: skip
+        self._load_ema()
+        c, s = self.cfg.data.channels, self.cfg.data.image_size
+        out = np.zeros((num, c, s, s), np.float32)
+        sharded_map(lambda indices, _batch: keyed.sample(indices, seed=run.seed), num_samples=num,
+                    batch_size=num if batch is None else batch, out=out)  # fmt: skip
+        return out
+
+    def sample_grid(self, step: int) -> Path | None:
+        """``run.num_samples`` EMA samples to TensorBoard and ``<run dir>/samples/ema_step_<step>.png``."""
+        images = self.ema_samples(self.cfg.run.num_samples)
+        if self.rank != 0:
+            return None
+        self.tb.images("samples/ema", images, step)
+        self.tb.flush()
+        path = self.out_dir / "samples" / f"ema_step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid_png(images, path)
+        info(f"EMA samples -> {path}", rank=self.rank)
+        return path
+
+    def evaluate(self, step: int) -> dict | None:
+        """``eval.metric`` of ``eval.num_samples`` EMA samples: one line on the console, one JSON line in
+        ``<run dir>/metrics.jsonl`` and TensorBoard scalars - ``eval/fid``, ``eval/is`` (FID and IS against
+        ``eval.ref``, default the training data; every rank samples and extracts features, rank 0 computes and
+        writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
+        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores)."""
+        e = self.cfg.eval
+        images = to_uint8(self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size))
+        sampler = sampler_label(e.sampler, e.sample_steps)
+        if e.metric == "digits":
+            return self._write_digits_scores(images, step, sampler)
+        return self._write_fid(images, step, sampler)
+
+    def _write_fid(self, images: np.ndarray, step: int, sampler: str) -> dict | None:
+        from ..eval.evaluate import evaluate, summary
+
+        e = self.cfg.eval
+        result = evaluate(
+            images,
+            ref=e.ref or self.cfg.data.path,
+            extractor=self._extractor,
+            cache_dir=e.cache_dir or None,
+            ref_limit=e.ref_num or None,
+            splits=e.splits,
+        )
+        if self.rank != 0:
+            return None
+        result = {"step": step, "weights": "ema", "sampler": sampler, **result}
+        is_ = result["inception_score"]
+        self.tb.scalars({"eval/fid": result["fid"], "eval/is": is_["mean"], "eval/is_std": is_["std"]}, step)
+        self._append_metrics(result, summary(result))
+        return result
+
+    def _write_digits_scores(self, images: np.ndarray, step: int, sampler: str) -> dict | None:
+        if self.rank != 0:
+            return None
+        from ..eval.digits import digits_scores, summary
+
+        result = {"step": step, "weights": "ema", "sampler": sampler, "metric": "digits"}
+        result.update(digits_scores(images, reference=self._digits_ref))
+        if not isinstance(self._digits_ref, str):
+            result["reference"] = self.cfg.eval.ref
+        self.tb.scalars({f"eval/digits_{k}": result[k] for k in ("fd", "confidence", "class_entropy")}, step)
+        self._append_metrics(result, summary(result))
+        return result
+
+    def _append_metrics(self, result: dict, line: str) -> None:
+        self.tb.flush()
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        info(f"step {result['step']} EMA {result['sampler']}: {line}", rank=self.rank)
+
+
+def _feature_extractor(cfg: Config):
+    from ..eval import EvalError
+    from ..eval.features import FeatureExtractor
+
+    try:
+        return FeatureExtractor(cfg.eval.inception, batch_size=cfg.eval.batch_size)
+    except EvalError as err:
+        raise ConfigError(f"eval.inception: {err}") from None
+
+
+def _digits_reference(cfg: Config):
+    from ..eval import EvalError
+    from ..eval.digits import classifier, resolve_reference
+
+    try:  # a bad reference (or no scikit-learn) fails now, not at the first evaluation
+        reference = resolve_reference(cfg.eval.ref)
+        classifier()
+    except EvalError as err:
+        raise ConfigError(f"eval.ref: {err}") from None
+    return reference
