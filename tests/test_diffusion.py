@@ -147,6 +147,7 @@ def test_samplers_return_the_single_data_point(sampler, steps, objective, var_ty
         steps=steps,
         eta=0.5,
         objective=objective,
+        clip_x0=True,
         var_type=var_type,
     )
     out = sample_loop(step, Tensor(_rand(6, 3, 8, 8, seed=6))).asnumpy()
@@ -170,6 +171,7 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, eta, var_type):
         sampler=sampler,
         steps=steps,
         eta=eta,
+        objective="eps",
         clip_x0=False,
         var_type=var_type or "fixedlarge",
     )
@@ -202,7 +204,7 @@ def test_dpm_solver_returns_the_single_data_point(beta_schedule, steps, objectiv
     s = make_schedule(beta_schedule, 100, beta_start=1e-3, beta_end=0.1)
     x_star = np.clip(_rand(1, 3, 8, 8, seed=5) * 0.5, -1, 1)
     step = build_sampler(PointOracle(s, x_star, objective=objective), s, sampler="dpm++2m", steps=steps,
-                         objective=objective)  # fmt: skip
+                         objective=objective, clip_x0=True, var_type="fixedlarge")  # fmt: skip
     out = sample_loop(step, Tensor(_rand(6, 3, 8, 8, seed=6))).asnumpy()
     np.testing.assert_allclose(out, np.repeat(x_star, 6, axis=0), atol=1e-4)
 
@@ -215,7 +217,8 @@ def test_dpm_solver_reproduces_gaussian_data_in_20_steps(beta_schedule):
     solver overshoots by 30% and 19%, so either mistake fails this test."""
     mu, sd = 0.25, 0.3
     s = make_schedule(beta_schedule, 1000, beta_start=1e-4, beta_end=0.02)
-    step = build_sampler(GaussianOracle(s, mu, sd), s, sampler="dpm++2m", steps=20, clip_x0=False)
+    step = build_sampler(GaussianOracle(s, mu, sd), s, sampler="dpm++2m", steps=20, objective="eps",
+                         clip_x0=False, var_type="fixedlarge")  # fmt: skip
     x_T = _rand(4, 1, 64, 64, seed=7)  # 16384 independent pixels
     out = sample_loop(step, Tensor(x_T)).asnumpy()
     assert abs(out.mean() - mu) < 0.01
@@ -236,7 +239,7 @@ def test_first_order_dpm_solver_is_ddim_eta_0_step_for_step(beta_schedule, objec
         return c_x, c_d, np.zeros_like(w)
 
     monkeypatch.setattr(sampling, "dpmpp_2m_coefficients", first_order)
-    kw = dict(steps=12, objective=objective, clip_x0=clip, spacing="logsnr")
+    kw = dict(steps=12, objective=objective, clip_x0=clip, var_type="fixedlarge", spacing="logsnr")
     dpm = build_sampler(oracle, s, sampler="dpm++2m", **kw)
     ddim = build_sampler(oracle, s, sampler="ddim", eta=0.0, **kw)
     x = Tensor(_rand(2, 1, 8, 8, seed=8) * 1.5)

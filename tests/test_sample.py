@@ -20,7 +20,7 @@ from ddpm_dist import checkpoint, inference
 from ddpm_dist.checkpoint import KIND_INFERENCE, CheckpointError
 from ddpm_dist.checkpoint import convert as ckpt_convert
 from ddpm_dist.config import from_dict
-from ddpm_dist.diffusion import build_schedule
+from ddpm_dist.diffusion import build_keyed_sampler, build_schedule
 from ddpm_dist.diffusion.keyed_noise import X_T_STREAM, KeyedNoise, int32_bits, keyed_noise_reference, seed_tensor
 from ddpm_dist.diffusion.sampling import KeyedSampler, KeyedStep, build_sampler
 from ddpm_dist.models import build_model
@@ -152,7 +152,8 @@ def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monke
     assert f"seed {2**32 - 1}, stream 999, sample {2**31 - 1}" in msg
     assert f"is {int(want):#010x}, the reference is {int(want ^ np.uint32(1 << 31)):#010x}" in msg
     with pytest.raises(keyed_noise.KeyedNoiseMismatch):  # a failed check is not remembered as passed
-        KeyedSampler(build_sampler(lambda x, t: x, build_schedule(from_dict(_TINY_CFG)), sampler="ddim", steps=2),
+        KeyedSampler(build_sampler(lambda x, t: x, build_schedule(from_dict(_TINY_CFG)), sampler="ddim", steps=2,
+                                   objective="eps", clip_x0=True, var_type="fixedlarge"),
                      shape=(1, 8, 8))  # fmt: skip
 
     monkeypatch.setattr(keyed_noise, "keyed_noise_words", real_words)
@@ -174,8 +175,7 @@ def test_keyed_noise_self_check_passes_on_cpu_and_names_the_first_mismatch(monke
 @pytest.mark.slow
 def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
     cfg, net, _ = ckpt_convert.load_for_sampling(train_ckpt)
-    step = build_sampler(net, build_schedule(cfg), sampler="ddpm", steps=20)
-    sampler = KeyedSampler(step, shape=(1, 8, 8))
+    sampler = build_keyed_sampler(cfg, net, sampler="ddpm", steps=20, eta=0.0)
     four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
     np.testing.assert_array_equal(sampler.sample([0, 1, 2, 3], seed=7).asnumpy(), four)
     two = sampler.sample([2, 3], seed=7).asnumpy()
@@ -194,8 +194,7 @@ def test_sampling_is_deterministic_and_independent_of_the_batch(train_ckpt):
 @pytest.mark.slow
 def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch(train_ckpt):
     cfg, net, _ = ckpt_convert.load_for_sampling(train_ckpt)
-    step = build_sampler(net, build_schedule(cfg), sampler="dpm++2m", steps=6)
-    sampler = KeyedSampler(step, shape=(1, 8, 8))
+    sampler = build_keyed_sampler(cfg, net, sampler="dpm++2m", steps=6, eta=0.0)
     four = sampler.sample([0, 1, 2, 3], seed=7).asnumpy()
     np.testing.assert_array_equal(sampler.sample([0, 1, 2, 3], seed=7).asnumpy(), four)
     np.testing.assert_allclose(sampler.sample([2, 3], seed=7).asnumpy(), four[2:], atol=1e-5)
@@ -203,7 +202,7 @@ def test_dpm_solver_samples_are_deterministic_keyed_and_independent_of_the_batch
     assert np.abs(sampler.sample([0, 1, 2, 3], seed=8).asnumpy() - four).mean() > 0.1
     # the same keyed x_T as DDIM (the trajectories differ: tests/test_diffusion.py's oracles; this network, 4 steps
     # from its zero-initialised output layer, predicts eps ~ 0, for which every deterministic sampler ends alike)
-    ddim = KeyedSampler(build_sampler(net, build_schedule(cfg), sampler="ddim", steps=6), shape=(1, 8, 8))
+    ddim = build_keyed_sampler(cfg, net, sampler="ddim", steps=6, eta=0.0)
     x_T = [s.noise(seed_tensor(7), Tensor(np.array([0, 1], np.int32)), s._x_T_stream) for s in (sampler, ddim)]
     np.testing.assert_array_equal(x_T[0].asnumpy(), x_T[1].asnumpy())
 

@@ -160,15 +160,19 @@ def build_sampler(
     model: nn.Cell,
     base: Schedule,
     *,
-    sampler: str = "ddpm",
+    sampler: str,
+    objective: str,
+    clip_x0: bool,
+    var_type: str,
     steps: int = 0,
     eta: float = 0.0,
-    objective: str = "eps",
-    clip_x0: bool = True,
-    var_type: str = "fixedlarge",
     spacing: str | None = None,
 ) -> nn.Cell:
     """A step Cell for ``sampler`` over ``steps`` respaced timesteps (0 or T: the full schedule).
+
+    ``objective``, ``clip_x0`` and ``var_type`` are the model's (``cfg.diffusion``; no defaults here: a v-model
+    sampled as an eps-model would give noise without an error - :func:`ddpm_dist.diffusion.build_keyed_sampler`
+    passes them from the config).
 
     ``spacing`` picks the timesteps (both grids hold t = 0 and T-1): ``time`` (:func:`space_timesteps`, evenly
     spaced) or ``logsnr`` (:func:`space_timesteps_logsnr`, evenly spaced half log-SNR). None: the sampler's own -
