@@ -43,10 +43,11 @@ echo "msrun: $((DEVICE_NUM * NNODES)) workers ($DEVICE_NUM on node $NODE_RANK of
 # msrun is not exec'd: on SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) msrun would die or SIGKILL its
 # workers, so this script forwards the signal to the workers themselves (msrun's children); they finish the current
 # step, agree on a stop step, save a checkpoint and exit 0, and msrun then exits 0 too.
-# msrun's own console lines ("[WARNING] ME(pid:...) ...", "[INFO] DISTRIBUTED(...) ...") are kept in
+# msrun's own console lines ("[WARNING] ME(pid:...) ...", "[INFO] DISTRIBUTED(...) ...", "Start worker process with
+# rank id:0, log file:... Execute command: ..." - the line above already names the logs) are kept in
 # $LOG_DIR/msrun.log, not shown: the console shows the workers' lines. msrun writes to process substitutions (not a
 # pipe), so $! is msrun itself (the signal forwarding below needs its pid) and its exit status is the job's.
-MSRUN_NOISE='^\[(WARNING|INFO)\] (ME|DISTRIBUTED)\('
+MSRUN_NOISE='^(\[(WARNING|INFO)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) process)'
 console() { tee -a "$LOG_DIR/msrun.log" | grep --line-buffered -v -E "$MSRUN_NOISE" || true; }
 msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \

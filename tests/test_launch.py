@@ -97,6 +97,7 @@ FAKE_MSRUN = """#!/usr/bin/env bash
 for a in "$@"; do case $a in --log_dir=*) LOG=${a#--log_dir=};; esac; done
 mkdir -p "$LOG" && echo "worker log line" > "$LOG/worker_0.log"
 echo "[WARNING] ME(123:456,MainProcess):2026-11-27-05:37:05.319.000 [_api.py:275] Distributed job is spawned."
+echo "Start worker process with rank id:0, log file:$LOG/worker_0.log. Execute command: python train.py"
 echo "training ddpm_unet on CPU x 1 worker(s)"
 echo "[INFO] DISTRIBUTED(26700,7fd9,python):2026-11-27 [tcp_server.cc:314] Start] Event base dispatch success!" >&2
 echo "[WARNING] something of ours: not msrun's" >&2
@@ -115,9 +116,10 @@ def test_msrun_console_noise_is_filtered_but_logged_and_the_exit_status_kept(tmp
     res = _run_8p(tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status)
     assert res.returncode == status, res.stderr
     console = res.stdout + res.stderr
-    assert "ME(" not in console and "DISTRIBUTED(" not in console, console
+    assert "ME(" not in console and "DISTRIBUTED(" not in console and "Start worker" not in console, console
     assert "training ddpm_unet on CPU" in res.stdout and "error: a worker's own error line" in res.stderr
-    assert "[WARNING] something of ours" in res.stderr  # only msrun's own ME / DISTRIBUTED lines are dropped
+    assert "[WARNING] something of ours" in res.stderr  # only msrun's own lines are dropped
     log = (tmp_path / "logs" / "msrun.log").read_text()
     assert "[WARNING] ME(123:456" in log and "[INFO] DISTRIBUTED(26700" in log and "training ddpm_unet" in log
+    assert "Start worker process with rank id:0" in log
     assert (tmp_path / "logs" / "worker_0.log").read_text() == "worker log line\n"
