@@ -70,15 +70,14 @@ def _import_summary_writer():
     process. We pass numpy values only, so torch is hidden for the duration of the import (``sys.modules[name] = None``
     makes ``import name`` raise ImportError, which tensorboardX handles), unless the process imported it already.
     """
-    hidden = [] if "torch" in sys.modules else ["torch"]
-    for name in hidden:
-        sys.modules[name] = None
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None
     try:
         from tensorboardX import SummaryWriter
     finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
     return SummaryWriter
 
 

@@ -114,9 +114,16 @@ class AllGather(nn.Cell):
 _CELLS: dict = {}
 
 
+def _cell(kind: type) -> nn.Cell:
+    """The process's one Cell of ``kind`` (built on first use, after :func:`init`; reused, so compiled once)."""
+    if kind not in _CELLS:
+        _CELLS[kind] = kind()
+    return _CELLS[kind]
+
+
 def all_gather_cell() -> AllGather:
-    """The process's one AllGather Cell (built on first use, after :func:`init`)."""
-    return _CELLS.setdefault("gather", AllGather())
+    """The process's one AllGather Cell."""
+    return _cell(AllGather)
 
 
 def all_reduce_host(values: np.ndarray) -> np.ndarray:
@@ -124,8 +131,7 @@ def all_reduce_host(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float32)
     if not is_distributed():
         return values
-    cell = _CELLS.setdefault("sum", AllReduce())
-    return cell(Tensor(values)).asnumpy()
+    return _cell(AllReduce)(Tensor(values)).asnumpy()
 
 
 def all_gather_host(values: np.ndarray) -> np.ndarray:
