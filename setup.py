@@ -28,6 +28,8 @@ setup(
         # tests/test_eval.py compares the Inception port with pytorch-fid's own network, tests/test_interop.py the
         # U-Net and samplers with diffusers' own, when these are installed
         "parity": ["torch", "torchvision", "pytorch-fid", "diffusers==0.42.1"],
+        # bench/unet_speed.py and bench/peer_digits.py measure against the PyTorch tools people already use
+        "peers": ["torch", "diffusers==0.42.1", "denoising-diffusion-pytorch==2.3.4"],
         "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
     },
     entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train.cli:main"]},

@@ -3,6 +3,7 @@
     python bench/time_to_quality.py                                  # 600 s budget, 2 msrun workers, 2 x 1000 samples
     python bench/time_to_quality.py --budget 0 train.total_steps=300 # a fixed number of steps instead (recipe A/B)
     python bench/time_to_quality.py --work-dir runs/ttq diffusion.objective=eps   # keep the run, try a recipe change
+    python bench/time_to_quality.py --peer     # then the PyTorch peer (bench/peer_digits.py), same data and budget
 
 1. ``bash launch/quickstart.sh`` (data preparation, ``launch/run_8p.sh``, msrun with ``--workers`` workers), with the
    data set and the run directory inside the work directory (a temporary one unless ``--work-dir``). The clock starts
@@ -16,6 +17,10 @@
    (``vs_train``: the upsampling of the data does not count) and against the metric's held-out real digits
    (``vs_heldout``), and the floors: ``--num-samples`` real training images against the whole training set and
    against the held-out digits (what a perfect model would score with this many samples).
+4. With ``--peer``: bench/peer_digits.py (lucidrains' denoising-diffusion-pytorch) on the same prepared data, for
+   the same budget (or, without one, the same number of steps), with the same samples, seeds and sampler, after the
+   quickstart so it has the machine alone; its JSON goes under ``"peer"`` beside the ratio of the two FDs to the
+   training set.
 
 Prints one JSON object: the steps reached, images/s (the trainer's own measure, after compilation), the times, and
 the scores. Errors print one line, ``error: <message>``, on stderr and exit non-zero.
@@ -54,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=250, help="sampler batch (default 250)")
     p.add_argument("--work-dir", help="keep the data, run and samples here (default: a temporary directory)")
     p.add_argument("--master-port", type=int, default=8231, help="msrun scheduler port (default 8231)")
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="then train the PyTorch peer (bench/peer_digits.py) on the same data for the same budget",
+    )
     p.add_argument("overrides", nargs="*", help="dotted config overrides for the quickstart (configs/digits.yaml)")
     args = p.parse_args(argv)
     minimum = {"--workers": (args.workers, 1), "--num-samples": (args.num_samples, 2),
@@ -148,6 +158,29 @@ def sample(args, ckpt: str, work: Path, seed: int) -> tuple[np.ndarray, float]:
         return data["arr_0"], time.perf_counter() - t0
 
 
+def run_peer(args, work: Path) -> dict:
+    """bench/peer_digits.py on the quickstart's data, same budget, samples and sampler, after our run (alone on the
+    machine). Raises BenchError."""
+    budget = ["--budget", str(args.budget)] if args.budget else ["--budget", "0", "--steps", str(_fixed_steps(args))]
+    cmd = [sys.executable, str(ROOT / "bench" / "peer_digits.py"), "--data", str(work / "data"), *budget,
+           "--num-samples", str(args.num_samples), "--seeds", *map(str, args.seeds), "--sample-steps",
+           str(args.sample_steps), "--sample-batch", str(args.batch_size)]  # fmt: skip
+    res = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True)
+    if res.returncode:
+        raise BenchError(f"the peer failed ({res.returncode}): {res.stderr.strip()[-400:]}")
+    return json.loads(res.stdout)
+
+
+def _fixed_steps(args) -> int:
+    """Without a budget, the peer trains as many steps as the quickstart was told to."""
+    for item in reversed(args.overrides):
+        if item.startswith("train.total_steps="):
+            return int(item.split("=", 1)[1])
+    from ddpm_dist.config import load_config
+
+    return int(load_config(str(ROOT / "configs" / "digits.yaml")).train.total_steps)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
@@ -172,6 +205,7 @@ def main(argv=None) -> int:
             floor = {"vs_train": _short(digits_scores(real, reference=train_images)),
                      "vs_heldout": _short(digits_scores(real))}  # fmt: skip
             total = time.perf_counter() - t0
+            peer = run_peer(args, work) if args.peer else None
             if not keep:
                 trained["checkpoint"] = Path(trained["checkpoint"]).name
     except (BenchError, EvalError) as err:
@@ -194,6 +228,9 @@ def main(argv=None) -> int:
         "protocol": PROTOCOL,
         "work_dir": str(work) if keep else None,
     }
+    if peer is not None:
+        result["peer"] = peer
+        result["fd_vs_train_ratio_to_peer"] = round(result["mean"]["fd_vs_train"] / peer["mean"]["fd_vs_train"], 3)
     print(json.dumps(result, indent=1))
     return 0
 

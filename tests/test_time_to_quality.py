@@ -63,3 +63,32 @@ def test_the_budget_stops_the_quickstart_gracefully_and_both_seeds_are_scored(tm
     assert out["floor"]["vs_train"]["fd"] < min(s["vs_train"]["fd"] for s in out["seeds"])  # a 12-step model
     for seed in (0, 1):
         assert (work / f"samples_seed{seed}" / "samples.npz").is_file()
+
+
+PEER = str(ROOT / "bench" / "peer_digits.py")
+
+
+def test_the_peer_needs_a_budget_or_steps(tmp_path):
+    res = subprocess.run([sys.executable, PEER, "--data", str(tmp_path), "--budget", "0"], env=env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "give a --budget or --steps" in res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_the_peer_trains_samples_and_is_scored_with_the_digits_metric(tmp_path):
+    pytest.importorskip("denoising_diffusion_pytorch")
+    from train_helpers import prepare_digits
+
+    data = prepare_digits(tmp_path / "digits", size=16)
+    res = subprocess.run([sys.executable, PEER, "--data", str(data), "--budget", "0", "--steps", "3", "--batch", "8",
+                          "--dim", "8", "--num-samples", "6", "--sample-steps", "2", "--sample-batch", "4"],
+                         env=env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["train"]["steps"] == 3 and out["sampler"] == "ddim-2" and out["num_samples"] == 6
+    assert out["peer"].startswith("denoising-diffusion-pytorch ")
+    assert [s["seed"] for s in out["seeds"]] == [0, 1]
+    for s in out["seeds"]:
+        for ref in ("vs_train", "vs_heldout"):
+            assert s[ref]["fd"] > 0 and 0 < s[ref]["confidence"] <= 1
+    assert out["seeds"][0]["vs_train"] != out["seeds"][1]["vs_train"]

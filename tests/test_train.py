@@ -190,6 +190,20 @@ def test_two_msrun_workers_match_one_process_on_the_same_global_batch(digits8, t
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_the_cpu_grad_reducer_is_one_all_reduce_equal_to_mindspores_per_parameter_one(tmp_path):
+    res = run_msrun(str(ROOT / "tests" / "workers" / "grad_reduce.py"), str(tmp_path), log_dir=tmp_path / "logs")
+    assert res.returncode == 0, res.stderr + worker_logs(tmp_path / "logs")
+    for r in (0, 1):
+        out = np.load(tmp_path / f"rank{r}.npz")
+        assert str(out["kind"]) == "FlatGradReducer"
+        for i in range(4):
+            assert out[f"ours{i}"].shape == out[f"expected{i}"].shape
+            np.testing.assert_allclose(out[f"ours{i}"], out[f"expected{i}"], rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(out[f"ours{i}"], out[f"theirs{i}"])  # the same sum and scale, bit for bit
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_nonfinite_on_one_rank_skips_the_step_on_all_ranks(digits8, tmp_path):
     run_dir = tmp_path / "run"
     res = run_msrun(
