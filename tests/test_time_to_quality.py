@@ -92,3 +92,18 @@ def test_the_peer_trains_samples_and_is_scored_with_the_digits_metric(tmp_path):
         for ref in ("vs_train", "vs_heldout"):
             assert s[ref]["fd"] > 0 and 0 < s[ref]["confidence"] <= 1
     assert out["seeds"][0]["vs_train"] != out["seeds"][1]["vs_train"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_time_to_quality_with_peer_reports_both_at_the_same_steps(tmp_path):
+    pytest.importorskip("denoising_diffusion_pytorch")
+    res = run_bench("--budget", "0", "--peer", "--num-samples", "6", "--sample-steps", "2", "--batch-size", "6",
+                    "--master-port", str(free_port()), "--work-dir", str(tmp_path / "w"), *TINY_MODEL,
+                    "train.total_steps=3")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["train"]["steps"] == 3 and out["peer"]["train"]["steps"] == 3  # no budget: the same number of steps
+    assert out["peer"]["sampler"] == out["sampler"] == "ddim-2" and out["peer"]["num_samples"] == 6
+    ratio = out["mean"]["fd_vs_train"] / out["peer"]["mean"]["fd_vs_train"]
+    assert out["fd_vs_train_ratio_to_peer"] == pytest.approx(ratio, abs=1e-3)
