@@ -57,6 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.budget <= 0 and args.steps <= 0:
         p.error("give a --budget or --steps")
+    try:
+        args.dim_mults = tuple(int(m) for m in args.dim_mults.split(","))
+    except ValueError:
+        p.error(f"--dim-mults must be integers separated by commas, e.g. 1,2,2 (got {args.dim_mults!r})")
+    if not args.dim_mults or min(args.dim_mults) < 1:
+        p.error(f"--dim-mults must be positive integers (got {args.dim_mults})")
     for name in ("batch", "num_samples", "sample_steps", "sample_batch", "threads", "dim"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
@@ -85,8 +91,7 @@ def train(args, images: np.ndarray) -> tuple[object, dict]:
     torch, GaussianDiffusion, Unet, EMA = _import_peer()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.train_seed)
-    mults = tuple(int(m) for m in args.dim_mults.split(","))
-    net = Unet(dim=args.dim, dim_mults=mults, channels=1)
+    net = Unet(dim=args.dim, dim_mults=args.dim_mults, channels=1)
     diffusion = GaussianDiffusion(net, image_size=images.shape[1], timesteps=1000, sampling_timesteps=args.sample_steps)
     opt = torch.optim.Adam(diffusion.parameters(), lr=args.lr, betas=(0.9, 0.99))
     ema = EMA(diffusion, beta=0.995, update_every=10)
@@ -137,12 +142,10 @@ def sample(args, ema, seed: int) -> tuple[np.ndarray, float]:
     return np.concatenate(out), time.perf_counter() - t0
 
 
-def _short(scores: dict) -> dict:
-    return {k: round(float(scores[k]), 4) for k in ("fd", "confidence", "class_entropy")}
-
-
 def run(args) -> dict:
-    from ddpm_dist.eval.digits import PROTOCOL, digits_scores, resolve_reference
+    from time_to_quality import score_both, seed_means  # bench/, this script's directory
+
+    from ddpm_dist.eval.digits import PROTOCOL, resolve_reference
 
     images = np.asarray(resolve_reference(str(Path(args.data).absolute())))
     if images.ndim == 4:
@@ -151,10 +154,7 @@ def run(args) -> dict:
     seeds = []
     for seed in args.seeds:
         samples, wall = sample(args, ema, seed)
-        own, held = digits_scores(samples, reference=images), digits_scores(samples)
-        seeds.append(
-            {"seed": seed, "sample_wall_s": round(wall, 1), "vs_train": _short(own), "vs_heldout": _short(held)}
-        )
+        seeds.append({"seed": seed, "sample_wall_s": round(wall, 1), **score_both(samples, images)})
     import torch
 
     return {
@@ -168,10 +168,7 @@ def run(args) -> dict:
         "sampler": f"ddim-{args.sample_steps}",
         "num_samples": args.num_samples,
         "seeds": seeds,
-        "mean": {
-            "fd_vs_train": round(float(np.mean([s["vs_train"]["fd"] for s in seeds])), 4),
-            "fd_vs_heldout": round(float(np.mean([s["vs_heldout"]["fd"] for s in seeds])), 4),
-        },
+        "mean": seed_means(seeds),
         "total_wall_s": round(time.perf_counter() - T_START, 1),
         "protocol": PROTOCOL,
     }

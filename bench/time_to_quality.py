@@ -184,7 +184,7 @@ def _fixed_steps(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
-    from ddpm_dist.eval.digits import PROTOCOL, digits_scores, resolve_reference
+    from ddpm_dist.eval.digits import PROTOCOL, resolve_reference
 
     keep = args.work_dir is not None
     try:
@@ -197,13 +197,10 @@ def main(argv=None) -> int:
             runs = []
             for seed in args.seeds:
                 images, wall = sample(args, trained["checkpoint"], work, seed)
-                own, held = digits_scores(images, reference=train_images), digits_scores(images)
-                runs.append({"seed": seed, "sample_wall_s": round(wall, 1), "vs_train": _short(own),
-                             "vs_heldout": _short(held)})  # fmt: skip
+                runs.append({"seed": seed, "sample_wall_s": round(wall, 1), **score_both(images, train_images)})
             pick = np.random.default_rng(0).choice(len(train_images), min(args.num_samples, len(train_images)), False)
             real = train_images[np.sort(pick)]
-            floor = {"vs_train": _short(digits_scores(real, reference=train_images)),
-                     "vs_heldout": _short(digits_scores(real))}  # fmt: skip
+            floor = score_both(real, train_images)
             total = time.perf_counter() - t0
             peer = run_peer(args, work) if args.peer else None
             if not keep:
@@ -219,10 +216,7 @@ def main(argv=None) -> int:
         "sampler": f"ddim-{args.sample_steps}",
         "num_samples": args.num_samples,
         "seeds": runs,
-        "mean": {
-            "fd_vs_train": round(float(np.mean([r["vs_train"]["fd"] for r in runs])), 4),
-            "fd_vs_heldout": round(float(np.mean([r["vs_heldout"]["fd"] for r in runs])), 4),
-        },
+        "mean": seed_means(runs),
         "floor": floor,
         "total_wall_s": round(total, 1),
         "protocol": PROTOCOL,
@@ -233,6 +227,19 @@ def main(argv=None) -> int:
         result["fd_vs_train_ratio_to_peer"] = round(result["mean"]["fd_vs_train"] / peer["mean"]["fd_vs_train"], 3)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def score_both(images: np.ndarray, train_images: np.ndarray) -> dict:
+    """The digits metric of ``images`` against a model's own training images and against the held-out digits."""
+    from ddpm_dist.eval.digits import digits_scores
+
+    return {"vs_train": _short(digits_scores(images, reference=train_images)),
+            "vs_heldout": _short(digits_scores(images))}  # fmt: skip
+
+
+def seed_means(runs: list[dict]) -> dict:
+    """The mean FDs over the seeds' results of :func:`score_both`."""
+    return {f"fd_{ref}": round(float(np.mean([r[ref]["fd"] for r in runs])), 4) for ref in ("vs_train", "vs_heldout")}
 
 
 def _short(scores: dict) -> dict:

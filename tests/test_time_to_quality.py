@@ -68,10 +68,14 @@ def test_the_budget_stops_the_quickstart_gracefully_and_both_seeds_are_scored(tm
 PEER = str(ROOT / "bench" / "peer_digits.py")
 
 
-def test_the_peer_needs_a_budget_or_steps(tmp_path):
-    res = subprocess.run([sys.executable, PEER, "--data", str(tmp_path), "--budget", "0"], env=env(),
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--budget", "0"], "give a --budget or --steps"), (["--dim-mults", "1,x"], "--dim-mults must be integers")],
+)
+def test_bad_peer_options_are_one_line(tmp_path, args, needle):
+    res = subprocess.run([sys.executable, PEER, "--data", str(tmp_path), *args], env=env(),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert res.returncode == 2 and "give a --budget or --steps" in res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and needle in res.stderr.strip().splitlines()[-1] and res.stdout == ""
 
 
 @pytest.mark.slow
