@@ -138,6 +138,68 @@ def test_dynamic_loss_scaler_halves_and_grows():
     assert float(static(Tensor(False)).asnumpy()) == 128.0
 
 
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_follows_the_recurrence_with_and_without_warmup(warmup):
+    """ema <- d * ema + (1 - d) * w after each update, d = min(decay, (1 + n) / (10 + n)) with warm-up."""
+    from mindspore import Parameter, ParameterTuple, nn, ops
+
+    from ddpm_dist.train.ema import EMA
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(0)
+    init = [rng.standard_normal((2, 3, 3, 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    params = [Parameter(Tensor(v), name=f"w{i}") for i, v in enumerate(init)]
+    ema = EMA(params, decay=0.9, warmup=warmup)
+
+    class SetThenAverage(nn.Cell):  # host-side set_data would detach the params from the compiled graph
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.params = ParameterTuple(params)
+            self.ema = ema
+
+        def construct(self, a, b):
+            ops.assign(self.params[0], a)
+            ops.assign(self.params[1], b)
+            return self.ema()
+
+    step = SetThenAverage()
+    expect = [v.astype(np.float64) for v in init]
+    for n in range(6):
+        new = [rng.standard_normal(v.shape).astype(np.float32) for v in init]
+        step(*map(Tensor, new))
+        d = min(0.9, (1 + n) / (10 + n)) if warmup else 0.9
+        expect = [d * e + (1 - d) * w for e, w in zip(expect, new, strict=True)]
+    for got, want in zip(ema.ema_params, expect, strict=True):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-6)
+    assert int(ema.updates.asnumpy()) == 6
+
+
+def test_the_global_norm_is_the_root_of_all_squares_and_inf_or_nan_when_any_grad_is():
+    from mindspore import nn, ops
+
+    from ddpm_dist.train.step import _sq_sum
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+    class Norm(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.hyper_map = ops.HyperMap()
+
+        def construct(self, grads):
+            return ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3, 3, 3), (7,), (), (2, 5)]]
+    want = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    norm = Norm()
+    assert float(norm(tuple(map(Tensor, grads))).asnumpy()) == pytest.approx(want, rel=1e-6)
+    for bad in [np.inf, -np.inf, np.nan]:
+        broken = [g.copy() for g in grads]
+        broken[0][1, 2, 0, 1] = bad
+        assert not np.isfinite(float(norm(tuple(map(Tensor, broken))).asnumpy()))
+
+
 # ---------------------------------------------------------------- a whole single-process run
 @pytest.mark.slow
 def test_single_process_run_writes_checkpoints_tensorboard_and_samples(digits8, tmp_path):
