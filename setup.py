@@ -30,7 +30,7 @@ setup(
         "parity": ["torch", "torchvision", "pytorch-fid", "diffusers==0.42.1"],
         # bench/unet_speed.py and bench/peer_digits.py measure against the PyTorch tools people already use
         "peers": ["torch", "diffusers==0.42.1", "denoising-diffusion-pytorch==2.3.4"],
-        "dev": ["pytest>=7", "ruff", "tensorboard", "scikit-learn"],
+        "dev": ["pytest>=7", "pytest-xdist", "ruff", "tensorboard", "scikit-learn"],
     },
     entry_points={"console_scripts": ["ddpm-train=ddpm_dist.train.cli:main"]},
 )

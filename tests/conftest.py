@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("GLOG_v", "3")
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
+import mindspore as ms  # noqa: E402 - after the environment above
+
+# Before any test runs a kernel in this process: MindSpore refuses set_device once its runtime is up, so a module
+# whose tests call it (the cpu_graph fixture) would fail after another module's tests ran ops first - which is the
+# order pytest-xdist can pick. Setting the same target again later is a no-op.
+ms.set_device("CPU")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
