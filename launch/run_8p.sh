@@ -49,6 +49,7 @@ echo "msrun: $((DEVICE_NUM * NNODES)) workers ($DEVICE_NUM on node $NODE_RANK of
 # pipe), so $! is msrun itself (the signal forwarding below needs its pid) and its exit status is the job's.
 MSRUN_NOISE='^(\[(WARNING|INFO)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) process)'
 console() { tee -a "$LOG_DIR/msrun.log" | grep --line-buffered -v -E "$MSRUN_NOISE" || true; }
+LOG_START=$(stat -c %s "$LOG_DIR/msrun.log" 2>/dev/null || echo 0)  # where this launch's part of msrun.log begins
 msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \
   --log_dir="$LOG_DIR" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
@@ -68,8 +69,13 @@ while true; do
   rc=0
   wait "$MSRUN_PID" || rc=$?
   if ! kill -0 "$MSRUN_PID" 2>/dev/null; then  # msrun is gone (otherwise a trapped signal interrupted wait)
-    # msrun may stop tailing before the workers' last words: repeat rank 0's outcome line on this node
-    grep -h -E "^(done:|stopped by|error:)" "$LOG_DIR"/worker_0.log 2>/dev/null | tail -1 || true
+    # msrun may stop tailing before the workers' last words: show rank 0's outcome line on this node unless this
+    # launch's console already did (after a moment for the console's tee to catch up)
+    last=$(grep -h -E "^(done:|stopped by|error:)" "$LOG_DIR"/worker_0.log 2>/dev/null | tail -1 || true)
+    if [ -n "$last" ]; then
+      sleep 0.5
+      tail -c "+$((LOG_START + 1))" "$LOG_DIR/msrun.log" 2>/dev/null | grep -qxF -- "$last" || echo "$last"
+    fi
     exit "$rc"
   fi
 done
