@@ -6,6 +6,7 @@
 #   NODE_RANK    this node's index [0]             MASTER_ADDR  node 0's address [127.0.0.1]
 #   MASTER_PORT  scheduler port on node 0 [8118]   LOG_DIR    per-worker logs [runs/msrun_logs]
 #   CLUSTER_TIMEOUT  seconds to wait for all workers to join [600]
+#   BIND_CORE    True: msrun pins each worker to its own share of this node's CPU cores; False: no pinning [True]
 #   ENTRY        another Python script to run data-parallel instead of training, e.g.
 #                ENTRY=tools/sample.py bash launch/run_8p.sh --ckpt CKPT --out DIR  (all arguments go to it)
 # The exit status is the job's: non-zero as soon as any worker fails (msrun --join=True).
@@ -22,6 +23,11 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-8118}
 LOG_DIR=${LOG_DIR:-runs/msrun_logs}
 CLUSTER_TIMEOUT=${CLUSTER_TIMEOUT:-600}
+BIND_CORE=${BIND_CORE:-True}
+case "$BIND_CORE" in
+  True|False) ;;
+  *) echo "error: BIND_CORE must be True or False (got '$BIND_CORE')" >&2; exit 2 ;;
+esac
 CHECK=(python -m ddpm_dist.launch_check --device-num "$DEVICE_NUM" --nnodes "$NNODES" --node-rank "$NODE_RANK"
        --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" --cluster-timeout "$CLUSTER_TIMEOUT")
 if [ -n "${ENTRY:-}" ]; then
@@ -52,7 +58,7 @@ console() { tee -a "$LOG_DIR/msrun.log" | grep --line-buffered -v -E "$MSRUN_NOI
 LOG_START=$(stat -c %s "$LOG_DIR/msrun.log" 2>/dev/null || echo 0)  # where this launch's part of msrun.log begins
 msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \
-  --log_dir="$LOG_DIR" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
+  --log_dir="$LOG_DIR" --bind_core="$BIND_CORE" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
   "$ENTRY" "${ARGS[@]}" > >(console) 2> >(console >&2) &
 MSRUN_PID=$!
 forward() {  # the signal to msrun's worker children only (not to its scheduler process, MS_ROLE=MS_SCHED)

@@ -29,6 +29,7 @@ def _run_8p(tmp_path: Path, *args: str, timeout: int = 120, **variables) -> subp
         ({"NNODES": "2", "NODE_RANK": "2", "DEVICE_NUM": "1"}, "NODE_RANK=2: must be in [0, 1]"),
         ({"MASTER_PORT": "99999"}, "MASTER_PORT=99999: must be in [1, 65535]"),
         ({"CLUSTER_TIMEOUT": "x"}, "CLUSTER_TIMEOUT='x'"),
+        ({"BIND_CORE": "yes"}, "BIND_CORE must be True or False (got 'yes')"),
         ({"DEVICE_NUM": "3"}, "train.global_batch=8 is not divisible by the 3 workers"),
         ({"DEVICE_NUM": "1", "NNODES": "2", "MASTER_ADDR": "127.0.0.1"}, "MASTER_ADDR=127.0.0.1 is a loopback address"),
         ({"DEVICE_NUM": "1", "NNODES": "2", "MASTER_ADDR": "localhost"}, "is a loopback address, but NNODES=2"),
