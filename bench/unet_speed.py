@@ -5,7 +5,7 @@ alike (the ratios are the result; absolute times vary +-20% between runs):
 
 - ``bare``: MindSpore ``value_and_grad`` of the eps MSE -> global-norm clip -> Adam, one GRAPH_MODE Cell;
 - ``framework``: ddpm-dist's own compiled ``TrainStep`` (the one training runs: diffusion loss, loss scaling,
-  all_finite, clip, Adam with the lr schedule, EMA, device-side statistics);
+  the finite check from the global norm, clip, Adam with the lr schedule, EMA, device-side statistics);
 - ``diffusers``: the same architecture as a diffusers ``UNet2DModel`` on PyTorch (the google/ddpm-cifar10-32 layout
   for configs/cifar.yaml), MSE -> backward -> ``clip_grad_norm_`` -> Adam, and ``diffusers_ema`` the same plus an EMA
   update of every weight as diffusers' ``train_unconditional`` does. It runs in a child process (its own threads and

@@ -5,10 +5,10 @@
 
 Each mistake is one line ``error: ...`` on stderr and exit status 2 (3 when node 0's scheduler never answers), found
 here in a second instead of as a traceback inside the workers or after CLUSTER_TIMEOUT: the launcher variables must
-be integers in range; with ``--config`` the config must load and ``train.global_batch`` must divide over all
-workers; with several nodes, ``MASTER_ADDR`` must be node 0's own, non-loopback address, and the other nodes wait
-(at most CLUSTER_TIMEOUT seconds) until node 0's scheduler accepts connections. Prints nothing on success, except
-the line saying a node waits for the scheduler.
+be integers in range and BIND_CORE True or False; with ``--config`` the config must load and ``train.global_batch``
+must divide over all workers; with several nodes, ``MASTER_ADDR`` must be node 0's own, non-loopback address, and
+the other nodes wait (at most CLUSTER_TIMEOUT seconds) until node 0's scheduler accepts connections. Prints nothing
+on success, except the line saying a node waits for the scheduler.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def check_numbers(args) -> dict:
     v = {name: parse_int(name, getattr(args, name.lower()), *limits) for name, limits in _LIMITS.items()}
     v["NODE_RANK"] = parse_int("NODE_RANK", args.node_rank, 0, v["NNODES"] - 1)
     return v
+
+
+def check_bind_core(text: str) -> None:
+    """BIND_CORE is msrun's ``--bind_core`` switch: True or False (msrun's own dict form is not offered here)."""
+    if text not in ("True", "False"):
+        raise LaunchError(f"BIND_CORE must be True or False (got {text!r})")
 
 
 def check_config(path: str, overrides: Sequence[str], workers: int) -> None:
@@ -122,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("device-num", "nnodes", "node-rank", "master-port", "cluster-timeout"):
         p.add_argument(f"--{name}", required=True, help=f"{name.upper().replace('-', '_')} as given to the launcher")
     p.add_argument("--master-addr", required=True)
+    p.add_argument("--bind-core", default="True", help="BIND_CORE as given to the launcher (True or False)")
     p.add_argument("--config", help="the training config (omit for ENTRY scripts)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = p.parse_args(argv)
     try:
         v = check_numbers(args)
+        check_bind_core(args.bind_core)
         workers = v["DEVICE_NUM"] * v["NNODES"]
         if args.config is not None:
             check_config(args.config, args.overrides, workers)

@@ -24,12 +24,9 @@ MASTER_PORT=${MASTER_PORT:-8118}
 LOG_DIR=${LOG_DIR:-runs/msrun_logs}
 CLUSTER_TIMEOUT=${CLUSTER_TIMEOUT:-600}
 BIND_CORE=${BIND_CORE:-True}
-case "$BIND_CORE" in
-  True|False) ;;
-  *) echo "error: BIND_CORE must be True or False (got '$BIND_CORE')" >&2; exit 2 ;;
-esac
 CHECK=(python -m ddpm_dist.launch_check --device-num "$DEVICE_NUM" --nnodes "$NNODES" --node-rank "$NODE_RANK"
-       --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" --cluster-timeout "$CLUSTER_TIMEOUT")
+       --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" --cluster-timeout "$CLUSTER_TIMEOUT"
+       --bind-core "$BIND_CORE")
 if [ -n "${ENTRY:-}" ]; then
   [ -f "$ENTRY" ] || { echo "error: ENTRY script not found: $ENTRY" >&2; exit 2; }
   ARGS=("$@")

@@ -53,6 +53,18 @@ def _sq_sum(g):
     return ops.reduce_sum(flat * flat)
 
 
+class GlobalNorm(nn.Cell):
+    """``norm(grads)``: the float32 L2 norm over a tuple of gradients; inf or nan when any element is (or when the
+    sum of squares overflows float32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads):
+        return ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+
+
 class TrainStep(nn.Cell):
     """``step(x0, t, noise) -> loss`` (this rank's mean loss; everything else is state).
 
@@ -81,6 +93,7 @@ class TrainStep(nn.Cell):
             raise ValueError(f"grad_accum must be >= 1 (got {grad_accum})")
         self.grad_accum = int(grad_accum)
         self.hyper_map = ops.HyperMap()
+        self.global_norm = GlobalNorm()
         self.quartile_edges = Tensor([diffusion.num_timesteps * k / 4.0 for k in (1, 2, 3)], ms.float32)
         self.stats = Parameter(ops.zeros(NUM_STATS, ms.float32), name="stats", requires_grad=False)
         self.nonfinite_run = Parameter(Tensor(0, ms.int32), name="nonfinite_run", requires_grad=False)
@@ -112,7 +125,7 @@ class TrainStep(nn.Cell):
         grads, per_sample = self.accumulate(x0, t, noise, scale)
         loss = per_sample.mean()
         grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
-        norm = ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads))) / scale  # the unscaled global norm
+        norm = self.global_norm(grads) / scale  # the unscaled global norm
         finite = ops.isfinite(norm)
         factor = 1.0 / scale
         if self.grad_clip > 0:
