@@ -22,7 +22,8 @@ setup(
         "scipy",
     ],
     extras_require={
-        "quickstart": ["scikit-learn"],
+        # scikit-learn: the embedded digits; tensorboard: the README's `tensorboard --logdir runs` after the quickstart
+        "quickstart": ["scikit-learn", "tensorboard"],
         # tools/convert_inception.py reads pytorch-fid's weights file with PyTorch (any build; conversion only)
         "convert": ["torch"],
         # tests/test_eval.py compares the Inception port with pytorch-fid's own network, tests/test_interop.py the

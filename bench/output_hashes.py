@@ -16,28 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from benchlib import ROOT, report, run_checked
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
-def _env() -> dict:
-    env = dict(os.environ, GLOG_v="3", ONEDNN_MAX_CPU_ISA="AVX2")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _run(*cmd: str, cwd: Path) -> None:
-    done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    run_checked(list(cmd), what=" ".join(cmd), tail=2000, cwd=cwd)
 
 
 def _sha(array: np.ndarray) -> str:
@@ -63,6 +53,11 @@ def _png_sha(path: Path) -> str:
 
 
 def main() -> int:
+    return report(lambda: print(json.dumps(hashes(), indent=1, sort_keys=True)))
+
+
+def hashes() -> dict:
+    """Run the tiny pipeline end to end; the hash of every output. Raises BenchError."""
     py = sys.executable
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +105,7 @@ def main() -> int:
              "--out", str(tmp / "fid.json"), "--device", "CPU", cwd=tmp)  # fmt: skip
         fid = json.loads((tmp / "fid.json").read_text())
         out["eval_fid"] = {"fid": fid["fid"], "is": fid["inception_score"]["mean"]}
-    print(json.dumps(out, indent=1, sort_keys=True))
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchlib import report, score_both, seed_means  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,8 +141,6 @@ def sample(args, ema, seed: int) -> tuple[np.ndarray, float]:
 
 
 def run(args) -> dict:
-    from time_to_quality import score_both, seed_means  # bench/, this script's directory
-
     from ddpm_dist.eval.digits import PROTOCOL, resolve_reference
 
     images = np.asarray(resolve_reference(str(Path(args.data).absolute())))
@@ -184,13 +180,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
 
-    try:
-        result = run(args)
-    except (PeerError, EvalError) as err:
-        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr, flush=True)
-        return 1
-    print(json.dumps(result, indent=1))
-    return 0
+    return report(lambda: print(json.dumps(run(args), indent=1)), PeerError, EvalError)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import BenchError
 
 from ddpm_dist.cli_util import fail, first_line
 
 DEFAULT_SETTINGS = "ddpm-1000,ddim-10,ddim-25,ddim-50,ddim-100,dpm++2m-10,dpm++2m-15,dpm++2m-20,dpm++2m-25"
 METRICS = ("auto", "digits", "pixel-fd")
-
-
-class BenchError(ValueError):
-    """A bad argument or input; one line for the user."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -40,13 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import ROOT, BenchError, env, report, run_checked, scalars, score_both, seed_means
 
-ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 600  # after SIGTERM: the current step, the stop agreement (every 10 steps) and the checkpoint
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot produce its numbers; the message is one line."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,21 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _env(**extra: str) -> dict:
-    env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    return env | extra
-
-
 def train(args, work: Path) -> dict:
     """Run the quickstart under the budget; return what it reached. Raises BenchError."""
     run_dir, logs = work / "run", work / "logs"
     cmd = ["bash", str(ROOT / "launch" / "quickstart.sh"), f"run.out_dir={run_dir}", *args.overrides]
-    env = _env(DATA=str(work / "data"), DEVICE_NUM=str(args.workers), LOG_DIR=str(logs),
-               MASTER_PORT=str(args.master_port))  # fmt: skip
+    child_env = env(DATA=str(work / "data"), DEVICE_NUM=str(args.workers), LOG_DIR=str(logs),
+                    MASTER_PORT=str(args.master_port))  # fmt: skip
     t0 = time.perf_counter()
     with open(work / "launcher.log", "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=work, env=child_env, stdout=out, stderr=subprocess.STDOUT)
         stopped_at = None
         try:
             while proc.poll() is None:
@@ -119,7 +108,7 @@ def train(args, work: Path) -> dict:
     if not index:
         raise BenchError(f"the run wrote no checkpoint (budget {args.budget:.0f}s shorter than its start-up?)")
     compile_s = re.search(r"graph compile\) took ([0-9.]+)s", text)
-    rates = _scalars(run_dir, "perf/images_per_sec")
+    rates = scalars(run_dir, "perf/images_per_sec")
     return {
         "steps": int(index[-1]["step"]),
         "stopped_by_budget": stopped_at is not None and "stopped by" in text,
@@ -137,23 +126,13 @@ def _training_started(logs: Path) -> bool:
     return log.is_file() and "graph compile) took" in log.read_text(errors="replace")
 
 
-def _scalars(run_dir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
 def sample(args, ckpt: str, work: Path, seed: int) -> tuple[np.ndarray, float]:
     out = work / f"samples_seed{seed}"
     cmd = [sys.executable, str(ROOT / "tools" / "sample.py"), "--ckpt", ckpt, "--out", str(out), "--sampler", "ddim",
            "--steps", str(args.sample_steps), "--num-samples", str(args.num_samples), "--batch-size",
            str(args.batch_size), "--seed", str(seed), "--no-progress", "--overwrite"]  # fmt: skip
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True)
-    if res.returncode:
-        raise BenchError(f"sampling seed {seed} failed ({res.returncode}): {res.stderr.strip()[-400:]}")
+    run_checked(cmd, what=f"sampling seed {seed}", tail=400, cwd=work)
     with np.load(out / "samples.npz") as data:
         return data["arr_0"], time.perf_counter() - t0
 
@@ -165,9 +144,7 @@ def run_peer(args, work: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "peer_digits.py"), "--data", str(work / "data"), *budget,
            "--num-samples", str(args.num_samples), "--seeds", *map(str, args.seeds), "--sample-steps",
            str(args.sample_steps), "--sample-batch", str(args.batch_size)]  # fmt: skip
-    res = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True)
-    if res.returncode:
-        raise BenchError(f"the peer failed ({res.returncode}): {res.stderr.strip()[-400:]}")
+    res = run_checked(cmd, what="the peer", tail=400, cwd=work)
     return json.loads(res.stdout)
 
 
@@ -184,30 +161,31 @@ def _fixed_steps(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
+
+    return report(lambda: print(json.dumps(measure(args), indent=1)), EvalError)
+
+
+def measure(args) -> dict:
+    """Train, sample and score (and the peer with ``--peer``); the JSON document. Raises BenchError, EvalError."""
     from ddpm_dist.eval.digits import PROTOCOL, resolve_reference
 
     keep = args.work_dir is not None
-    try:
-        with tempfile.TemporaryDirectory(prefix="ddpm_ttq_") as tmp:
-            work = Path(args.work_dir).absolute() if keep else Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            trained = train(args, work)
-            train_images = resolve_reference(str(work / "data"))
-            runs = []
-            for seed in args.seeds:
-                images, wall = sample(args, trained["checkpoint"], work, seed)
-                runs.append({"seed": seed, "sample_wall_s": round(wall, 1), **score_both(images, train_images)})
-            pick = np.random.default_rng(0).choice(len(train_images), min(args.num_samples, len(train_images)), False)
-            real = train_images[np.sort(pick)]
-            floor = score_both(real, train_images)
-            total = time.perf_counter() - t0
-            peer = run_peer(args, work) if args.peer else None
-            if not keep:
-                trained["checkpoint"] = Path(trained["checkpoint"]).name
-    except (BenchError, EvalError) as err:
-        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr, flush=True)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="ddpm_ttq_") as tmp:
+        work = Path(args.work_dir).absolute() if keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        trained = train(args, work)
+        train_images = resolve_reference(str(work / "data"))
+        runs = []
+        for seed in args.seeds:
+            images, wall = sample(args, trained["checkpoint"], work, seed)
+            runs.append({"seed": seed, "sample_wall_s": round(wall, 1), **score_both(images, train_images)})
+        pick = np.random.default_rng(0).choice(len(train_images), min(args.num_samples, len(train_images)), False)
+        floor = score_both(train_images[np.sort(pick)], train_images)
+        total = time.perf_counter() - t0
+        peer = run_peer(args, work) if args.peer else None
+        if not keep:
+            trained["checkpoint"] = Path(trained["checkpoint"]).name
     result = {
         "budget_s": args.budget,
         "workers": args.workers,
@@ -225,25 +203,7 @@ def main(argv=None) -> int:
     if peer is not None:
         result["peer"] = peer
         result["fd_vs_train_ratio_to_peer"] = round(result["mean"]["fd_vs_train"] / peer["mean"]["fd_vs_train"], 3)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def score_both(images: np.ndarray, train_images: np.ndarray) -> dict:
-    """The digits metric of ``images`` against a model's own training images and against the held-out digits."""
-    from ddpm_dist.eval.digits import digits_scores
-
-    return {"vs_train": _short(digits_scores(images, reference=train_images)),
-            "vs_heldout": _short(digits_scores(images))}  # fmt: skip
-
-
-def seed_means(runs: list[dict]) -> dict:
-    """The mean FDs over the seeds' results of :func:`score_both`."""
-    return {f"fd_{ref}": round(float(np.mean([r[ref]["fd"] for r in runs])), 4) for ref in ("vs_train", "vs_heldout")}
-
-
-def _short(scores: dict) -> dict:
-    return {k: round(float(scores[k]), 4) for k in ("fd", "confidence", "class_entropy")}
+    return result
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,8 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, BenchError, env, report, scalars
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,14 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _scalar(run_dir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
 def run_one(args, workers: int, data: Path, work: Path, port: int, *, grad_accum: int) -> dict:
     run_dir = work / f"run_{workers}_k{grad_accum}"
     batch = args.batch * grad_accum
@@ -65,23 +55,23 @@ def run_one(args, workers: int, data: Path, work: Path, port: int, *, grad_accum
         "train.ckpt_every=0", "run.sample_every=0", "run.num_samples=1", "run.sample_steps=1",
         f"run.log_every={total}", *args.overrides,
     ]  # fmt: skip
-    env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"))
+    child_env = env()
     if workers == 1:
         cmd = [sys.executable, "-m", "ddpm_dist.train", "--config", args.config, *overrides]
     else:
         cmd = ["bash", str(ROOT / "launch" / "run_8p.sh"), args.config, *overrides]
-        env |= {"DEVICE_NUM": str(workers), "MASTER_PORT": str(port), "LOG_DIR": str(run_dir / "logs")}
+        child_env |= {"DEVICE_NUM": str(workers), "MASTER_PORT": str(port), "LOG_DIR": str(run_dir / "logs")}
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     text = res.stdout + res.stderr
     if workers > 1 and (run_dir / "logs" / "worker_0.log").is_file():
         text += (run_dir / "logs" / "worker_0.log").read_text(errors="replace")
     if res.returncode:
-        raise SystemExit(f"error: {workers}-worker run failed ({res.returncode}): {text.strip()[-800:]}")
+        raise BenchError(f"{workers}-worker run failed ({res.returncode}): {text.strip()[-800:]}")
     compile_s = float(re.search(r"graph compile\) took ([0-9.]+)s", text).group(1))
-    step_s = _scalar(run_dir, "perf/step_time_s")[-1]
-    img_s = _scalar(run_dir, "perf/images_per_sec")[-1]
+    step_s = scalars(run_dir, "perf/step_time_s")[-1]
+    img_s = scalars(run_dir, "perf/images_per_sec")[-1]
     return {
         "workers": workers,
         "grad_accum": grad_accum,
@@ -99,18 +89,24 @@ def run_one(args, workers: int, data: Path, work: Path, port: int, *, grad_accum
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.config import ConfigError, load_config
-    from ddpm_dist.data.convert import write_arrays
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.grad_accum < 1 or any(args.batch % w for w in args.workers):
+        print("error: --grad-accum must be >= 1 and --batch divisible by every --workers count", file=sys.stderr)
+        return 2
+    return report(lambda: print(json.dumps(measure(args, cfg), indent=1)))
+
+
+def measure(args, cfg) -> dict:
+    """Every worker count (and K) on a synthetic data set of the config's image size. Raises BenchError."""
+    from ddpm_dist.data.convert import write_arrays
+
     with tempfile.TemporaryDirectory(prefix="ddpm_bench_") as tmp:
         work = Path(tmp)
-        if args.grad_accum < 1 or any(args.batch % w for w in args.workers):
-            print("error: --grad-accum must be >= 1 and --batch divisible by every --workers count", file=sys.stderr)
-            return 2
         n = max(args.batch * args.grad_accum * (args.steps + 2), 64)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (n, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
@@ -132,8 +128,7 @@ def main(argv=None) -> int:
         if r["grad_accum"] > 1:
             base = next(p for p in plain if p["workers"] == r["workers"])
             r["accum_step_ratio"] = round(r["step_s"] / base["step_s"], 3)
-    print(json.dumps(out, indent=1))
-    return 0
+    return out
 
 
 if __name__ == "__main__":

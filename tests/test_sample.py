@@ -425,6 +425,8 @@ def test_bad_requests_on_a_real_checkpoint(train_ckpt, tmp_path):
 def _quality_bench():
     import importlib.util
 
+    if str(ROOT / "bench") not in sys.path:  # as when run as a script: its directory first, for `import benchlib`
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("sampling_quality", ROOT / "bench" / "sampling_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
