@@ -2,6 +2,7 @@
 (MindSpore writes rank_0/ and rewritten_network/ into the CWD on some errors)."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +42,25 @@ def cpu_graph():
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     yield
+
+
+@pytest.fixture
+def pynative():
+    """The test runs in PyNative mode; the previous mode is restored afterwards (a module's autouse fixture asks for
+    it)."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -54,11 +54,8 @@ CIFAR10_32 = {
 
 
 @pytest.fixture(autouse=True)
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+def _pynative(pynative):
     yield
-    ms.set_context(mode=previous)
 
 
 def run(script: str, *args: str, timeout: int = 900, extra_env: dict | None = None) -> subprocess.CompletedProcess:

@@ -19,12 +19,8 @@ ARCHS = ("ddpm_unet", "convnext_unet")
 
 
 @pytest.fixture(autouse=True)
-def _pynative_then_restore():
-    """Each test starts in PyNative mode; the previous mode is restored afterwards."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+def _pynative(pynative):
     yield
-    ms.set_context(mode=previous)
 
 
 def _cfg(*overrides: str):

@@ -170,18 +170,6 @@ def test_damaged_index_then_the_same_command_resumes_instead_of_starting_over(di
         assert (run / "checkpoints" / name).read_bytes() == data  # never overwritten
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 @pytest.mark.slow
 def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_temporary(digits8, small_tmpfs):
     run = small_tmpfs / "run"  # 2.9 MB checkpoints, all kept: the 7th save finds the disk full

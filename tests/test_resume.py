@@ -170,18 +170,6 @@ def test_index_entries_outside_the_plain_checkpoint_names_are_never_deleted(tmp_
     assert [e["step"] for e in checkpoint.read_index(ckpt_dir)] == [4]
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def test_disk_full_save_removes_every_temporary_and_says_one_line(small_tmpfs, capfd):
     cell = _Small(2048)  # 16 MB of weights: the first save fits in 20 MB, the second runs out of space half-way
     checkpoint.save(cell, small_tmpfs, step=1, meta={"images_seen": 1})
