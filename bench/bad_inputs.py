@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,10 +82,10 @@ def trials() -> list[Trial]:
         "data.num_parallel_workers=64", "data.num_parallel_workers=0", "run.device=TPU", "run.mode=eager",
         "run.out_dir=", "run.profile=5:2", "run.profile=abc", "run.sampler=euler", "run.sample_steps=500",
         "nosuch.key=1", "model.nosuch=1", "model.ch", "=1",
-        "data.path=/nonexistent", "data.path={W}/empty_dir", "data.path={D}/manifest.json",
+        "data.path=/nonexistent", "data.path={W}/empty_dir", "data.path={W}/afile",
     ]  # fmt: skip
     for o in bad_overrides:
-        out.append(Trial(f"override {o}", [*T, *RUN6, o], setup="mkdir -p {W}/empty_dir"))
+        out.append(Trial(f"override {o}", [*T, *RUN6, o], setup="mkdir -p {W}/empty_dir && touch {W}/afile"))
     out += [
         Trial("diffusion.timesteps=1 with a grid", [*T, "diffusion.timesteps=1", "run.sample_steps=0",
                                                     "run.sample_every=3"]),
@@ -238,12 +239,15 @@ def run_trial(trial: Trial, *, data: Path, base_run: Path, work: Path) -> dict:
             os.chmod(work, 0o777)
             preexec = _drop_to_nobody
         t0 = time.monotonic()
+        proc = subprocess.Popen(argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=work, preexec_fn=preexec, start_new_session=True)  # fmt: skip
         try:
-            p = subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=trial.timeout, cwd=work,
-                               preexec_fn=preexec, start_new_session=True)  # fmt: skip
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, out, err = "timeout", _text(e.stdout), _text(e.stderr)
+            out, err = proc.communicate(timeout=trial.timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher's msrun and workers too
+            out, err = proc.communicate()
+            rc = "timeout"
         seconds = time.monotonic() - t0
     finally:
         taken.close()
@@ -269,10 +273,6 @@ def run_trial(trial: Trial, *, data: Path, base_run: Path, work: Path) -> dict:
         "seconds": round(seconds, 1),
         "stderr_tail": err.strip().splitlines()[-3:],
     }
-
-
-def _text(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def _drop_to_nobody():
