@@ -107,7 +107,8 @@ def check_record_counts(manifest: dict) -> None:
     root = Path(manifest["root"])
     for entry in manifest["files"]:
         try:
-            reader = ds.MindDataset(str(root / entry["name"]), columns_list=["index"], shuffle=False)
+            # a list: this file only (a single name would load every file of its MindRecord group)
+            reader = ds.MindDataset([str(root / entry["name"])], columns_list=["index"], shuffle=False)
             records = reader.get_dataset_size()
         except RuntimeError as err:
             raise DataError(f"{root / entry['name']}: not a readable MindRecord file ({first_line(err)})") from None
