@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mindspore import nn
-from train_helpers import TINY, env, final_state, prepare_digits, run_train
+from train_helpers import ROOT, TINY, env, final_state, free_port, prepare_digits, run_train, worker_logs
 
 from ddpm_dist import checkpoint
 
@@ -330,6 +330,33 @@ def test_a_second_run_into_a_busy_run_dir_is_refused_and_a_killed_run_releases_i
         first.wait(timeout=60)
     _intact(run / "checkpoints", runs["bytes"])
     _continues_bitwise(runs, run, _t(digits8, run, "train.total_steps=9"))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_under_msrun_rank_0_takes_the_lock_and_a_busy_run_dir_is_refused(digits8, runs, tmp_path):
+    """Only rank 0 writes run.out_dir, so only it locks: a 2-worker job into a directory another process holds is
+    refused by rank 0 (one line naming the holder) and writes nothing."""
+    from ddpm_dist.checkpoint.lock import RunLock
+
+    run = _copy_r(runs, tmp_path / "run")
+    holder = RunLock(run)
+    assert holder.acquire(create=False)
+    try:
+        launch = subprocess.run(
+            ["bash", str(ROOT / "launch" / "run_8p.sh"), TINY, f"data.path={digits8}", "model.dropout=0",
+             "train.total_steps=9", "train.ckpt_every=3", f"run.out_dir={run}"],
+            env=env() | {"DEVICE_NUM": "2", "MASTER_PORT": str(free_port()), "LOG_DIR": str(tmp_path / "logs"),
+                         "CLUSTER_TIMEOUT": "120"},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        holder.release()
+    logs = worker_logs(tmp_path / "logs")
+    assert launch.returncode != 0, logs
+    assert f"error: run.out_dir {run} is in use by another run (pid {os.getpid()} on " in logs
+    _intact(run / "checkpoints", runs["bytes"])
+    assert not (run / "checkpoints" / "step_00000009.ckpt").exists()
 
 
 @pytest.mark.slow
