@@ -31,6 +31,7 @@ What may be overwritten or deleted, and what is never skipped:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -72,9 +73,11 @@ def _access_problem(path: Path, *, read_all: bool) -> OSError | None:
 
 
 def _unreadable(path: Path, err: OSError) -> CheckpointUnreadable:
+    denied = err.errno in (errno.EACCES, errno.EPERM)
+    todo = "make it readable by this user (or run as its owner)" if denied else "check the storage"
     return CheckpointUnreadable(
         f"{path}: cannot read this checkpoint ({err.strerror or err}); it is not corrupt, so nothing is skipped or "
-        "overwritten: make it readable by this user (or run as its owner), then run again"
+        f"overwritten: {todo}, then run again"
     )
 
 
@@ -85,8 +88,10 @@ def checkpoint_dir(out_dir: str) -> Path:
 def read_index(ckpt_dir: Path) -> list[dict]:
     """The complete checkpoints of ``ckpt_dir`` as ``[{"file": name, "step": int}]``, oldest first.
 
-    Reads ``index.json``; rebuilds the list from the checkpoint files' own metadata (with a warning) when the index
-    is damaged or missing beside checkpoint files. Raises CheckpointError when it can do neither.
+    Reads ``index.json``; rebuilds the list from the checkpoint files' own metadata (with a warning, once per
+    process) when the index is damaged, contradicts the files, or is missing beside checkpoint files. Raises
+    CheckpointError when it can do neither, CheckpointUnreadable when the index, the directory or a file to rebuild
+    from cannot be read (permission, I/O error).
     """
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / INDEX
