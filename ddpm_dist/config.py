@@ -8,6 +8,7 @@ out-of-range values raise :class:`ConfigError`, whose message names the key and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,8 @@ _RANGES = {
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "train.loss_scale_value": (lambda v: v >= 1.0, ">= 1"),
+    "run.seed": (lambda v: 0 <= v <= 2**32 - 1, "in [0, 2**32 - 1] (what MindSpore's set_seed accepts)"),
+    "run.out_dir": (lambda v: bool(v.strip()), "a non-empty path"),
     "eval.ref_num": (lambda v: v == 0 or v >= 2, "0 (all) or >= 2"),
     "eval.num_samples": (lambda v: v >= 2, ">= 2"),
 }
@@ -220,6 +223,10 @@ def profile_window(spec: str) -> tuple[int, int] | None:
 
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
+    for key in _float_keys():  # inf passes "> 0" and nan fails every range with a confusing message
+        value = _get(cfg, key)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key}: must be a finite number (got {value!r})")
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -280,6 +287,52 @@ def _format_omegaconf_error(err: OmegaConfBaseException, source: str) -> str:
     return f"{source}: {key}: {msg}"
 
 
+def _float_keys() -> list[str]:
+    return [
+        f"{sec.name}.{f.name}"
+        for sec in dataclasses.fields(Config)
+        for f in dataclasses.fields(sec.default_factory)
+        if f.type in ("float", float)
+    ]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently, so a config
+    with two ``lr:`` lines trained with whichever came last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path):
+    """The parsed YAML of a config file; ConfigError names the file (and the line, for a duplicate key)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the config as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as err:
+        if err.problem and err.problem.startswith("duplicate key"):
+            mark = err.problem_mark
+            raise ConfigError(f"{path}: line {mark.line + 1}: {err.problem}") from None
+        raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
+
+
 def _str_keys() -> set[str]:
     return {
         f"{sec.name}.{f.name}"
@@ -312,10 +365,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
+        data = _read_yaml(p)
         if data is None:
             raise ConfigError(
                 f"{path}: the config file is empty; start from one in configs/ (every value left out takes its "

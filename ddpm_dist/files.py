@@ -36,14 +36,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary file beside ``path``, fsync and rename: readers see the old file or the new
     one, never a partial one, and an error (e.g. a full disk) leaves no temporary file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a write error (a full disk) names no file by itself: name the one being written
+        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -54,16 +56,30 @@ def write_json_atomic(path: str | Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def probe_writable(path: str | Path) -> None:
-    """Raise OSError unless a directory could be created at ``path`` (or inside it, if it is a directory): a probe
-    directory is made and removed in the nearest existing ancestor, so nothing is left behind either way."""
+PROBE_BYTES = 1 << 20
+
+
+def probe_writable(path: str | Path, *, nbytes: int = PROBE_BYTES) -> None:
+    """Raise OSError unless a directory could be created at ``path`` (or inside it, if it is a directory) and
+    ``nbytes`` written into it: a probe directory holding one fsynced file of ``nbytes`` is made and removed in the
+    nearest existing ancestor, so nothing is left behind either way. The write finds a full disk (where ``mkdir``
+    alone still succeeds); its error names the directory probed."""
     path = Path(path).absolute()
     base = next(p for p in (path, *path.parents) if p.exists())
     if not base.is_dir():
         raise NotADirectoryError(20, "Not a directory", str(base))
     probe = base / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
     probe.mkdir()
-    probe.rmdir()
+    try:
+        with open(probe / "probe", "wb") as f:
+            f.write(bytes(nbytes))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, f"{err.strerror or err} (writing {nbytes >> 10} KiB into {base})") from None
+    finally:
+        (probe / "probe").unlink(missing_ok=True)
+        probe.rmdir()
 
 
 def read_torch_state(path: Path) -> dict:

@@ -82,7 +82,7 @@ def _import_summary_writer():
 
 
 class TensorBoard:
-    """tensorboardX writer under ``<out_dir>/tb`` on rank 0; a no-op elsewhere.
+    """tensorboardX writer under ``<out_dir>/tb`` on rank 0, made at the first write; a no-op elsewhere.
 
     tensorboardX writes from a thread of its own, so a full disk would end in tracebacks from that thread and again
     at exit. Here a write error of that thread is recorded instead (see ``_watch_writer_thread``), the next call
@@ -93,13 +93,22 @@ class TensorBoard:
         self.writer = None
         self.logdir = Path(out_dir) / "tb"
         self.error: OSError | None = None
-        if rank == 0:
-            SummaryWriter = _import_summary_writer()
-            _watch_writer_thread(self)
+        self._pending = rank == 0  # the writer (and <out_dir>/tb) is made at the first write, not here: a run that
+        # fails during set-up leaves no directory behind
+
+    def _open(self) -> None:
+        self._pending = False
+        SummaryWriter = _import_summary_writer()
+        _watch_writer_thread(self)
+        try:
             # A long queue: with the default (10) a full queue behind a writer thread that died would block forever.
             self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30, max_queue=100_000)
+        except OSError as err:
+            raise TensorBoardError(f"could not write TensorBoard events to {self.logdir}: {err}") from None
 
     def _call(self, fn, *args, **kwargs) -> None:
+        if self._pending:
+            self._open()
         if self.writer is None:
             return
         try:
@@ -128,6 +137,7 @@ class TensorBoard:
 
     def close(self) -> None:
         """Close the writer; never raises (a write error was reported by the call that met it)."""
+        self._pending = False
         writer, self.writer = self.writer, None
         if writer is None:
             return

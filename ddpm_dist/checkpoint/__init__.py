@@ -10,20 +10,33 @@ replaced atomically) lists the complete checkpoints, oldest first. ``latest`` re
 not listed - a save killed half-way - is never picked. The step is read from the file's metadata, never its name.
 
 The index is untrusted input: only entries naming a plain ``step_<8 digits>.ckpt`` file inside the checkpoint
-directory are ever read or deleted. An index that cannot be read (damaged, not a list, a bad entry) - or a missing
-one beside checkpoint files - is rebuilt from the files themselves (each carries its step and a CRC), so a damaged
-index can never send a run back to step 0 to overwrite its checkpoints; when no file verifies, ``CheckpointError``
-names the index and the way out. Every temporary a save can leave (ours, MindSpore's ``.tmp``, the index's) is
-removed when the save fails and before the next save starts.
+directory are ever read or deleted. An index that cannot be read (damaged, not a list, a bad entry), one that
+contradicts the files (an empty list beside checkpoint files; an entry whose step is not its file name's step) - or a
+missing one beside checkpoint files - is rebuilt from the files themselves (each carries its step and a CRC), so a
+damaged index can never send a run back to step 0 to overwrite its checkpoints; when no file verifies,
+``CheckpointError`` names the index and the way out. Every temporary a save can leave (ours, MindSpore's ``.tmp``, the
+index's) is removed when the save fails and before the next save starts.
+
+What may be overwritten or deleted, and what is never skipped:
+
+- A checkpoint that exists but cannot be read for another reason than its content - permission denied, an I/O
+  error - raises :class:`CheckpointUnreadable` (never "skipped as corrupt": the run stops, the files stay).
+- ``latest`` falls back to an older checkpoint only when the newer ones are corrupt (CRC, truncation) *and* an older
+  one loads; when none loads it raises, so a run never starts over on top of them.
+- A save never deletes (retention) a checkpoint newer than the one it writes, and refuses to write at all while the
+  index lists a newer checkpoint that loads (:func:`newer_checkpoints`): resuming an older step (another
+  ``train.global_batch``, ``train.resume=<older file>``, ``train.resume=none``) can never overwrite newer work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -41,6 +54,33 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+class CheckpointUnreadable(CheckpointError):
+    """A checkpoint that exists but cannot be read (permission denied, an I/O error): not corrupt, so never skipped."""
+
+
+def _access_problem(path: Path, *, read_all: bool) -> OSError | None:
+    """The OSError met opening ``path`` (and, with ``read_all``, reading it to the end), or None. Tells "cannot read
+    the file" (permission, I/O error) apart from "the bytes are bad", which MindSpore reports alike."""
+    try:
+        with open(path, "rb") as f:
+            while read_all and f.read(1 << 22):
+                pass
+    except FileNotFoundError:
+        return None  # gone: reported as "not found" by the caller
+    except OSError as err:
+        return err
+    return None
+
+
+def _unreadable(path: Path, err: OSError) -> CheckpointUnreadable:
+    denied = err.errno in (errno.EACCES, errno.EPERM)
+    todo = "make it readable by this user (or run as its owner)" if denied else "check the storage"
+    return CheckpointUnreadable(
+        f"{path}: cannot read this checkpoint ({err.strerror or err}); it is not corrupt, so nothing is skipped or "
+        f"overwritten: {todo}, then run again"
+    )
+
+
 def checkpoint_dir(out_dir: str) -> Path:
     return Path(out_dir) / "checkpoints"
 
@@ -48,21 +88,25 @@ def checkpoint_dir(out_dir: str) -> Path:
 def read_index(ckpt_dir: Path) -> list[dict]:
     """The complete checkpoints of ``ckpt_dir`` as ``[{"file": name, "step": int}]``, oldest first.
 
-    Reads ``index.json``; rebuilds the list from the checkpoint files' own metadata (with a warning) when the index
-    is damaged or missing beside checkpoint files. Raises CheckpointError when it can do neither.
+    Reads ``index.json``; rebuilds the list from the checkpoint files' own metadata (with a warning, once per
+    process) when the index is damaged, contradicts the files, or is missing beside checkpoint files. Raises
+    CheckpointError when it can do neither, CheckpointUnreadable when the index, the directory or a file to rebuild
+    from cannot be read (permission, I/O error).
     """
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / INDEX
+    files = stored_files(ckpt_dir)
     problem = None
     if path.is_file():
         try:
             entries = json.loads(path.read_text(encoding="utf-8"))
-            problem = _index_problem(entries)
-        except (OSError, ValueError) as err:
+            problem = _index_problem(entries) or _contradiction(entries, files)
+        except ValueError as err:
             problem = f"unreadable ({first_line(err)})"
+        except OSError as err:  # permission, I/O: not damage, and a rebuild could not write the index either
+            raise CheckpointUnreadable(f"{path}: cannot read the checkpoint index ({err.strerror or err})") from None
         if problem is None:
             return sorted(({"file": e["file"], "step": e["step"]} for e in entries), key=lambda e: e["step"])
-    files = sorted(p for p in ckpt_dir.glob("step_*.ckpt") if _NAME.fullmatch(p.name)) if ckpt_dir.is_dir() else []
     if not files:
         return []
     rebuilt = _rebuild(files)
@@ -72,9 +116,21 @@ def read_index(ckpt_dir: Path) -> list[dict]:
             "CRC; move the checkpoints away to start afresh, or use a new run.out_dir"
         )
     warnings.warn(
-        f"{path} is {problem or 'missing'}; rebuilt from {len(rebuilt)} checkpoint file(s)' own metadata", stacklevel=2
+        f"{path} is {problem or 'missing'}; rebuilt from {len(rebuilt)} checkpoint file(s)' own metadata", stacklevel=1
     )
     return rebuilt
+
+
+def stored_files(ckpt_dir: Path) -> list[Path]:
+    """The plain ``step_<8 digits>.ckpt`` files in ``ckpt_dir`` (listed in the index or not), by name. Raises
+    CheckpointUnreadable when the directory exists but cannot be listed."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as err:
+        raise CheckpointUnreadable(f"{ckpt_dir}: cannot list the checkpoints ({err.strerror or err})") from None
+    return [Path(ckpt_dir) / n for n in sorted(names) if _NAME.fullmatch(n)]
 
 
 def _index_problem(entries) -> str | None:
@@ -85,7 +141,26 @@ def _index_problem(entries) -> str | None:
         ok = isinstance(e, dict) and isinstance(e.get("file"), str) and _NAME.fullmatch(e["file"])
         if not ok or not isinstance(e.get("step"), int) or isinstance(e["step"], bool) or e["step"] < 0:
             return f"damaged (entry {json.dumps(e)[:80]} is not a step_<N>.ckpt file name with its step)"
+    if len({e["file"] for e in entries}) != len(entries) or len({e["step"] for e in entries}) != len(entries):
+        return "damaged (a file or a step is listed twice)"
     return None
+
+
+def _contradiction(entries: list[dict], files: list[Path]) -> str | None:
+    """How a well-formed index contradicts the files beside it, or None. A save always lists the file it wrote, as
+    ``step_<its step>.ckpt``: an empty list beside checkpoint files, or an entry whose step is not its file name's,
+    was not written by a save. (A file the index does not list is normal: a save killed before the index was written.)
+    """
+    if not entries and files:
+        return f"an empty list beside {len(files)} step_*.ckpt file(s)"
+    for e in entries:
+        if e["file"] != _file_name(e["step"]):
+            return f"contradicting its files (entry {json.dumps(e)[:80]}: that file holds another step)"
+    return None
+
+
+def _file_name(step: int) -> str:
+    return f"step_{step:08d}.ckpt"
 
 
 def _rebuild(files: list[Path]) -> list[dict]:
@@ -94,10 +169,16 @@ def _rebuild(files: list[Path]) -> list[dict]:
 
     entries = []
     for f in files:
+        problem = _access_problem(f, read_all=False)
+        if problem is not None:
+            raise _unreadable(f, problem)
         try:
             params = ms.load_checkpoint(str(f), crc_check=True, choice_func=lambda n: n.startswith("meta."))
             meta = meta_of(params)
         except (ValueError, RuntimeError, OSError, TypeError):
+            problem = _access_problem(f, read_all=True)
+            if problem is not None:
+                raise _unreadable(f, problem) from None
             continue
         if meta.get("kind") == KIND_TRAIN and isinstance(meta.get("step"), int):
             entries.append({"file": f.name, "step": int(meta["step"])})
@@ -135,7 +216,7 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
     import ddpm_dist
 
     ckpt_dir = Path(ckpt_dir)
-    final = ckpt_dir / f"step_{step:08d}.ckpt"
+    final = ckpt_dir / _file_name(step)
     tmp = ckpt_dir / f".step_{step:08d}.partial.ckpt"  # MindSpore insists on the .ckpt suffix
     append = {
         "meta.kind": KIND_TRAIN,
@@ -148,6 +229,12 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(ckpt_dir)  # left by a save that was killed
         entries = read_index(ckpt_dir)  # before writing: a damaged index is rebuilt while the files are all there
+        newer = newer_checkpoints(ckpt_dir, step, entries=entries)
+        if newer:
+            raise CheckpointError(
+                f"refusing to write {final}: {ckpt_dir} holds {newer[-1]['file']} (step {newer[-1]['step']}), newer "
+                "than this run's step; a run continues from the newest checkpoint or goes to a new run.out_dir"
+            )
         with _quiet_mindspore_log():
             ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
@@ -156,7 +243,7 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
         fsync_dir(ckpt_dir)
         entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
         entries.sort(key=lambda e: e["step"])
-        kept, dropped = _retain(entries, keep_last=keep_last, milestone_every=milestone_every)
+        kept, dropped = _retain(entries, keep_last=keep_last, milestone_every=milestone_every, saved_step=step)
         write_json_atomic(ckpt_dir / INDEX, kept)  # first: an index never lists a file already deleted
         for e in dropped:
             (ckpt_dir / e["file"]).unlink(missing_ok=True)
@@ -168,16 +255,40 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
     return final
 
 
-def _retain(entries: list[dict], *, keep_last: int, milestone_every: int) -> tuple[list[dict], list[dict]]:
-    """(kept, dropped): the newest ``keep_last`` entries and the milestones are kept. Entries come from
-    ``read_index``, so every file name is a plain ``step_<N>.ckpt``: nothing else can ever be deleted."""
-    keep_set = {e["file"] for e in entries[-keep_last:]}
+def _retain(
+    entries: list[dict], *, keep_last: int, milestone_every: int, saved_step: int
+) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): the newest ``keep_last`` entries up to ``saved_step`` (the one just written), the milestones,
+    and anything newer than ``saved_step`` (only a corrupt file can be there, see ``save``; it is never deleted here)
+    are kept. Entries come from ``read_index``, so every file name is a plain ``step_<N>.ckpt``: nothing else can ever
+    be deleted."""
+    upto = [e for e in entries if e["step"] <= saved_step]
+    keep_set = {e["file"] for e in upto[-keep_last:]}
     kept, dropped = [], []
     for e in entries:
         milestone = milestone_every and e["step"] % milestone_every == 0
-        (kept if e["file"] in keep_set or milestone else dropped).append(e)
-    assert all(_NAME.fullmatch(e["file"]) for e in dropped)
+        (kept if e["file"] in keep_set or milestone or e["step"] >= saved_step else dropped).append(e)
+    assert all(_NAME.fullmatch(e["file"]) and e["step"] < saved_step for e in dropped)
     return kept, dropped
+
+
+def newer_checkpoints(ckpt_dir: Path, step: int, *, entries: list[dict] | None = None) -> list[dict]:
+    """Index entries newer than ``step`` that must not be overwritten: every one that loads, or that cannot be
+    read (permission, I/O: it may be fine). Corrupt ones (a bad CRC, truncated, missing) are not listed - a run that
+    fell back past them may write over them. Oldest first; usually empty, then nothing is read."""
+    entries = read_index(ckpt_dir) if entries is None else entries
+    keep = []
+    for e in entries:
+        if e["step"] <= step:
+            continue
+        try:
+            load(Path(ckpt_dir) / e["file"])
+        except CheckpointUnreadable:
+            pass
+        except CheckpointError:
+            continue
+        keep.append(e)
+    return keep
 
 
 def load(path) -> dict:
@@ -185,11 +296,22 @@ def load(path) -> dict:
     import mindspore as ms
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CheckpointError(f"{path}: not a checkpoint file")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as err:
+        raise _unreadable(path, err) from None
+    problem = _access_problem(path, read_all=False)  # before MindSpore, which logs its own lines about it
+    if problem is not None:
+        raise _unreadable(path, problem)
     try:
         return ms.load_checkpoint(str(path), crc_check=True)
     except (ValueError, RuntimeError, OSError, TypeError) as err:
+        problem = _access_problem(path, read_all=True)  # an I/O error half-way is not corruption either
+        if problem is not None:
+            raise _unreadable(path, problem) from None
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first_line(err)})") from None
 
 
@@ -230,12 +352,27 @@ def meta_of(params: dict) -> dict:
 
 
 def latest(ckpt_dir: Path) -> tuple[Path, dict] | None:
-    """Newest complete, readable checkpoint listed in the index as (path, params); corrupt ones are skipped with a
-    warning (falling back to the previous one). None when there is none."""
-    for entry in reversed(read_index(ckpt_dir)):
+    """Newest complete, readable checkpoint listed in the index as (path, params). A corrupt newer one is skipped with
+    a warning when an older one loads; CheckpointUnreadable (permission, I/O error) is raised, never skipped; and when
+    none of the listed checkpoints loads, CheckpointError says so (a run must not start over on top of them). None
+    when there is no checkpoint at all."""
+    entries = read_index(ckpt_dir)
+    failures = []
+    for entry in reversed(entries):
         path = Path(ckpt_dir) / entry["file"]
         try:
-            return path, load(path)
+            found = path, load(path)
+        except CheckpointUnreadable:
+            raise
         except CheckpointError as err:
+            failures.append(err)
+            continue
+        for err in failures:
             warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
+        return found
+    if failures:
+        raise CheckpointError(
+            f"none of the {len(entries)} checkpoint(s) in {ckpt_dir} loads (newest: {failures[0]}); nothing was "
+            "overwritten: move them away to start afresh, or use a new run.out_dir"
+        )
     return None

@@ -567,6 +567,10 @@ def _check_input(source: str, *, input_path: str | None, split: str, upsample: s
         return str(Path(input_path).absolute()), None
     from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
 
+    if input_path:
+        raise DataError(
+            f"--input does not apply to --source digits (the digits are embedded; got --input {input_path})"
+        )
     if split != "train":
         raise DataError("the digits data set has only a train split (all 1797 images)")
     upsample = upsample or DEFAULT_UPSAMPLE

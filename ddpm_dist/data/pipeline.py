@@ -17,9 +17,14 @@ Sharding (identical on every rank, whatever the world size):
 
 Resume: ``start_step`` is the number of global steps already done; the iterator then yields exactly the batches an
 uninterrupted run yields from that step on. A different world size resumes exactly too, as long as ``global_batch``
-is unchanged (the batches depend on the global step only). After changing ``global_batch``, the images seen are
-``step * old_global_batch``; restart at ``images_seen // new_global_batch`` to keep the number of epochs, knowing that
-the sample order then differs from an uninterrupted run.
+is unchanged (the batches depend on the global step only). After changing ``global_batch`` the trainer continues at
+the checkpoint's own step (never going back, which would overwrite newer checkpoints): the batches are then those of
+the new ``global_batch`` at that step, so the sample order differs from a run that kept one batch size.
+
+Set-up checks (one DataError line each, before any training): the manifest and its files (:func:`read_manifest`),
+the record count of every file against the manifest (an edited count would send MindSpore past the end of a file),
+``num_parallel_workers`` against the CPUs MindSpore's pipeline accepts. A data set removed while training runs is a
+DataError at the next chunk, naming the missing file.
 """
 
 from __future__ import annotations
@@ -92,6 +97,39 @@ def read_manifest(path: str) -> dict:
     if total != manifest["count"]:
         raise DataError(f"{file}: corrupt manifest (files hold {total} samples, count says {manifest['count']})")
     return {**manifest, "root": str(root)}
+
+
+def check_record_counts(manifest: dict) -> None:
+    """Compare every data file's record count (read from its MindRecord header) with ``manifest.json``; DataError
+    names the file. :func:`read_manifest` checks that the manifest adds up, not that the files hold what it says."""
+    import mindspore.dataset as ds
+
+    root = Path(manifest["root"])
+    for entry in manifest["files"]:
+        try:
+            # a list: this file only (a single name would load every file of its MindRecord group)
+            reader = ds.MindDataset([str(root / entry["name"])], columns_list=["index"], shuffle=False)
+            records = reader.get_dataset_size()
+        except RuntimeError as err:
+            raise DataError(f"{root / entry['name']}: not a readable MindRecord file ({first_line(err)})") from None
+        if records != entry["count"]:
+            raise DataError(
+                f"{root / entry['name']}: holds {records} records, {MANIFEST_NAME} says {entry['count']} "
+                "(an edited manifest or a changed file?); reconvert the data set"
+            )
+
+
+def missing_files(manifest: dict) -> list[str]:
+    """Names of the manifest's data and index files that are no longer there."""
+    root = Path(manifest["root"])
+    return [e["name"] for e in manifest["files"] + manifest["index_files"] if not (root / e["name"]).is_file()]
+
+
+def max_parallel_workers() -> int:
+    """The largest ``num_parallel_workers`` MindSpore's data pipeline accepts here (its own check: the CPU count)."""
+    from multiprocessing import cpu_count
+
+    return cpu_count()
 
 
 def verify_checksums(manifest: dict) -> None:
@@ -205,6 +243,11 @@ class TrainData:
             raise DataError(f"start_step: must be >= 0 (got {start_step})")
         if num_parallel_workers < 1:
             raise DataError(f"data.num_parallel_workers: must be >= 1 (got {num_parallel_workers})")
+        if num_parallel_workers > max_parallel_workers():
+            raise DataError(
+                f"data.num_parallel_workers: {num_parallel_workers} exceeds the {max_parallel_workers()} CPUs of this "
+                "machine (MindSpore's data pipeline accepts at most one worker per CPU)"
+            )
         self.manifest = read_manifest(path)
         check_manifest(self.manifest, image_size=image_size, channels=channels, source=source)
         self.num_samples: int = self.manifest["count"]
@@ -227,6 +270,15 @@ class TrainData:
         root = Path(self.manifest["root"])
         self.files = [str(root / f["name"]) for f in self.manifest["files"]]
         self._perm_cache: dict[int, np.ndarray] = {}
+
+    def _check_files_present(self) -> None:
+        """DataError naming the first file of the data set that is gone (deleted or moved while training ran)."""
+        gone = missing_files(self.manifest)
+        if gone:
+            raise DataError(
+                f"{self.manifest['root']}: {gone[0]} is gone (the data set was deleted or moved during training); "
+                "restore it and run the same command again to resume from the last checkpoint"
+            )
 
     def position(self, step: int) -> tuple[int, int]:
         """Global step -> (epoch, step in epoch)."""
@@ -287,6 +339,7 @@ class TrainData:
         steps_per_chunk = max(1, min(_CHUNK_SAMPLES, self.num_samples) // self.per_rank_batch)
         step = self.start_step
         while True:
+            self._check_files_present()
             plans = [self.batch_plan(s) for s in range(step, step + steps_per_chunk)]
 
             dataset = ds.MindDataset(
@@ -305,7 +358,7 @@ class TrainData:
             batches = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1, do_copy=False)
             try:
                 count = 0
-                for x0, t, noise in batches:
+                for x0, t, noise in _reraise_missing(batches, self._check_files_present):
                     count += 1
                     yield x0, t, noise
                 if count != steps_per_chunk:  # internal invariant
@@ -315,12 +368,27 @@ class TrainData:
             step += steps_per_chunk
 
 
+def _reraise_missing(batches, check: Callable[[], None]) -> Iterator:
+    """``batches``, where a MindSpore error caused by a data file that disappeared becomes that file's DataError."""
+    it = iter(batches)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            check()
+            raise
+        yield item
+
+
 def build_train_data(
     cfg: Any, *, rank: int, world_size: int, start_step: int = 0, source: str | None = None, verify: bool = False
 ):
     """TrainData from a :class:`ddpm_dist.config.Config` (which checks ``cfg.data`` against the manifest it reads;
     ``source`` names the config in its errors); with ``verify`` the files' sha256 too (about 1 s per GB), so a damaged
-    shard is one line before training starts, not a MindSpore traceback at the first batch."""
+    shard is one line before training starts, not a MindSpore traceback at the first batch; then every file's record
+    count against the manifest (:func:`check_record_counts`)."""
     data = TrainData(
         path=cfg.data.path,
         global_batch=cfg.train.global_batch,
@@ -337,6 +405,7 @@ def build_train_data(
     )
     if verify:
         verify_checksums(data.manifest)
+    check_record_counts(data.manifest)  # after the checksums: a damaged file is named as such, not as a bad count
     return data
 
 
@@ -344,6 +413,7 @@ __all__ = [
     "TrainData",
     "build_train_data",
     "check_manifest",
+    "check_record_counts",
     "epoch_permutation",
     "read_manifest",
     "sample_randomness",

@@ -122,10 +122,16 @@ class Schedule:
         return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
 
     @property
+    def _t0_variance(self) -> float:
+        """The variance that stands in at t=0, where beta-tilde is 0: beta-tilde_1 as in the reference code. A
+        one-step schedule (T=1, or sampling with 1 step) has no t=1 and takes beta_0: the value is never used there,
+        since the last step (i = 0) adds no noise."""
+        return self.posterior_variance[1] if self.num_timesteps > 1 else self.betas[0]
+
+    @property
     def posterior_log_variance_clipped(self) -> np.ndarray:
         """log beta-tilde with the t=0 value (which is 0) replaced by the t=1 value."""
-        var = self.posterior_variance
-        return np.log(np.append(var[1], var[1:]))
+        return np.log(np.append(self._t0_variance, self.posterior_variance[1:]))
 
     @property
     def posterior_mean_coef1(self) -> np.ndarray:
@@ -145,7 +151,7 @@ class Schedule:
         if var_type == "fixedsmall":
             return self.posterior_log_variance_clipped
         if var_type == "fixedlarge":
-            return np.log(np.append(self.posterior_variance[1], self.betas[1:]))
+            return np.log(np.append(self._t0_variance, self.betas[1:]))
         raise ValueError(f"unknown var_type {var_type!r} (fixedlarge or fixedsmall)")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import checkpoint, parallel
+from ..checkpoint.lock import RunLock
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion
 from ..files import probe_writable, write_text_atomic
@@ -159,25 +160,46 @@ class Trainer:
         self._read_stats = ReadStats(self.step_cell.stats)
         self.step = 0
         self.resumed = False
+        self._resumed_at = (0, 0)  # (step, images seen) of the checkpoint resumed, for the images seen of later ones
+        # Set-up order: nothing is created in run.out_dir until every check passed. Rank 0 (the only writer) locks an
+        # existing run directory before reading its checkpoints; a new one is created and locked last (_claim_run_dir).
+        self._lock = RunLock(self.out_dir)
+        if self.rank == 0:
+            self._lock.acquire(create=False)
         self._resume()
         reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank, start_step=self.step)
         self.data = data if data is not None else self._build_data()  # checked before anything is written
         self._check_writable()
-        self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)
-        self.hooks = EMAHooks(cfg, ema_params=self.ema.ema_params, rank=self.rank, tb=self.tb)
+        self.tb = TensorBoard(cfg.run.out_dir, rank=self.rank)  # creates <out_dir>/tb at its first write only
+        self.hooks = EMAHooks(cfg, ema_params=self.ema.ema_params, rank=self.rank, tb=self.tb)  # checks eval.*
         self.stop = StopRequest(distributed=parallel.is_distributed())
         self.profiler = build_profiler(cfg, rank=self.rank, device=device)
+        self._claim_run_dir()
 
     # ------------------------------------------------------------------ set-up
     def _check_writable(self) -> None:
         """Rank 0 must be able to write the run directory; fail before training, not at the first checkpoint, and
-        without creating it (a run that fails during set-up leaves no empty run directory behind)."""
+        without creating it (a run that fails during set-up leaves no empty run directory behind). The probe writes
+        1 MiB, so a full disk is found here too."""
         if self.rank != 0:
             return
         try:
             probe_writable(self.out_dir)
         except OSError as err:
             raise ConfigError(f"run.out_dir: cannot write to {self.out_dir} ({err.strerror or err})") from None
+
+    def _claim_run_dir(self) -> None:
+        """After every set-up check: rank 0 creates and locks a run directory that did not exist at start-up. Should
+        checkpoints have appeared there meanwhile (another run started at the same moment), stop: this run read
+        none of them."""
+        if self.rank != 0 or self._lock.held:
+            return
+        self._lock.acquire(create=True)
+        if checkpoint.stored_files(self.ckpt_dir):
+            raise ConfigError(
+                f"run.out_dir {self.out_dir} gained checkpoints while this run was starting (another run writing "
+                "there?); run again to resume from them, or use another run.out_dir"
+            )
 
     def _build_data(self):
         from ..data.pipeline import build_train_data
@@ -187,6 +209,7 @@ class Trainer:
     def _resume(self) -> None:
         mode = self.cfg.train.resume
         if mode == "none":
+            self._refuse_used_run_dir()
             return
         if mode == "auto":
             found = checkpoint.latest(self.ckpt_dir)
@@ -204,15 +227,56 @@ class Trainer:
         if not_loaded:
             raise checkpoint.CheckpointError(f"{path}: missing parameters, e.g. {not_loaded[:3]}")
         images_seen = int(meta["images_seen"])
-        self.step = images_seen // self.cfg.train.global_batch
-        if int(meta.get("world_size", self.world_size)) != self.world_size:
+        self.step = int(meta["step"])  # the checkpoint's own step: a run never goes back (and then overwrites)
+        self._resumed_at = (self.step, images_seen)
+        self._refuse_newer_checkpoints(path)
+        where = self.rank if self.world_size > 1 else None
+        saved_batch = self._saved_value(meta, "train", "global_batch")
+        if saved_batch is not None and saved_batch != self.cfg.train.global_batch:
             warn(
-                f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers: "
-                f"the data position is recomputed from images seen ({images_seen})",
-                rank=self.rank if self.world_size > 1 else None,
+                f"train.global_batch={self.cfg.train.global_batch}, but {path.name} was trained with "
+                f"train.global_batch={saved_batch}: continuing at its step {self.step} ({images_seen} images seen), "
+                f"{self.cfg.train.global_batch} images per step from here (the sample order differs from a run that "
+                "kept one batch size)",
+                rank=where,
             )
+        if int(meta.get("world_size", self.world_size)) != self.world_size:
+            warn(f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers", rank=where)
         self.resumed = True
         info(f"resumed from {path} at step {self.step}", rank=self.rank)
+
+    @staticmethod
+    def _saved_value(meta: dict, section: str, key: str):
+        import yaml
+
+        saved = yaml.safe_load(meta.get("config", "")) or {}
+        return saved.get(section, {}).get(key) if isinstance(saved, dict) else None
+
+    def _refuse_used_run_dir(self) -> None:
+        """train.resume=none starts at step 0: its saves would overwrite, and its retention delete, the checkpoints
+        already in run.out_dir - and the next resume=auto would pick the old run's newest step."""
+        files = checkpoint.stored_files(self.ckpt_dir)
+        if not files:
+            return
+        try:
+            newest = f"step {checkpoint.read_index(self.ckpt_dir)[-1]['step']}"
+        except (checkpoint.CheckpointError, IndexError):
+            newest = files[-1].name
+        raise ConfigError(
+            f"train.resume=none, but run.out_dir {self.out_dir} already holds checkpoints (newest: {newest}); "
+            f"use a new run.out_dir to start afresh, or move {self.ckpt_dir} away"
+        )
+
+    def _refuse_newer_checkpoints(self, path: Path) -> None:
+        """A run must not start below a checkpoint of its run directory that loads (e.g. train.resume=<an older
+        file>): its saves would overwrite the newer ones. Corrupt newer ones, which resume=auto skipped, may go."""
+        newer = checkpoint.newer_checkpoints(self.ckpt_dir, self.step)
+        if newer:
+            raise ConfigError(
+                f"run.out_dir {self.out_dir} holds {newer[-1]['file']} (step {newer[-1]['step']}), newer than "
+                f"{path} (step {self.step}) this run would continue from; resume the newest (train.resume=auto) or "
+                "use a new run.out_dir"
+            )
 
     def _check_compatible(self, path: Path, meta: dict) -> None:
         import yaml
@@ -228,7 +292,7 @@ class Trainer:
         if diffs:
             raise checkpoint.CheckpointError(
                 f"{path}: checkpoint was trained with a different model config ({', '.join(diffs)}); "
-                "use train.resume=none or a new run.out_dir"
+                "use a new run.out_dir for this config"
             )
 
     # ------------------------------------------------------------------ the loop
@@ -353,7 +417,7 @@ class Trainer:
                 self.ckpt_dir,
                 step=self.step,
                 meta={
-                    "images_seen": self.step * t.global_batch,
+                    "images_seen": self._resumed_at[1] + (self.step - self._resumed_at[0]) * t.global_batch,
                     "world_size": self.world_size,
                     "config": to_yaml(self.cfg),
                 },
