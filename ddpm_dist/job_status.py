@@ -14,9 +14,8 @@ workers; a worker (``MS_ROLE=MS_WORKER``) writes one small JSON file there, ``ra
     {"rank": 1, "pid": 4242, "time": T, "state": "training"}                    the stop handler is installed
     {"rank": 1, "pid": 4242, "time": T, "state": "exited", "code": 2, "line": "error: ..."}  main returned or raised
 
-(``time``: seconds since the epoch).
-Outside msrun (no ``DDPM_STATUS_DIR``) nothing is written. A failed write is ignored: the launcher then falls back
-to msrun's own report of the worker's exit code and the worker's log.
+(``time``: seconds since the epoch). Outside msrun (no ``DDPM_STATUS_DIR``) nothing is written. A failed write is
+ignored: the launcher then falls back to msrun's own report of the worker's exit code and the worker's log.
 """
 
 from __future__ import annotations
@@ -52,8 +51,13 @@ def write(state: str, **fields) -> None:
     if path is None:
         return
     rank = os.environ.get("RANK_ID")
-    record = {"rank": int(rank) if rank and rank.isdigit() else None, "pid": os.getpid(), "time": time.time(),
-              "state": state, **fields}
+    record = {
+        "rank": int(rank) if rank and rank.isdigit() else None,
+        "pid": os.getpid(),
+        "time": time.time(),
+        "state": state,
+        **fields,
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")

@@ -47,7 +47,7 @@ ORPHAN_STOP_S = 900.0  # after msrun was killed: how long training workers get t
 
 # msrun's own console lines: its logger ("[WARNING] ME(pid:...) ...", "[ERROR] ME(...)", the C++ "[INFO]
 # DISTRIBUTED(...)") and its start lines; a worker's own lines (tailed from its log) are shown.
-MSRUN_NOISE = re.compile(r"^(\[(WARNING|INFO|ERROR|DEBUG|CRITICAL)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) process)")
+MSRUN_NOISE = re.compile(r"^(\[(WARNING|INFO|ERROR|DEBUG|CRITICAL)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) proc)")
 # msrun's report of a worker that ended non-zero (process_entity/_api.py, join_processes): the code is Popen's
 WORKER_EXIT = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
 OUTCOME = re.compile(r"^(done:|stopped by|error:)")
@@ -220,7 +220,7 @@ class Supervisor:
         self.started: dict[int, str] = {}  # pid -> start time of every process of msrun's we know
         self.reported: dict[int, int] = {}  # pid -> code, from msrun's stderr (filled by the console thread)
         self.stop_signals: list[int] = []
-        self.forwarded = False
+        self.forwarded: str | None = None  # the name of the stop signal forwarded to the workers
         self.msrun: subprocess.Popen | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -323,7 +323,7 @@ class Supervisor:
             fwd = signal.SIGINT if sig == signal.SIGINT else signal.SIGTERM
             if not self.forwarded:
                 self._say(f"run_8p.sh: {name} received; the workers save a checkpoint at an agreed step and stop")
-            self.forwarded = True
+            self.forwarded = _signame(sig)
             for w in self.workers.values():
                 if _alive(w.pid):
                     try:
@@ -332,8 +332,8 @@ class Supervisor:
                         pass
             return None
         self._kill_all()
-        return Outcome(0, "stop_request", f"stopped by {name} during start-up: no step was trained, nothing to save",
-                       signal=_signame(sig))  # fmt: skip
+        line = f"stopped by {name} before every worker was training: the job was ended at once, nothing to save"
+        return Outcome(0, "stop_request", line, signal=_signame(sig))
 
     def _orphaned(self, msrun_code: int) -> Outcome:
         """msrun was killed: its helpers go; training workers stop and save by themselves (waited for), others go."""
@@ -375,13 +375,16 @@ class Supervisor:
         failed = self._failed()
         if failed is not None:
             return self._worker_outcome(failed)
-        if msrun_code < 0:
+        if msrun_code < 0 or (msrun_code and any(_alive(w.pid) for w in self.workers.values())):
             return self._orphaned(msrun_code)
         if msrun_code:
-            return self._orphaned(msrun_code) if any(_alive(w.pid) for w in self.workers.values()) else Outcome(
-                msrun_code, "msrun_failed", f"error: msrun exited with status {msrun_code}; see {self.log_dir}")
-        stopped = self.forwarded
-        return Outcome(0, "stop_request" if stopped else "done")
+            return Outcome(
+                msrun_code, "msrun_failed", f"error: msrun exited with status {msrun_code}; see {self.log_dir}"
+            )
+        return self._clean_end()
+
+    def _clean_end(self) -> Outcome:
+        return Outcome(0, "stop_request", signal=self.forwarded) if self.forwarded else Outcome(0, "done")
 
     def _all_workers_done(self) -> bool:
         ws = list(self.workers.values())
@@ -420,7 +423,7 @@ class Supervisor:
                     all_done_at = all_done_at or time.monotonic()
                     if time.monotonic() - all_done_at > MSRUN_EXIT_GRACE_S:  # msrun stuck on its scheduler
                         self._kill_all()
-                        outcome = Outcome(0, "stop_request" if self.forwarded else "done")
+                        outcome = self._clean_end()
                 if outcome is None:
                     time.sleep(POLL_S)
         finally:
@@ -452,8 +455,13 @@ class Supervisor:
             "started": start,
             "ended": time.time(),
             "workers": [
-                {"rank": w.rank, "pid": w.pid, "state": w.record.get("state"), "code": w.record.get("code"),
-                 "msrun_reported": w.reported}
+                {
+                    "rank": w.rank,
+                    "pid": w.pid,
+                    "state": w.record.get("state"),
+                    "code": w.record.get("code"),
+                    "msrun_reported": w.reported,
+                }
                 for w in sorted(self.workers.values(), key=lambda w: (w.rank is None, w.rank or 0))
             ],  # fmt: skip
         }

@@ -114,7 +114,9 @@ def test_msrun_console_noise_is_filtered_but_logged_and_the_exit_status_kept(tmp
     (bin_dir / "msrun").write_text(FAKE_MSRUN)
     (bin_dir / "msrun").chmod(0o755)
     path = f"{bin_dir}:{env()['PATH']}"
-    res = _run_8p(tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status, MASTER_PORT=free_port())
+    res = _run_8p(
+        tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status, MASTER_PORT=free_port()
+    )
     assert res.returncode == status, res.stderr
     console = res.stdout + res.stderr
     assert "ME(" not in console and "DISTRIBUTED(" not in console and "Start worker" not in console, console
