@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import traceback
 from collections.abc import Callable
 
 _LAST_ERROR: list[str] = []  # the newest line ``fail`` printed, for ``reports_exit``
@@ -35,7 +36,8 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate an entry point's ``main`` (returning an exit status): under the launcher, the worker records how it
     ended - the status, and the ``error:`` line ``fail`` printed (or the uncaught exception's first line) - so the
     launcher can end the job at once with that line and status (``ddpm_dist/job_status.py``). An uncaught exception
-    still propagates (its traceback belongs in the worker's log); it is recorded as a fault (status 1)."""
+    is a fault (status 1): under the launcher its traceback is printed (into the worker's log) before the record is
+    written, and the worker exits 1; elsewhere it propagates unchanged."""
     from . import job_status
 
     @functools.wraps(main)
@@ -49,8 +51,13 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else job_status.EXIT_FAULT)
             raise
         except BaseException as exc:
+            if not job_status.active():
+                raise
+            # the launcher ends the job as soon as the record below appears: the traceback goes to the log first
+            traceback.print_exc()
+            sys.stderr.flush()
             line = f"error: {type(exc).__name__}: {first_line(exc)} (a fault; the traceback is in this worker's log)"
-            raise
+            raise SystemExit(code) from None
         finally:
             if code and not line:
                 line = _LAST_ERROR[-1] if _LAST_ERROR else ""

@@ -45,6 +45,11 @@ def _record_path() -> Path | None:
     return Path(where) / f"rank_{name}.json"
 
 
+def active() -> bool:
+    """True in an msrun worker started by the launcher (its records are read)."""
+    return _record_path() is not None
+
+
 def write(state: str, **fields) -> None:
     """Record this worker's ``state`` (and e.g. ``code``, ``line``) for the launcher; never raises."""
     path = _record_path()

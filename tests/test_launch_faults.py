@@ -122,6 +122,8 @@ def main():
         return fail("data set not found: /nonexistent")
     if mode == "crash" and rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "raise" and rank == 1:
+        raise RuntimeError("boom\nsecond line")
     while not stop and os.getppid() == parent:
         time.sleep(0.05)
     why = signal.Signals(stop[0]).name if stop else "the launcher exiting"
@@ -165,7 +167,11 @@ def _training(log_dir: Path) -> bool:
 
 @pytest.mark.parametrize(
     "mode, code, needle",
-    [("error", 2, "error: data set not found: /nonexistent"), ("crash", 137, "error: worker rank 1 (pid ")],
+    [
+        ("error", 2, "error: data set not found: /nonexistent"),
+        ("crash", 137, "error: worker rank 1 (pid "),
+        ("raise", 1, "error: RuntimeError: boom (a fault; the traceback is in this worker's log)"),
+    ],
 )
 def test_a_failing_worker_ends_the_job_at_once_with_its_line_and_status(tmp_path, mode, code, needle):
     """The stand-in msrun waits 600 s after a worker failed, as msrun waits for its scheduler: the launcher must not."""
@@ -173,12 +179,16 @@ def test_a_failing_worker_ends_the_job_at_once_with_its_line_and_status(tmp_path
     out, err = proc.communicate(timeout=120)
     lines = err.strip().splitlines()
     assert proc.returncode == code and len(lines) == 1 and lines[0].startswith(needle), (out, err)
-    assert "error:" not in out and "Traceback" not in out + err  # the line once, on stderr
+    assert "error:" not in out and "Traceback" not in err  # the line once, on stderr
+    if mode == "raise":  # the traceback was written to the log before the launcher ended the job
+        assert "RuntimeError: boom" in (log_dir / "worker_1.log").read_text()
+    else:
+        assert "Traceback" not in out
     assert "ME(" not in out + err and "training on rank 0" in out  # msrun's noise filtered, the workers' lines shown
     status = _job_status(log_dir)
     assert status["exit_code"] == code and status["rank"] == 1 and status["line"] == lines[0]
     assert status["outcome"] == ("input_error" if code == 2 else "fault")
-    assert status["signal"] == (None if code == 2 else "SIGKILL")
+    assert status["signal"] == ("SIGKILL" if mode == "crash" else None)
     assert _no_leftovers(token) == []  # msrun (still in its 600 s wait), the other worker and the tail helpers
 
 
@@ -359,7 +369,11 @@ def test_ctrl_c_in_a_terminal_saves_and_kill_9_of_msrun_too_then_the_run_ends_bi
     assert first.proc.returncode == 0, out + worker_logs(first.log_dir)
     assert "SIGINT (Ctrl-C) received" in out and "Traceback" not in out and "/proc/" not in out, out
     stop1 = _stop_step(first.log(0))
-    assert stop1 == _stop_step(first.log(1)) and stop1 % 10 == 0 and 20 <= stop1 < TOTAL  # one agreed step
+    assert stop1 % 10 == 0 and 20 <= stop1 < TOTAL  # a sync point: both workers agreed on it (else no exit 0)
+    assert {r: (w["state"], w["code"]) for r, w in _records(first.log_dir).items()} == {
+        0: ("exited", 0),
+        1: ("exited", 0),
+    }
     assert f"at step {stop1}" in out  # the stop line reached the terminal
     assert _steps(run) == list(range(10, stop1 + 1, 10))
     _intact(run, _steps(run))
