@@ -19,9 +19,10 @@ it leaves its ``tail -f`` helpers running. So this process:
 - is a child subreaper: when msrun is killed, its helpers and workers become this process's children. The helpers
   are killed; workers that were training notice msrun is gone, save at an agreed step and exit (they are waited
   for), workers still starting up are killed. The job then exits 128 + msrun's signal: a fault, worth a restart.
-- filters msrun's own console lines (kept in ``LOG_DIR/msrun.log``) and writes ``LOG_DIR/job_status.json``, the
-  machine-readable outcome: ``exit_code``, ``outcome`` (done, stopped, input_error, fault), ``cause``, ``rank``,
-  ``signal``, ``line`` and each local worker's record.
+- shows the local workers' logs as they grow, to their last line (msrun runs with ``--tail_worker_log=-2``: no
+  ``tail -f`` helpers), keeps msrun's own console lines in ``LOG_DIR/msrun.log``, and writes the machine-readable
+  outcome to ``LOG_DIR/job_status.json``: ``exit_code``, ``outcome`` (done, stopped, input_error, fault), ``cause``,
+  ``rank``, ``signal``, ``line`` and each local worker's record.
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ MSRUN_EXIT_GRACE_S = 60.0  # after every local worker exited 0, msrun (waiting f
 ORPHAN_STOP_S = 900.0  # after msrun was killed: how long training workers get to reach the stop step and save
 
 # msrun's own console lines: its logger ("[WARNING] ME(pid:...) ...", "[ERROR] ME(...)", the C++ "[INFO]
-# DISTRIBUTED(...)") and its start lines; a worker's own lines (tailed from its log) are shown.
+# DISTRIBUTED(...)") and its start lines; a worker's own lines (followed in its log) are shown.
 MSRUN_NOISE = re.compile(r"^(\[(WARNING|INFO|ERROR|DEBUG|CRITICAL)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) proc)")
 # msrun's report of a worker that ended non-zero (process_entity/_api.py, join_processes): the code is Popen's
 WORKER_EXIT = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
-OUTCOME = re.compile(r"^(done:|stopped by|error:)")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -143,10 +143,13 @@ def _signame(signum: int) -> str:
 
 # ------------------------------------------------------------------ the console
 class Console:
-    """msrun's stdout and stderr: every line into ``msrun.log``, the workers' own lines onto this console.
+    """What the user sees: the workers' own lines, followed in their logs, and msrun's console without its noise.
 
-    Worker ``error:`` lines tailed by msrun are not shown: the supervisor prints the failing worker's line once.
-    A traceback of msrun itself ("Distributed job exited with exception") is kept out of the console too.
+    msrun is told not to tail the worker logs (its ``tail -f`` helpers outlive a killed msrun and stop before a
+    worker's last lines); this class follows them itself and reads them to the end when the job is over. msrun's own
+    stdout and stderr all go into ``msrun.log``. Worker ``error:`` lines are not shown: the supervisor prints the
+    failing worker's line once. A traceback of msrun itself ("Distributed job exited with exception") is kept out of
+    the console too.
     """
 
     def __init__(self, log_path: Path, on_worker_exit):
@@ -155,6 +158,37 @@ class Console:
         self.shown: list[str] = []
         self.on_worker_exit = on_worker_exit
         self.threads: list[threading.Thread] = []
+        self.followed: dict[Path, list] = {}  # worker log -> [open file, partial last line]
+        self.done = threading.Event()
+        follower = threading.Thread(target=self._follow_loop, daemon=True)
+        follower.start()
+        self.follower = follower
+
+    def follow(self, path: Path) -> None:
+        """Show the lines of a worker's log as they are written (from its start: msrun truncated it)."""
+        with self.lock:
+            if path not in self.followed:
+                self.followed[path] = [None, ""]
+
+    def _read_logs(self, final: bool = False) -> None:
+        with self.lock:
+            items = list(self.followed.items())
+        for path, state in items:
+            if state[0] is None:
+                try:
+                    state[0] = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in close()
+                except OSError:
+                    continue
+            text = state[1] + state[0].read()
+            lines = text.split("\n")
+            state[1] = "" if final else lines.pop()
+            for line in lines:
+                if line and not MSRUN_NOISE.match(line) and not line.startswith("error: "):
+                    self.show(line, sys.stdout)
+
+    def _follow_loop(self) -> None:
+        while not self.done.wait(0.1):
+            self._read_logs()
 
     def pump(self, stream, out, *, is_stderr: bool) -> None:
         def run():
@@ -186,8 +220,15 @@ class Console:
                 pass
 
     def close(self, timeout: float = 5.0) -> None:
+        """After the job: msrun's pipes to their end, then every worker log to its last line."""
         for t in self.threads:
             t.join(timeout)
+        self.done.set()
+        self.follower.join(timeout)
+        self._read_logs(final=True)
+        for f, _ in self.followed.values():
+            if f is not None:
+                f.close()
         with self.lock:
             self.log.close()
 
@@ -249,6 +290,7 @@ class Supervisor:
             if role == "MS_WORKER":
                 rank = _environ(pid).get("RANK_ID", "")
                 self.workers[pid] = Worker(pid, int(rank) if rank.isdigit() else None)
+                self.console.follow(self._log_path(self.workers[pid]))
             elif role == "MS_SCHED":
                 self.schedulers.add(pid)
 
@@ -436,11 +478,6 @@ class Supervisor:
         return outcome.code
 
     def _report(self, outcome: Outcome, start: float) -> None:
-        ranks = sorted(w.rank for w in self.workers.values() if w.rank is not None)
-        log = self.log_dir / f"worker_{ranks[0] if ranks else 0}.log"
-        last = self._last_line(log, OUTCOME)  # msrun may stop tailing before a worker's last words
-        if last and not last.startswith("error:") and last not in self.console.shown:
-            self._say(last, sys.stdout)
         if outcome.line:
             self._say(outcome.line, sys.stdout if outcome.code == 0 else sys.stderr)
         names = {0: "stopped" if outcome.cause == "stop_request" else "done", job_status.EXIT_INPUT: "input_error"}

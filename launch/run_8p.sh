@@ -49,9 +49,10 @@ echo "msrun: $((DEVICE_NUM * NNODES)) workers ($DEVICE_NUM on node $NODE_RANK of
 # msrun runs under ddpm_dist/supervisor.py (which replaces this shell, so a signal to the launcher's pid reaches it), in
 # a session of its own: Ctrl-C reaches the supervisor only, which forwards the stop to the workers (they save at one
 # agreed step and exit 0; msrun would SIGKILL them). It ends the job as soon as a worker fails, with that worker's
-# line and status, kills what msrun leaves behind, and keeps msrun's own console lines in $LOG_DIR/msrun.log.
+# line and status, kills what msrun leaves behind, and keeps msrun's own console lines in $LOG_DIR/msrun.log. It shows
+# the workers' logs itself: --tail_worker_log=-2 (no such worker) keeps msrun from starting a `tail -f` per worker.
 exec python -m ddpm_dist.supervisor --log-dir "$LOG_DIR" --local-workers "$DEVICE_NUM" --node-rank "$NODE_RANK" -- \
-  msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
+  msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" --tail_worker_log=-2 \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \
   --log_dir="$LOG_DIR" --bind_core="$BIND_CORE" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
   "$ENTRY" "${ARGS[@]}"
