@@ -309,8 +309,14 @@ class Supervisor:
         return ended[0] if ended else None
 
     def _ready(self) -> bool:
-        ws = [w for w in self.workers.values() if _alive(w.pid)]
-        return len(ws) >= self.local_workers and all(w.record.get("state") == "training" for w in ws)
+        """Every local worker is training (its stop handler installed) or has already finished cleanly."""
+
+        def ready(w: Worker) -> bool:
+            if w.record.get("state") == "exited":
+                return w.record.get("code") == 0
+            return w.record.get("state") == "training" and _alive(w.pid)
+
+        return len(self.workers) >= self.local_workers and all(ready(w) for w in self.workers.values())
 
     # ---------------------------------------------------------------- ending
     def _log_path(self, w: Worker) -> Path:
@@ -385,17 +391,16 @@ class Supervisor:
             _kill_group(pid, signal.SIGKILL, self.started[pid])
         while True:
             self._refresh()
+            for pid in _children(os.getpid()):  # the workers are our children now: collect their status
+                code = _reap(pid)
+                if pid in self.workers and code is not None and self.workers[pid].record.get("state") != "exited":
+                    self.workers[pid].reported = code
+            self.stop_signals.clear()  # the training workers are stopping already
             alive = [w for w in self.workers.values() if _alive(w.pid)]
+            failed = self._failed() is not None  # the others would wait for it in an all-reduce
             for w in alive:
-                if w.record.get("state") != "training" or time.monotonic() > deadline or self.stop_signals:
+                if w.record.get("state") != "training" or failed or time.monotonic() > deadline:
                     _kill_group(w.pid, signal.SIGKILL, self.started.get(w.pid))
-            for pid in _children(os.getpid()):
-                if pid in self.workers:
-                    code = _reap(pid)
-                    if code is not None and self.workers[pid].record.get("state") != "exited":
-                        self.workers[pid].reported = code
-                elif pid in self.helpers:
-                    _reap(pid)
             if not alive:
                 break
             time.sleep(POLL_S)
