@@ -17,6 +17,7 @@ import os
 import pty
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -255,7 +256,7 @@ def test_grad_accum_over_the_per_worker_batch_is_refused_before_msrun(tmp_path):
 
 
 def test_one_node_master_addr_and_port_are_checked_before_msrun(tmp_path):
-    with __import__("socket").socket() as taken:
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
