@@ -185,6 +185,9 @@ class Console:
             for line in lines:
                 if line and not MSRUN_NOISE.match(line) and not line.startswith("error: "):
                     self.show(line, sys.stdout)
+            if "\r" in state[1]:  # a progress bar redrawing its line (tqdm): show it as it goes
+                done, _, state[1] = state[1].rpartition("\r")
+                self.show(done + "\r", sys.stdout, end="")
 
     def _follow_loop(self) -> None:
         while not self.done.wait(0.1):
@@ -211,11 +214,11 @@ class Console:
         t.start()
         self.threads.append(t)
 
-    def show(self, line: str, out) -> None:
+    def show(self, line: str, out, end: str = "\n") -> None:
         with self.lock:
             self.shown.append(line)
             try:
-                print(line, file=out, flush=True)
+                print(line, file=out, end=end, flush=True)
             except OSError:  # the terminal went away: keep logging, keep supervising
                 pass
 
