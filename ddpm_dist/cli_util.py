@@ -2,27 +2,68 @@
 
 The project's contract for bad input: ONE line ``error: <message>`` on stderr and exit status 2, never a traceback
 or argparse's multi-line usage block. ``Parser`` makes argparse follow it, ``fail`` prints such a line, and
-``first_line`` turns an exception into the one line worth showing.
+``first_line`` turns an exception into the one line worth showing. ``reports_exit`` wraps an entry point's ``main``
+so that, as an msrun worker, it also tells the launcher its exit status and that line (``ddpm_dist/job_status.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import traceback
 from collections.abc import Callable
+
+_LAST_ERROR: list[str] = []  # the newest line ``fail`` printed, for ``reports_exit``
 
 
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line on stderr and exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
+        sys.exit(fail(message))
 
 
 def fail(message: str, code: int = 2) -> int:
     """Print ``error: <message>`` on stderr; return ``code`` for ``return fail(...)`` from a ``main``."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    line = f"error: {message}"
+    _LAST_ERROR[:] = [line]
+    print(line, file=sys.stderr, flush=True)
     return code
+
+
+def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate an entry point's ``main`` (returning an exit status): under the launcher, the worker records how it
+    ended - the status, and the ``error:`` line ``fail`` printed (or the uncaught exception's first line) - so the
+    launcher can end the job at once with that line and status (``ddpm_dist/job_status.py``). An uncaught exception
+    is a fault (status 1): under the launcher its traceback is printed (into the worker's log) before the record is
+    written, and the worker exits 1; elsewhere it propagates unchanged."""
+    from . import job_status
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        _LAST_ERROR.clear()
+        code, line = job_status.EXIT_FAULT, ""
+        try:
+            code = main(*args, **kwargs)
+            return code
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else job_status.EXIT_FAULT)
+            raise
+        except BaseException as exc:
+            if not job_status.active():
+                raise
+            # the launcher ends the job as soon as the record below appears: the traceback goes to the log first
+            traceback.print_exc()
+            sys.stderr.flush()
+            line = f"error: {type(exc).__name__}: {first_line(exc)} (a fault; the traceback is in this worker's log)"
+            raise SystemExit(code) from None
+        finally:
+            if code and not line:
+                line = _LAST_ERROR[-1] if _LAST_ERROR else ""
+            job_status.write("exited", code=int(code or 0), line=line)
+
+    return wrapped
 
 
 def first_line(err: BaseException) -> str:

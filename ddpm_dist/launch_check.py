@@ -5,10 +5,12 @@
 
 Each mistake is one line ``error: ...`` on stderr and exit status 2 (3 when node 0's scheduler never answers), found
 here in a second instead of as a traceback inside the workers or after CLUSTER_TIMEOUT: the launcher variables must
-be integers in range and BIND_CORE True or False; with ``--config`` the config must load and ``train.global_batch``
-must divide over all workers; with several nodes, ``MASTER_ADDR`` must be node 0's own, non-loopback address, and
-the other nodes wait (at most CLUSTER_TIMEOUT seconds) until node 0's scheduler accepts connections. Prints nothing
-on success, except the line saying a node waits for the scheduler.
+be integers in range and BIND_CORE True or False; with ``--config`` the config must load, ``train.global_batch``
+must divide over all workers and each worker's share over ``train.grad_accum``; ``MASTER_ADDR`` must resolve, and
+on node 0 (also with one node, which hosts the scheduler) be an address of this machine with ``MASTER_PORT`` free to
+listen on; with several nodes it must be node 0's non-loopback address, and the other nodes wait (at most
+CLUSTER_TIMEOUT seconds) until node 0's scheduler accepts connections. Prints nothing on success, except the line
+saying a node waits for the scheduler.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def check_bind_core(text: str) -> None:
 
 
 def check_config(path: str, overrides: Sequence[str], workers: int) -> None:
-    """The config must load and its global batch divide over ``workers``."""
+    """The config must load, its global batch divide over ``workers`` and each worker's share over
+    ``train.grad_accum`` (the trainer's own check, found here before the workers start)."""
     from .config import ConfigError, load_config
 
     try:
@@ -74,6 +77,12 @@ def check_config(path: str, overrides: Sequence[str], workers: int) -> None:
         raise LaunchError(
             f"train.global_batch={cfg.train.global_batch} is not divisible by the {workers} workers "
             f"(DEVICE_NUM x NNODES); choose a multiple of {workers} or another DEVICE_NUM"
+        )
+    per_worker = cfg.train.global_batch // workers
+    if per_worker % cfg.train.grad_accum:
+        raise LaunchError(
+            f"train.grad_accum={cfg.train.grad_accum} does not divide the per-worker batch {per_worker} "
+            f"(train.global_batch={cfg.train.global_batch} over {workers} workers)"
         )
 
 
@@ -99,6 +108,21 @@ def check_master(addr: str, port: int, node: int, nnodes: int) -> tuple:
     if node != 0 and local:
         raise LaunchError(f"MASTER_ADDR={addr} is this node's own address, but NODE_RANK={node}: give node 0's address")
     return sockaddr
+
+
+def check_port_free(sockaddr: tuple, addr: str, port: int) -> None:
+    """Node 0's scheduler will listen on MASTER_ADDR:MASTER_PORT: it must be free to bind now (SO_REUSEADDR, as a
+    server binds it: a port only in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in sockaddr[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sockaddr)
+        except OSError as err:
+            raise LaunchError(
+                f"MASTER_PORT={port}: cannot listen on {addr}:{port} for msrun's scheduler ({err.strerror or err}); "
+                "another job may be using it: choose another MASTER_PORT"
+            ) from None
 
 
 def wait_for_scheduler(sockaddr: tuple, addr: str, port: int, timeout: float) -> None:
@@ -138,10 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = v["DEVICE_NUM"] * v["NNODES"]
         if args.config is not None:
             check_config(args.config, args.overrides, workers)
-        if v["NNODES"] > 1:
-            sockaddr = check_master(args.master_addr, v["MASTER_PORT"], v["NODE_RANK"], v["NNODES"])
-            if v["NODE_RANK"] != 0:
-                wait_for_scheduler(sockaddr, args.master_addr, v["MASTER_PORT"], v["CLUSTER_TIMEOUT"])
+        sockaddr = check_master(args.master_addr, v["MASTER_PORT"], v["NODE_RANK"], v["NNODES"])
+        if v["NODE_RANK"] == 0:
+            check_port_free(sockaddr, args.master_addr, v["MASTER_PORT"])
+        else:
+            wait_for_scheduler(sockaddr, args.master_addr, v["MASTER_PORT"], v["CLUSTER_TIMEOUT"])
     except LaunchError as err:
         return fail(str(err), err.code)
     return 0

@@ -9,7 +9,10 @@
 #   BIND_CORE    True: msrun pins each worker to its own share of this node's CPU cores; False: no pinning [True]
 #   ENTRY        another Python script to run data-parallel instead of training, e.g.
 #                ENTRY=tools/sample.py bash launch/run_8p.sh --ckpt CKPT --out DIR  (all arguments go to it)
-# The exit status is the job's: non-zero as soon as any worker fails (msrun --join=True).
+# The exit status is the job's, on every node (ddpm_dist/job_status.py): 0 done, or stopped on request (SIGTERM,
+# Ctrl-C) after the workers saved; 2 the input is wrong (config, data, checkpoint, flags: never worth a retry), shown
+# as the worker's one "error:" line within seconds; anything else a fault (128+N: a worker killed by signal N; 1 an
+# uncaught exception or msrun's own failure). LOG_DIR/job_status.json holds the outcome, machine-readable.
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: [DEVICE_NUM=8 NNODES=1 NODE_RANK=0 MASTER_ADDR=... MASTER_PORT=...] $0 CONFIG [key=value ...]" >&2
@@ -43,42 +46,13 @@ fi
 "${CHECK[@]}" || exit $?
 mkdir -p "$LOG_DIR"
 echo "msrun: $((DEVICE_NUM * NNODES)) workers ($DEVICE_NUM on node $NODE_RANK of $NNODES), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR/worker_*.log"
-# msrun is not exec'd: on SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) msrun would die or SIGKILL its
-# workers, so this script forwards the signal to the workers themselves (msrun's children); they finish the current
-# step, agree on a stop step, save a checkpoint and exit 0, and msrun then exits 0 too.
-# msrun's own console lines ("[WARNING] ME(pid:...) ...", "[INFO] DISTRIBUTED(...) ...", "Start worker process with
-# rank id:0, log file:... Execute command: ..." - the line above already names the logs) are kept in
-# $LOG_DIR/msrun.log, not shown: the console shows the workers' lines. msrun writes to process substitutions (not a
-# pipe), so $! is msrun itself (the signal forwarding below needs its pid) and its exit status is the job's.
-MSRUN_NOISE='^(\[(WARNING|INFO)\] (ME|DISTRIBUTED)\(|Start (scheduler|worker) process)'
-console() { tee -a "$LOG_DIR/msrun.log" | grep --line-buffered -v -E "$MSRUN_NOISE" || true; }
-LOG_START=$(stat -c %s "$LOG_DIR/msrun.log" 2>/dev/null || echo 0)  # where this launch's part of msrun.log begins
-msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" \
+# msrun runs under ddpm_dist/supervisor.py (which replaces this shell, so a signal to the launcher's pid reaches it), in
+# a session of its own: Ctrl-C reaches the supervisor only, which forwards the stop to the workers (they save at one
+# agreed step and exit 0; msrun would SIGKILL them). It ends the job as soon as a worker fails, with that worker's
+# line and status, kills what msrun leaves behind, and keeps msrun's own console lines in $LOG_DIR/msrun.log. It shows
+# the workers' logs itself: --tail_worker_log=-2 (no such worker) keeps msrun from starting a `tail -f` per worker.
+exec python -m ddpm_dist.supervisor --log-dir "$LOG_DIR" --local-workers "$DEVICE_NUM" --node-rank "$NODE_RANK" -- \
+  msrun --worker_num=$((DEVICE_NUM * NNODES)) --local_worker_num="$DEVICE_NUM" --tail_worker_log=-2 \
   --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" \
   --log_dir="$LOG_DIR" --bind_core="$BIND_CORE" --join=True --cluster_time_out="$CLUSTER_TIMEOUT" \
-  "$ENTRY" "${ARGS[@]}" > >(console) 2> >(console >&2) &
-MSRUN_PID=$!
-forward() {  # the signal to msrun's worker children only (not to its scheduler process, MS_ROLE=MS_SCHED)
-  echo "run_8p.sh: $1 received; asking the workers to save a checkpoint and stop" >&2
-  for pid in $(pgrep -P "$MSRUN_PID" || true); do
-    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx MS_ROLE=MS_WORKER; then
-      kill "-$1" "$pid" 2>/dev/null || true
-    fi
-  done
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-while true; do
-  rc=0
-  wait "$MSRUN_PID" || rc=$?
-  if ! kill -0 "$MSRUN_PID" 2>/dev/null; then  # msrun is gone (otherwise a trapped signal interrupted wait)
-    # msrun may stop tailing before the workers' last words: show rank 0's outcome line on this node unless this
-    # launch's console already did (after a moment for the console's tee to catch up)
-    last=$(grep -h -E "^(done:|stopped by|error:)" "$LOG_DIR"/worker_0.log 2>/dev/null | tail -1 || true)
-    if [ -n "$last" ]; then
-      sleep 0.5
-      tail -c "+$((LOG_START + 1))" "$LOG_DIR/msrun.log" 2>/dev/null | grep -qxF -- "$last" || echo "$last"
-    fi
-    exit "$rc"
-  fi
-done
+  "$ENTRY" "${ARGS[@]}"

@@ -52,8 +52,8 @@ def test_launch_check_accepts_good_settings():
     from ddpm_dist.launch_check import main
 
     common = ["--nnodes", "1", "--node-rank", "0", "--master-addr", "127.0.0.1", "--cluster-timeout", "5"]
-    assert main(["--device-num", "4", "--master-port", "8118", *common, "--config", TINY]) == 0
-    assert main(["--device-num", "8", "--master-port", "65535", *common]) == 0  # ENTRY scripts: no config
+    assert main(["--device-num", "4", "--master-port", str(free_port()), *common, "--config", TINY]) == 0
+    assert main(["--device-num", "8", "--master-port", str(free_port()), *common]) == 0  # ENTRY scripts: no config
 
 
 @pytest.mark.slow
@@ -114,7 +114,9 @@ def test_msrun_console_noise_is_filtered_but_logged_and_the_exit_status_kept(tmp
     (bin_dir / "msrun").write_text(FAKE_MSRUN)
     (bin_dir / "msrun").chmod(0o755)
     path = f"{bin_dir}:{env()['PATH']}"
-    res = _run_8p(tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status)
+    res = _run_8p(
+        tmp_path, TINY, "data.path=unused", DEVICE_NUM=1, PATH=path, FAKE_STATUS=status, MASTER_PORT=free_port()
+    )
     assert res.returncode == status, res.stderr
     console = res.stdout + res.stderr
     assert "ME(" not in console and "DISTRIBUTED(" not in console and "Start worker" not in console, console

@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ddpm_dist.cli_util import Parser, fail, first_line
+from ddpm_dist.cli_util import Parser, fail, first_line, reports_exit
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
 from ddpm_dist.files import probe_writable
 
@@ -131,6 +131,7 @@ def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: d
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@reports_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problem = check_args(args)

@@ -1,6 +1,7 @@
 """``python -m ddpm_dist.train --config configs/cifar.yaml [--dry-run] [key=value ...]``.
 
-User errors (config, data, checkpoint) end with one line on stderr and exit status 2; no traceback.
+User errors (config, data, checkpoint) end with one line on stderr and exit status 2; no traceback. Under
+``launch/run_8p.sh`` each worker also records its exit status and that line for the launcher (``reports_exit``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from ..cli_util import Parser, fail, first_line
+from ..cli_util import Parser, fail, first_line, reports_exit
 from ..config import ConfigError, load_config, to_yaml
 from ..device import prepare_env
 
@@ -22,6 +23,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_exit
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:

@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from .. import checkpoint, parallel
+from .. import checkpoint, job_status, parallel
 from ..checkpoint.lock import RunLock
 from ..config import Config, ConfigError, to_dict, to_yaml
 from ..diffusion import build_diffusion
@@ -70,7 +70,9 @@ class StopRequest:
 
     The handler only sets a flag; the loop finishes the current step, saves and returns. With several workers the
     signal reaches them at slightly different times, so they agree every ``sync_every`` steps (a one-element
-    all-reduce: no per-step host sync) and all stop at the same step.
+    all-reduce: no per-step host sync) and all stop at the same step. Once the handler is installed the worker
+    tells the launcher (state ``training`` in ``ddpm_dist/job_status.py``): from then on a stop request is forwarded
+    to it; before, the launcher ends the start-up at once (nothing trained yet, nothing to save).
     """
 
     sync_every = 10
@@ -83,6 +85,7 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._handler)
+            job_status.write("training")
 
     # MindSpore's runtime guards SIGINT while a graph runs and re-raises it as a SIGTERM to the process (its
     # SignalGuard: "Kill this process with SIGTERM"), so the two cannot be told apart here: name both.
