@@ -87,7 +87,7 @@ def trials() -> list[Trial]:
     for o in bad_overrides:
         out.append(Trial(f"override {o}", [*T, *RUN6, o], setup="mkdir -p {W}/empty_dir && touch {W}/afile"))
     out += [
-        Trial("diffusion.timesteps=1 with a grid", [*T, "diffusion.timesteps=1", "run.sample_steps=0",
+        Trial("diffusion.timesteps=1 with a grid", want="0", argv=[*T, "diffusion.timesteps=1", "run.sample_steps=0",
                                                     "run.sample_every=3"]),
         Trial("eval.every without eval.inception", [*T, "eval.every=3", "eval.metric=fid"]),
         Trial("eval.ref missing", [*T, "eval.every=3", "eval.metric=digits", "eval.ref=/nonexistent"]),
