@@ -31,6 +31,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from .. import parallel
+
 NORM = "grad norm"  # isfinite of the global gradient norm
 STATUS = "status register"  # NPUGetFloatStatusV2, then isfinite of the norm as well
 
@@ -120,7 +122,7 @@ class FiniteCheck(nn.Cell):
         self.distributed = world_size > 1
         self.lead = rank == 0
         if self.distributed:
-            self.reduce = ops.AllReduce(ops.ReduceOp.SUM)  # in the step's graph: ops, not the parallel seam's Cells
+            self.reduce = parallel.AllReduce()  # the sum over ranks, in the step's graph
         if self.status:
             from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2, NPUGetFloatStatusV2
 

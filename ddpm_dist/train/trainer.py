@@ -20,8 +20,8 @@ from mindspore import Tensor, nn, ops
 
 from .. import checkpoint, parallel
 from ..config import Config, ConfigError, to_dict, to_yaml
-from ..diffusion import build_diffusion
 from ..device import auto_fallback_note
+from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
