@@ -81,9 +81,7 @@ def auto_fallback_note(requested: str, target: str) -> str:
     """For the run's first lines: why ``run.device=auto`` chose CPU (``""`` when it did not, or was not asked to)."""
     if requested != "auto" or target != "CPU":
         return ""
-    return "run.device=auto fell back to CPU: " + "; ".join(
-        f"{d}: {unavailable_reason(d)}" for d in ("Ascend", "GPU")
-    )
+    return "run.device=auto fell back to CPU: " + "; ".join(f"{d}: {unavailable_reason(d)}" for d in ("Ascend", "GPU"))
 
 
 def conv_precision() -> str:

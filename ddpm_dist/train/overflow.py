@@ -185,8 +185,7 @@ PROBE_CASES = (
 def _what_to_set(mode: OverflowMode) -> str:
     if mode.device != "Ascend":
         return (
-            "this device does not follow IEEE 754 for float16 here; train with train.amp_level=O0 and please "
-            "report it"
+            "this device does not follow IEEE 754 for float16 here; train with train.amp_level=O0 and please report it"
         )
     if mode.detector == NORM:
         return (
