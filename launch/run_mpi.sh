@@ -15,6 +15,11 @@ DEVICE_NUM=${DEVICE_NUM:-8}
 NNODES=${NNODES:-1}
 ENTRY=$(python -c 'import ddpm_dist.train.__main__ as m; print(m.__file__)')
 CMD=(mpirun -n $((DEVICE_NUM * NNODES)) --map-by "ppr:${DEVICE_NUM}:node" --bind-to none -x PYTHONPATH -x GLOG_v)
+# Remote ranks get only what -x names: forward the libraries' search paths and the device stacks' own variables
+# (CANN's set_env.sh: ASCEND_*, LD_LIBRARY_PATH; HCCL_*, NCCL_*; MS_ASCEND_CHECK_OVERFLOW_MODE and the other MS_*).
+for VAR in LD_LIBRARY_PATH PATH $(compgen -e | grep -E '^(ASCEND_|HCCL_|NCCL_|CUDA_|MS_)' || true); do
+  if [ -n "${!VAR+x}" ]; then CMD+=(-x "$VAR"); fi
+done
 if [ -n "${HOSTFILE:-}" ]; then CMD+=(--hostfile "$HOSTFILE"); fi
 # shellcheck disable=SC2206
 CMD+=(${MPIRUN_ARGS:-} python "$ENTRY" --config "$CONFIG" "$@")

@@ -14,6 +14,7 @@ from .reference import (
     EvalReferenceError,
     cache_key,
     default_cache_dir,
+    numerics,
     open_reference,
     read_cached,
     write_cached,
@@ -96,7 +97,8 @@ def _reference_stats(reference, *, ref: str, extractor: FeatureExtractor, cache_
     mu_ref, sigma_ref = feature_stats(ref_pool)
     if rank() == 0:
         write_cached(cache_dir, key, mu_ref, sigma_ref, info={"protocol": PROTOCOL, "source": str(ref),
-                     "num": reference.num, "weights_sha256": extractor.fingerprint})  # fmt: skip
+                     "num": reference.num, "weights_sha256": extractor.fingerprint,
+                     "numerics": numerics()})  # fmt: skip
     return mu_ref, sigma_ref, key, hit
 
 

@@ -7,8 +7,10 @@ A reference is one of
   files): used as given; their protocol is whatever made them.
 
 Statistics computed from images are cached in ``cache_dir`` under a key hashing the protocol (:data:`PROTOCOL`, the
-sha256 of the pytorch-fid weights, the number of images) and the reference's content (the data set's file sha256s
-from its manifest, or the npz's own sha256), so a changed protocol, weights file or data set never hits an old entry.
+sha256 of the pytorch-fid weights, the number of images), the numerics that computed them (:func:`numerics`: the
+device and its float32 convolution precision - Ascend A2 runs them in HF32 unless turned off) and the reference's
+content (the data set's file sha256s from its manifest, or the npz's own sha256), so a changed protocol, weights
+file, device or data set never hits an old entry.
 """
 
 from __future__ import annotations
@@ -135,11 +137,21 @@ def open_reference(source, *, limit: int | None = None) -> Reference:
     return Reference(str(path), "images", sha256_file(path), num=len(images), images=images)
 
 
-def cache_key(ref: Reference, *, weights_sha256: str) -> str:
-    """Hex key of the statistics of ``ref`` under the current protocol and weights."""
-    text = json.dumps(
-        {"protocol": PROTOCOL, "weights": weights_sha256, "content": ref.content_id, "num": ref.num}, sort_keys=True
-    )
+def numerics() -> str:
+    """The device and float32 convolution precision statistics are computed with here, e.g. ``CPU conv fp32``."""
+    import mindspore as ms
+
+    from ..device import conv_precision
+
+    return f"{ms.get_context('device_target')} conv {conv_precision()}"
+
+
+def cache_key(ref: Reference, *, weights_sha256: str, numerics_id: str | None = None) -> str:
+    """Hex key of the statistics of ``ref`` under the current protocol, weights and numerics (``numerics_id``,
+    default :func:`numerics` of the current device)."""
+    fields = {"protocol": PROTOCOL, "weights": weights_sha256, "content": ref.content_id, "num": ref.num,
+              "numerics": numerics() if numerics_id is None else numerics_id}  # fmt: skip
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

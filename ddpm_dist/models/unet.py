@@ -69,7 +69,10 @@ class AttnBlock(nn.Cell):
     """Single-head self-attention over the H*W positions, with a residual. x: [B, C, H, W] -> [B, C, H, W].
 
     q, k, v and the output projection are 1x1 convs (the reference's ``nin``); the output projection starts at zero.
-    Logits are scaled by C^-1/2 and the softmax runs in float32.
+    Logits are scaled by C^-1/2 and the softmax runs in float32. The scale multiplies q before Q^T K, not the product:
+    under float16 (O2) the unscaled logits can overflow in the forward pass, where no loss scale helps; for C a power
+    of 4 (the paper's 128 -> 256 channels at 16x16: 1/16) the scale is a power of two, so the float32 result is the
+    same bits either way.
     """
 
     def __init__(self, *, channels: int, norm: Callable[[int], nn.Cell] = group_norm) -> None:
@@ -90,7 +93,7 @@ class AttnBlock(nn.Cell):
         q = ops.reshape(self.q(h), (b, c, hh * ww))
         k = ops.reshape(self.k(h), (b, c, hh * ww))
         v = ops.reshape(self.v(h), (b, c, hh * ww))
-        w = self.softmax(self.bmm_qk(q, k) * self.scale)  # w[b, i, j]: query i attends to key j
+        w = self.softmax(self.bmm_qk(q * self.scale, k))  # w[b, i, j]: query i attends to key j
         h = ops.reshape(self.bmm_vw(v, w), (b, c, hh, ww))
         return x + self.proj_out(h)
 

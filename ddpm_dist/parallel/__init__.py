@@ -227,3 +227,13 @@ def check_identical(values: np.ndarray, what: str) -> None:
     diff = np.abs(rows - rows[0]).max()
     if diff != 0:
         raise RuntimeError(f"{what} differ between ranks (max |diff| {diff:.3g})")
+
+
+def mismatched_ranks(values: np.ndarray) -> list[int]:
+    """The ranks whose ``values`` (a small float32 vector, e.g. a weight digest) differ from rank 0's in any bit;
+    ``[]`` when all agree or in a single process. Every rank must call it at the same point."""
+    if not is_distributed():
+        return []
+    rows = all_gather_host(values)
+    first = rows[0].view(np.uint32)
+    return [r for r in range(1, len(rows)) if not np.array_equal(rows[r].view(np.uint32), first)]

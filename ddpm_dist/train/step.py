@@ -2,14 +2,18 @@
 
 Order (each rank, every optimizer step):
 for each of the K micro-batches: forward loss -> grads of (loss * scale / K), summed on the device ->
-all-reduce mean (once) -> global norm of the reduced grads (so every rank agrees) -> finite check -> unscale and clip
+all-reduce mean (once) -> global norm of the reduced grads and finite check, agreed by all ranks -> unscale and clip
 in one multiply -> Adam (if finite) -> EMA (if finite) -> loss-scale update. Everything after the micro-batch loop
 happens once per optimizer step, whatever K.
 
-The finite check is ``isfinite`` of that norm: a sum of squares is inf/nan exactly when an element is inf/nan, or when
-it overflows float32 (|grad * scale| ~ 1e19), which is treated as an overflow too. It replaces ``all_finite``, whose
-per-parameter IsFinite kernels took ~18% of the quickstart step on CPU, and it reads the grads once instead of twice.
-Unscaling and clipping share one multiply by ``min(clip / (norm + 1e-6), 1) / scale``.
+The finite check is :class:`~ddpm_dist.train.overflow.FiniteCheck`, chosen for the device and its overflow mode
+(train/overflow.py): where results become inf/nan (CPU, GPU, Ascend A2/A3 by default) it is ``isfinite`` of that norm
+- a sum of squares is inf/nan exactly when an element is inf/nan, or when it overflows float32 (|grad * scale| ~ 1e19),
+which is treated as an overflow too; where results saturate (Ascend 910A, A2/A3 in SATURATION_MODE) it also reads the
+float status register, cleared when the step starts. Norm and verdict are agreed by all ranks (rank 0's norm).
+Unscaling and clipping share one multiply by ``min(clip / (norm + 1e-6), 1) / scale``. Statistics mask non-finite
+values with ``select(isfinite(x), x, 0)``, not ``ops.nan_to_num`` (no GPU kernel in 2.10; CANN's NanToNum does not
+support the Atlas training series).
 
 Gradient accumulation (``grad_accum = K``): the step receives this rank's whole share of the global batch and cuts it
 into K equal micro-batches in the graph; the loop is unrolled at compile time, and each micro-batch's forward waits
@@ -30,6 +34,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from .. import parallel
 from .amp import LossScaler
 from .ema import EMA
+from .overflow import FiniteCheck, GlobalNorm, overflow_mode  # noqa: F401 - GlobalNorm is imported from here too
 
 STAT_NAMES = (
     "loss_sum",  # sum over finite steps of the rank's mean loss
@@ -46,23 +51,10 @@ def _scale_grad(factor, g):
     return g * factor.astype(g.dtype)
 
 
-def _sq_sum(g):
-    # Over a 1-D view: MindSpore's CPU ReduceSum over all axes of a 4-D conv weight was ~3x slower (the paper U-Net's
-    # 35.7M grads: 280 ms per step against 95 ms, measured 2026-11-27).
-    flat = g.astype(ms.float32).reshape(-1)
-    return ops.reduce_sum(flat * flat)
-
-
-class GlobalNorm(nn.Cell):
-    """``norm(grads)``: the float32 L2 norm over a tuple of gradients; inf or nan when any element is (or when the
-    sum of squares overflows float32)."""
-
-    def __init__(self):
-        super().__init__()
-        self.hyper_map = ops.HyperMap()
-
-    def construct(self, grads):
-        return ops.sqrt(ops.addn(self.hyper_map(_sq_sum, grads)))
+def _finite_or_zero(x):
+    """``x`` where finite, else 0 (``ops.nan_to_num`` has no GPU kernel in MindSpore 2.10 and no CANN kernel for the
+    Atlas training series)."""
+    return ops.select(ops.isfinite(x), x, ops.zeros_like(x))
 
 
 class TrainStep(nn.Cell):
@@ -76,9 +68,21 @@ class TrainStep(nn.Cell):
         ema: the EMA over the same params.
         grad_clip: global-norm clip (0: off).
         grad_accum: micro-batches per optimizer step (K >= 1); the batch given to ``construct`` must divide by K.
+        finite_check: the FiniteCheck (default: for the current device target, this process's rank and world size).
     """
 
-    def __init__(self, *, net, diffusion, optimizer, scaler: LossScaler, ema: EMA, grad_clip: float, grad_accum: int):
+    def __init__(
+        self,
+        *,
+        net,
+        diffusion,
+        optimizer,
+        scaler: LossScaler,
+        ema: EMA,
+        grad_clip: float,
+        grad_accum: int,
+        finite_check: FiniteCheck | None = None,
+    ):
         super().__init__(auto_prefix=False)
         self.net = net
         self.diffusion = diffusion
@@ -93,7 +97,13 @@ class TrainStep(nn.Cell):
             raise ValueError(f"grad_accum must be >= 1 (got {grad_accum})")
         self.grad_accum = int(grad_accum)
         self.hyper_map = ops.HyperMap()
-        self.global_norm = GlobalNorm()
+        if finite_check is None:
+            finite_check = FiniteCheck(
+                mode=overflow_mode(ms.get_context("device_target")),
+                rank=parallel.rank(),
+                world_size=parallel.world_size(),
+            )
+        self.finite_check = finite_check
         self.quartile_edges = Tensor([diffusion.num_timesteps * k / 4.0 for k in (1, 2, 3)], ms.float32)
         self.stats = Parameter(ops.zeros(NUM_STATS, ms.float32), name="stats", requires_grad=False)
         self.nonfinite_run = Parameter(Tensor(0, ms.int32), name="nonfinite_run", requires_grad=False)
@@ -122,11 +132,12 @@ class TrainStep(nn.Cell):
 
     def construct(self, x0, t, noise):
         scale = self.scaler.value
+        x0 = self.finite_check.begin(x0)  # the status register (where results saturate) is cleared first
         grads, per_sample = self.accumulate(x0, t, noise, scale)
         loss = per_sample.mean()
         grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
-        norm = self.global_norm(grads) / scale  # the unscaled global norm
-        finite = ops.isfinite(norm)
+        norm, finite = self.finite_check(grads)  # the same on every rank
+        norm = norm / scale  # the unscaled global norm
         factor = 1.0 / scale
         if self.grad_clip > 0:
             factor = factor * ops.minimum(self.grad_clip / (norm + 1e-6), 1.0)
@@ -138,8 +149,8 @@ class TrainStep(nn.Cell):
 
         ok = finite.astype(ms.float32)
         q_sums, q_counts = self._quartile_stats(t, per_sample)
-        head = ops.stack([ok * ops.nan_to_num(loss), Tensor(1.0, ms.float32), 1.0 - ok, ok * ops.nan_to_num(norm)])
-        update = ops.concat([head, ok * ops.nan_to_num(q_sums), ok * q_counts])
+        head = ops.stack([ok * _finite_or_zero(loss), Tensor(1.0, ms.float32), 1.0 - ok, ok * _finite_or_zero(norm)])
+        update = ops.concat([head, ok * _finite_or_zero(q_sums), ok * q_counts])
         ops.assign_add(self.stats, update)
         ops.assign(self.nonfinite_run, (self.nonfinite_run + 1) * (1 - finite.astype(ms.int32)))
         return loss

@@ -6,6 +6,7 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -20,7 +21,9 @@ from mindspore import Tensor, nn, ops
 from .. import checkpoint, job_status, parallel
 from ..checkpoint.lock import RunLock
 from ..config import Config, ConfigError, to_dict, to_yaml
+from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
+from ..diffusion.keyed_noise import check_keyed_noise
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
@@ -28,6 +31,7 @@ from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .hooks import EMAHooks
 from .optim import build_optimizer, lr_at
+from .overflow import OverflowCheckError, check_overflow_detection
 from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
 
@@ -46,6 +50,15 @@ def weight_fingerprint(params) -> np.ndarray:
         a = p.asnumpy().astype(np.float64)
         out += [a.sum(), (a * a).sum()]
     return np.asarray(out, np.float32)
+
+
+def weight_digest(params) -> np.ndarray:
+    """The first 16 bytes of the sha256 of the parameters' bytes, as 8 float32 integers < 2^16 (exact through a
+    float32 all-gather): equal exactly when every bit of every parameter is."""
+    h = hashlib.sha256()
+    for p in params:
+        h.update(np.ascontiguousarray(p.asnumpy()).tobytes())
+    return np.frombuffer(h.digest()[:16], np.uint16).astype(np.float32)
 
 
 def reseed_dropout(net: nn.Cell, *, seed: int, rank: int, start_step: int) -> None:
@@ -160,6 +173,7 @@ class Trainer:
             grad_accum=t.grad_accum,
         )
         self.step_cell.set_train(True)
+        self._device_self_checks()
         self._read_stats = ReadStats(self.step_cell.stats)
         self.step = 0
         self.resumed = False
@@ -180,6 +194,21 @@ class Trainer:
         self._claim_run_dir()
 
     # ------------------------------------------------------------------ set-up
+    def _device_self_checks(self) -> None:
+        """Start-up checks of the device kernels the run depends on (docs/devices.md): the overflow detector of the
+        train step always; the keyed-noise hash when sampling or evaluation is on (before the first step, not at the
+        first grid hours later)."""
+        try:
+            overflow = check_overflow_detection(self.step_cell.finite_check)
+        except OverflowCheckError as err:
+            raise TrainingError(str(err)) from None
+        note = auto_fallback_note(self.cfg.run.device, self.device)
+        info(f"device {self.device}: {overflow}; overflow self-check passed", rank=self.rank)
+        if note:
+            info(note, rank=self.rank)
+        if self.cfg.run.sample_every or self.cfg.eval.every:
+            info(f"keyed noise self-check passed on {check_keyed_noise()}", rank=self.rank)
+
     def _check_writable(self) -> None:
         """Rank 0 must be able to write the run directory; fail before training, not at the first checkpoint, and
         without creating it (a run that fails during set-up leaves no empty run directory behind). The probe writes
@@ -411,8 +440,19 @@ class Trainer:
         return scalars
 
     # ------------------------------------------------------------------ checkpoints
+    def _check_replicas(self) -> None:
+        """Every rank's weights and EMA must be bit-identical at a checkpoint; else one line naming the step and the
+        ranks, before anything is written (docs/devices.md: replicas drifting)."""
+        drifted = parallel.mismatched_ranks(weight_digest([*self.net.trainable_params(), *self.ema.ema_params]))
+        if drifted:
+            raise TrainingError(
+                f"replicas drifted: at step {self.step} the weights of rank(s) {', '.join(map(str, drifted))} differ "
+                "from rank 0's; not saving this step (the previous checkpoint is the last good one)"
+            )
+
     def save(self) -> int:
         """Rank 0 writes the checkpoint of the current step; the others wait (bounded by run.barrier_timeout)."""
+        self._check_replicas()
         t = self.cfg.train
         if self.rank == 0:
             path = checkpoint.save(
