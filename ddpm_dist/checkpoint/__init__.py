@@ -26,6 +26,11 @@ What may be overwritten or deleted, and what is never skipped:
 - A save never deletes (retention) a checkpoint newer than the one it writes, and refuses to write at all while the
   index lists a newer checkpoint that loads (:func:`newer_checkpoints`): resuming an older step (another
   ``train.global_batch``, ``train.resume=<older file>``, ``train.resume=none``) can never overwrite newer work.
+
+Asynchronous saves (``train.async_save``) go through the same :func:`save`: the trainer takes a :func:`snapshot` (a
+host copy of every parameter, made at the step boundary) and hands it to a :class:`~.background.BackgroundWriter`
+thread, so the rules above hold unchanged; a kill during that write leaves what a kill during a synchronous save
+leaves (a temporary the next save removes, the previous checkpoints and index intact).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import logging
 import os
 import re
 import stat
+import time
 import warnings
 from pathlib import Path
 
@@ -205,8 +211,39 @@ def _quiet_mindspore_log():
         logger.setLevel(level)
 
 
+# Tests only: seconds to sleep between writing a checkpoint and renaming it into place, so that a test can kill a
+# (background) write deterministically half-way. Never set in a real run.
+SLOW_WRITE_ENV = "DDPM_DIST_TEST_SLOW_WRITE"
+
+
+def snapshot(cell) -> list[dict]:
+    """A host copy of every parameter of ``cell`` as ``[{"name", "data": Tensor}]`` (what ``save`` writes for a Cell,
+    same names, values and dtypes), for a background write while training goes on.
+
+    Must run at a step boundary: ``Parameter.asnumpy()`` on CPU is a *view* of the parameter's memory, which the
+    compiled step updates in place (measured: a view taken before a step shows the step's update), so each array is
+    copied here, before the next step runs. The copy is numpy's, wrapped without a second copy by
+    ``Tensor.from_numpy`` (``Tensor(array)`` copies again, ~8x slower: 0.3 s against 0.04 s for 200 MB).
+    """
+    import mindspore as ms
+
+    out, seen = [], set()
+    for _, param in cell.parameters_and_names():
+        if param.name not in seen:
+            seen.add(param.name)
+            out.append({"name": param.name, "data": ms.Tensor.from_numpy(param.asnumpy().copy())})
+    return out
+
+
+def _test_slow_write() -> None:
+    delay = os.environ.get(SLOW_WRITE_ENV, "")
+    if delay:
+        time.sleep(float(delay))
+
+
 def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, milestone_every: int = 0) -> Path:
-    """Write ``cell``'s parameters and ``meta`` as the checkpoint of ``step``; prune old ones. Returns the path.
+    """Write ``cell``'s parameters (a Cell, or its :func:`snapshot`) and ``meta`` as the checkpoint of ``step``; prune
+    old ones. Returns the path. Safe to call from a background thread (one save at a time per directory).
 
     On any error (disk full, unwritable directory) the temporary file is removed, the index is untouched, and a
     CheckpointError naming the directory is raised: the previous checkpoints stay intact.
@@ -239,6 +276,7 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
             ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _test_slow_write()
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
         entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
