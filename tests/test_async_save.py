@@ -169,7 +169,9 @@ def _run_until(cmd: list[str], line_start: str, **env_extra) -> tuple[subprocess
         if line.startswith(line_start):
             return proc, seen
     proc.wait(timeout=60)
-    raise AssertionError(f"the run ended ({proc.returncode}) before {line_start!r}: {''.join(seen)} {proc.stderr.read()}")
+    raise AssertionError(
+        f"the run ended ({proc.returncode}) before {line_start!r}: {''.join(seen)} {proc.stderr.read()}"
+    )
 
 
 @pytest.mark.slow
