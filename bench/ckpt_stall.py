@@ -6,17 +6,20 @@ child process per mode, so each has the machine to itself. The time of every loo
 trainer does after it) is taken from the gaps between the loop's requests for the next batch. Prints one JSON
 object::
 
-    python bench/ckpt_stall.py                      # cifar U-Net, batch 2, saves at steps 4 and 8 of 12
+    python bench/ckpt_stall.py                      # cifar U-Net, batch 2, saves at steps 6, 12, 18 of 19
     python bench/ckpt_stall.py --batch 4 --steps 16 --every 5 model.ch=64
 
-Fields per mode (``sync``, ``async``): ``step_s`` (median iteration without a save, the first compiling one left
-out), ``save_step_s`` (the iterations that saved), ``stall_s`` (their mean minus ``step_s``: how long every rank waits
-for a save), ``overlap_extra_s`` (async only: the extra time of the iterations that ran while the background write
-went on, summed per save - on a 2-core machine the writer competes with the step for the CPU; on a cluster host the
-writer has a core of its own), ``write_s`` (async only: the background writes' own durations, from the trainer's
-log). Top level: ``save_s`` (the synchronous save, = sync stall: the figure the Young/Daly table in
-docs/failure_modes.md uses), ``snapshot_s`` (median of 5 host copies of the whole state: what async pays at the save
-step), ``checkpoint_mb``, and ``async_stall_ratio`` = async stall / sync stall (target <= 0.10).
+Fields per mode (``sync``, ``async``): ``step_s`` (median iteration without a save, the compiling one and those right
+after a save left out), ``save_step_s`` (the iterations that saved), ``save_call_s`` (each ``Trainer.save`` call but the
+final one, timed around the call: robust to the step-time noise of a shared machine), ``stall_s`` (their median: how
+long every rank waits at a save step), ``overlap_extra_s`` (async only: how much slower the step right after a save,
+which runs beside the background write, is than ``step_s`` - on a 2-core CPU the writer competes with the step for
+the cores; a cluster host has cores to spare), ``write_s`` (async only: the background writes' own durations, from the
+trainer's log). Top level: ``save_s`` (the synchronous save = sync stall: the figure the Young/Daly table in
+docs/failure_modes.md uses), ``snapshot_s`` (median of 5 host copies of the whole state, part of the async stall),
+``checkpoint_mb``, ``async_stall_ratio`` = async stall / sync stall (target <= 0.10), and ``young_daly``: for 8, 64
+and 512 cards, the interval sqrt(2 x stall x job MTBF) and the expected minutes lost per day with each mode's measured
+stall (see :func:`young_daly`; ``--card-mtbf-hours``, ``--restart-s``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -40,8 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "cifar.yaml"))
     p.add_argument("--batch", type=int, default=2, help="global batch (default 2)")
-    p.add_argument("--steps", type=int, default=12, help="steps after the compiling one (default 12)")
-    p.add_argument("--every", type=int, default=4, help="train.ckpt_every (default 4)")
+    p.add_argument("--steps", type=int, default=18, help="steps after the compiling one (default 18)")
+    p.add_argument("--every", type=int, default=6, help="train.ckpt_every (default 6)")
+    p.add_argument("--card-mtbf-hours", type=float, default=50_000.0,
+                   help="per-card mean time between failures for the Young/Daly table (default 50000: Llama 3's "
+                        "419 unexpected interruptions in 54 days on 16384 GPUs)")  # fmt: skip
+    p.add_argument("--restart-s", type=float, default=75.0,
+                   help="seconds from a failure to training again (default 75: ~40 s until msrun ends the job + "
+                        "~35 s compile of the paper U-Net, bench/results/unet_speed_cifar.json)")  # fmt: skip
     p.add_argument("--one", choices=["sync", "async"], help=argparse.SUPPRESS)  # the child process of one mode
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
@@ -72,7 +82,7 @@ def one_mode(args) -> dict:
     from ddpm_dist.device import prepare_env
 
     prepare_env()
-    from ddpm_dist import checkpoint, parallel
+    from ddpm_dist import parallel
     from ddpm_dist.config import load_config
     from ddpm_dist.device import setup_device
     from ddpm_dist.train.trainer import Trainer
@@ -87,6 +97,16 @@ def one_mode(args) -> dict:
     parallel.init()
     batches = _TimedBatches(cfg, args.batch)
     trainer = Trainer(cfg, device=device, data=batches)
+    calls = []  # (step, seconds, final) of every Trainer.save call: what every rank waits for at a save step
+    untimed = trainer.save
+
+    def timed_save(*, final: bool = False) -> int:
+        t0 = time.perf_counter()
+        out = untimed(final=final)
+        calls.append((trainer.step, time.perf_counter() - t0, final))
+        return out
+
+    trainer.save = timed_save
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         trainer.train()
@@ -94,29 +114,39 @@ def one_mode(args) -> dict:
     # iteration k (1-based step k) runs from request k to request k+1; the last request ends the loop
     iters = {k: t[k] - t[k - 1] for k in range(2, min(len(t), total + 1))}
     snaps = []
-    for _ in range(5):
+    for _ in range(5):  # the trainer's own reused buffers (warm after the async run's saves)
         t0 = time.perf_counter()
-        checkpoint.snapshot(trainer.step_cell)
+        trainer._host_copy.take(trainer.step_cell)  # noqa: SLF001 - what an async save copies
         snaps.append(time.perf_counter() - t0)
     ckpts = sorted((Path(args.out) / "checkpoints").glob("step_*.ckpt"))
     writes = [float(s) for s in re.findall(r"written in the background in ([\d.]+)s", log.getvalue())]
-    return {"iters": iters, "snapshot_s": statistics.median(snaps), "checkpoint_mb": ckpts[-1].stat().st_size / 1e6,
-            "write_s": writes}  # fmt: skip
+    return {"iters": iters, "save_calls": calls, "snapshot_s": statistics.median(snaps),
+            "checkpoint_mb": ckpts[-1].stat().st_size / 1e6, "write_s": writes}  # fmt: skip
 
 
-def summarise(mode: str, res: dict, every: int, normal: float | None = None) -> dict:
+def summarise(mode: str, res: dict, every: int) -> dict:
     iters = {int(k): v for k, v in res["iters"].items()}
-    saves = [k for k in iters if k % every == 0]
     plain = [v for k, v in iters.items() if k % every and (k - 1) % every]  # not a save, not right after one
     step_s = statistics.median(plain)
-    base = step_s if normal is None else normal
-    out = {"step_s": round(step_s, 3), "save_step_s": [round(iters[k], 3) for k in saves],
-           "stall_s": round(statistics.mean(iters[k] for k in saves) - base, 3)}  # fmt: skip
-    if mode == "async":
-        extra = sum(v - base for k, v in iters.items() if k % every and k > saves[0] and v > base)
-        out["overlap_extra_s"] = round(extra / len(saves), 3)
+    calls = [seconds for _, seconds, final in res["save_calls"] if not final]
+    out = {"step_s": round(step_s, 3), "save_step_s": [round(iters[k], 3) for k in iters if k % every == 0],
+           "save_call_s": [round(c, 3) for c in calls], "stall_s": round(statistics.median(calls), 3)}  # fmt: skip
+    if mode == "async":  # the steps right after a save run beside the background write
+        after = [v for k, v in iters.items() if k > every and (k - 1) % every == 0]
+        out["overlap_extra_s"] = round(statistics.mean(after) - step_s, 3) if after else None
         out["write_s"] = res["write_s"]
     return out
+
+
+def young_daly(stall_s: float, *, cards: int, card_mtbf_h: float, restart_s: float, write_s: float = 0.0) -> dict:
+    """Young/Daly for a job of ``cards`` cards: job MTBF M = card MTBF / cards, interval tau = sqrt(2 x stall x M);
+    time lost per day = checkpoint stalls (stall / tau) + per failure the work since the last complete checkpoint
+    (tau / 2, plus ``write_s`` for a background write still in flight) and the restart (``restart_s``)."""
+    m = card_mtbf_h * 3600.0 / cards
+    tau = math.sqrt(2.0 * stall_s * m)
+    lost = stall_s / tau + (tau / 2.0 + write_s + restart_s) / m
+    return {"cards": cards, "job_mtbf_h": round(m / 3600, 1), "failures_per_day": round(86400 / m, 2),
+            "interval_min": round(tau / 60, 1), "lost_min_per_day": round(1440 * lost, 1)}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -131,13 +161,20 @@ def run(args) -> dict:
                 raise BenchError(f"the {mode} run failed ({res.returncode}): {res.stderr.strip()[-600:]}")
             results[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     sync = summarise("sync", results["sync"], args.every)
-    asyn = summarise("async", results["async"], args.every, normal=sync["step_s"])
+    asyn = summarise("async", results["async"], args.every)
+    table = {
+        mode: [young_daly(stall, cards=n, card_mtbf_h=args.card_mtbf_hours, restart_s=args.restart_s, write_s=w)
+               for n in (8, 64, 512)]
+        for mode, stall, w in (("sync", sync["stall_s"], 0.0),
+                               ("async", asyn["stall_s"], statistics.median(asyn["write_s"] or [0.0])))
+    }  # fmt: skip
     return {
         "config": Path(args.config).name, "batch": args.batch, "steps": args.steps, "ckpt_every": args.every,
         "device": "CPU", "checkpoint_mb": round(results["sync"]["checkpoint_mb"], 1),
         "save_s": sync["stall_s"], "snapshot_s": round(results["async"]["snapshot_s"], 3),
         "sync": sync, "async": asyn,
         "async_stall_ratio": round(asyn["stall_s"] / sync["stall_s"], 3) if sync["stall_s"] > 0 else None,
+        "young_daly": {"card_mtbf_hours": args.card_mtbf_hours, "restart_s": args.restart_s, **table},
     }  # fmt: skip
 
 

@@ -98,6 +98,16 @@ def test_snapshot_is_a_copy_of_the_step_boundary_and_saves_like_the_cell(tmp_pat
     assert all(from_snap[k].dtype == from_cell[k].dtype for k in from_cell if not k.startswith("meta."))
 
 
+def test_host_copy_reuses_its_buffers_and_each_take_holds_the_current_values():
+    cell, host = _Small(), checkpoint.HostCopy()
+    first = {e["name"]: e["data"].asnumpy() for e in host.take(cell)}["dense.weight"].copy()
+    view = cell.dense.weight.asnumpy()
+    view *= 2.0
+    second = {e["name"]: e["data"] for e in host.take(cell)}["dense.weight"]
+    np.testing.assert_array_equal(second.asnumpy(), first * 2.0)
+    assert np.shares_memory(second.asnumpy(), host._buffers["dense.weight"])  # no fresh allocation per save
+
+
 @pytest.mark.parametrize(
     "override, says",
     [("train.ckpt_every_minutes=-1", "must be >= 0"), ("train.ckpt_every_minutes=inf", "finite"),

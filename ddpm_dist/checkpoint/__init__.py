@@ -27,10 +27,11 @@ What may be overwritten or deleted, and what is never skipped:
   index lists a newer checkpoint that loads (:func:`newer_checkpoints`): resuming an older step (another
   ``train.global_batch``, ``train.resume=<older file>``, ``train.resume=none``) can never overwrite newer work.
 
-Asynchronous saves (``train.async_save``) go through the same :func:`save`: the trainer takes a :func:`snapshot` (a
-host copy of every parameter, made at the step boundary) and hands it to a :class:`~.background.BackgroundWriter`
-thread, so the rules above hold unchanged; a kill during that write leaves what a kill during a synchronous save
-leaves (a temporary the next save removes, the previous checkpoints and index intact).
+Asynchronous saves (``train.async_save``) go through the same :func:`save`: the trainer takes a snapshot
+(:class:`HostCopy`: a host copy of every parameter, made at the step boundary) and hands it to a
+:class:`~.background.BackgroundWriter` thread, so the rules above hold unchanged; a kill during that write leaves
+what a kill during a synchronous save leaves (a temporary the next save removes, the previous checkpoints and index
+intact).
 """
 
 from __future__ import annotations
@@ -216,23 +217,43 @@ def _quiet_mindspore_log():
 SLOW_WRITE_ENV = "DDPM_DIST_TEST_SLOW_WRITE"
 
 
-def snapshot(cell) -> list[dict]:
-    """A host copy of every parameter of ``cell`` as ``[{"name", "data": Tensor}]`` (what ``save`` writes for a Cell,
-    same names, values and dtypes), for a background write while training goes on.
+class HostCopy:
+    """Host buffers for snapshots of one Cell's parameters, kept and reused from one save to the next.
 
-    Must run at a step boundary: ``Parameter.asnumpy()`` on CPU is a *view* of the parameter's memory, which the
-    compiled step updates in place (measured: a view taken before a step shows the step's update), so each array is
-    copied here, before the next step runs. The copy is numpy's, wrapped without a second copy by
-    ``Tensor.from_numpy`` (``Tensor(array)`` copies again, ~8x slower: 0.3 s against 0.04 s for 200 MB).
+    :meth:`take` returns ``[{"name", "data": Tensor}]`` - what :func:`save` writes for the Cell itself: same names,
+    values and dtypes - for a background write while training goes on. It must run at a step boundary:
+    ``Parameter.asnumpy()`` on CPU is a *view* of the parameter's memory, which the compiled step updates in place
+    (measured: a view taken before a step shows the step's update), so every array is copied here, before the next
+    step runs. The buffers are reused, so the caller makes sure the write of the previous snapshot has finished
+    (the trainer's BackgroundWriter does: one write at a time). Measured on the paper U-Net's 572 MB of state (2-core
+    CPU): 0.63 s into freshly allocated arrays (page faults), 0.075 s into these warm buffers; ``Tensor.from_numpy``
+    wraps them without another copy (``Tensor(array)`` copies again: 0.3 s per 200 MB).
     """
-    import mindspore as ms
 
-    out, seen = [], set()
-    for _, param in cell.parameters_and_names():
-        if param.name not in seen:
+    def __init__(self) -> None:
+        self._buffers: dict = {}
+
+    def take(self, cell) -> list[dict]:
+        import mindspore as ms
+        import numpy as np
+
+        out, seen = [], set()
+        for _, param in cell.parameters_and_names():
+            if param.name in seen:
+                continue
             seen.add(param.name)
-            out.append({"name": param.name, "data": ms.Tensor.from_numpy(param.asnumpy().copy())})
-    return out
+            src = param.asnumpy()
+            buf = self._buffers.get(param.name)
+            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+                buf = self._buffers[param.name] = np.empty_like(src)
+            np.copyto(buf, src)
+            out.append({"name": param.name, "data": ms.Tensor.from_numpy(buf)})
+        return out
+
+
+def snapshot(cell) -> list[dict]:
+    """A one-off host copy of every parameter of ``cell`` (see :class:`HostCopy`, which reuses its buffers)."""
+    return HostCopy().take(cell)
 
 
 def _test_slow_write() -> None:

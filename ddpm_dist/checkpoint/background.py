@@ -1,7 +1,7 @@
 """One checkpoint write at a time in a background thread (``train.async_save``).
 
-The trainer takes a host :func:`~ddpm_dist.checkpoint.snapshot` at the step boundary and :meth:`BackgroundWriter.submit`
-s the store's own :func:`~ddpm_dist.checkpoint.save` of it; training goes on while the thread writes. Invariants:
+The trainer takes a host snapshot (:class:`~ddpm_dist.checkpoint.HostCopy`) at the step boundary and submits the
+store's own :func:`~ddpm_dist.checkpoint.save` of it; training goes on while the thread writes. Invariants:
 
 - One write at a time: ``submit`` first waits for the previous write (:meth:`wait`), so saves land in step order and
   the store's rules (temporary -> CRC -> fsync -> rename -> index -> retention) run exactly as in a synchronous save.

@@ -170,6 +170,7 @@ class Trainer:
         self.step = 0
         self.resumed = False
         self._writer = BackgroundWriter()  # rank 0's background checkpoint writes (train.async_save)
+        self._host_copy = checkpoint.HostCopy()  # their snapshots; reused: the writer runs one write at a time
         self._last_save_time = None  # time.monotonic() of the last save (or the first step), for ckpt_every_minutes
         self._resumed_at = (0, 0)  # (step, images seen) of the checkpoint resumed, for the images seen of later ones
         # Set-up order: nothing is created in run.out_dir until every check passed. Rank 0 (the only writer) locks an
@@ -448,7 +449,8 @@ class Trainer:
                 milestone_every=t.milestone_every,
             )
             if t.async_save and not final:
-                self._writer.submit(functools.partial(write, checkpoint.snapshot(self.step_cell)), step=self.step)
+                state = self._host_copy.take(self.step_cell)  # before the next step updates the parameters
+                self._writer.submit(functools.partial(write, state), step=self.step)
             else:
                 info(f"checkpoint -> {write(self.step_cell)}", rank=self.rank)
         parallel.barrier(timeout=self.cfg.run.barrier_timeout, what=f"checkpoint of step {self.step}")
