@@ -6,7 +6,7 @@ child process per mode, so each has the machine to itself. The time of every loo
 trainer does after it) is taken from the gaps between the loop's requests for the next batch. Prints one JSON
 object::
 
-    python bench/ckpt_stall.py                      # cifar U-Net, batch 2, saves at steps 6, 12, 18 of 19
+    python bench/ckpt_stall.py                      # cifar U-Net, batch 2, saves at steps 5, 10, ... 30 of 31
     python bench/ckpt_stall.py --batch 4 --steps 16 --every 5 model.ch=64
 
 Fields per mode (``sync``, ``async``): ``step_s`` (median iteration without a save, the compiling one and those right
@@ -44,8 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "cifar.yaml"))
     p.add_argument("--batch", type=int, default=2, help="global batch (default 2)")
-    p.add_argument("--steps", type=int, default=18, help="steps after the compiling one (default 18)")
-    p.add_argument("--every", type=int, default=6, help="train.ckpt_every (default 6)")
+    p.add_argument("--steps", type=int, default=30, help="steps after the compiling one (default 30)")
+    p.add_argument("--every", type=int, default=5, help="train.ckpt_every (default 5)")
     p.add_argument("--card-mtbf-hours", type=float, default=50_000.0,
                    help="per-card mean time between failures for the Young/Daly table (default 50000: Llama 3's "
                         "419 unexpected interruptions in 54 days on 16384 GPUs)")  # fmt: skip

@@ -338,6 +338,7 @@ class Trainer:
                 info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
                 interval_t0, interval_step = time.perf_counter(), self.step
                 self._last_save_time = time.monotonic()
+                self._warm_host_copy()
             self._background_save_done(self._writer.poll())  # raises a failed background write's error
             if self.step % check_every == 0:
                 self._check_nonfinite()
@@ -456,6 +457,13 @@ class Trainer:
         parallel.barrier(timeout=self.cfg.run.barrier_timeout, what=f"checkpoint of step {self.step}")
         self._last_save_time = time.monotonic()
         return self.step
+
+    def _warm_host_copy(self) -> None:
+        """Rank 0 with train.async_save: take one snapshot after the compile, so that the host buffers are allocated
+        and paged in now, not at the first save step (0.6 s against 0.075 s for the paper U-Net's 572 MB)."""
+        t = self.cfg.train
+        if self.rank == 0 and t.async_save and (t.ckpt_every or t.ckpt_every_minutes):
+            self._host_copy.take(self.step_cell)
 
     def _final_save(self, saved_at: int | None) -> None:
         """At the end of the run or on a stop request: write the current step unless it was just saved, and let any
