@@ -357,7 +357,7 @@ class Trainer:
             if stop:
                 self._stop(saved_at)
                 return
-            if save_due and saved_at != self.step:
+            if save_due and saved_at != self.step:  # every worker says so (rank=0): their logs show they agree
                 info(f"step {self.step}: checkpoint due (train.ckpt_every_minutes={t.ckpt_every_minutes:g})", rank=0)
                 saved_at = self.save()
         self.profiler.finish()
