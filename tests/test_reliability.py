@@ -1,9 +1,11 @@
 """Faults a run must survive without losing data: SIGKILL of a 2-worker msrun job at random moments (including in
-the middle of checkpoint writes), a damaged checkpoint index, and a disk that fills up during training."""
+the middle of checkpoint writes, which run in the background with train.async_save), a damaged checkpoint index, and
+a disk that fills up during training (a synchronous or a background write); 2 workers agreeing on time-based saves."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,7 +69,9 @@ def _launch(run: Path, logs: Path, *overrides: str) -> subprocess.Popen:
 def straight(digits8, tmp_path_factory) -> dict:
     """Final weights, Adam moments and EMA of an uninterrupted 2-worker run of TOTAL steps."""
     root = tmp_path_factory.mktemp("straight")
-    proc = _launch(root / "run", root / "logs", *STRAIGHT, f"data.path={digits8}", "train.ckpt_every=0")
+    proc = _launch(
+        root / "run", root / "logs", *STRAIGHT, f"data.path={digits8}", "train.ckpt_every=0", "train.async_save=false"
+    )
     assert proc.wait(timeout=900) == 0, worker_logs(root / "logs")
     return final_state(root / "run")
 
@@ -81,11 +85,18 @@ def _assert_same_state(a: dict, b: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal(digits8, straight, tmp_path):
-    """Two SIGKILLs of the whole 2-worker job in a row - at a random moment, and the moment a checkpoint write is
-    seen in progress - then a last launch finishes. After every kill each checkpoint the index lists passes its CRC;
-    after the next saves no temporary is left; the final weights equal an uninterrupted run's bitwise (dropout 0:
-    every other random stream resumes exactly)."""
-    common = [*STRAIGHT, f"data.path={digits8}", "train.ckpt_every=1", "train.keep_last=2", "run.log_every=4"]
+    """Two SIGKILLs of the whole 2-worker job in a row - at a random moment, and the moment a checkpoint write (in
+    the background: train.async_save) is seen in progress - then a last launch finishes. After every kill each
+    checkpoint the index lists passes its CRC; after the next saves no temporary is left; the final weights equal an
+    uninterrupted run's bitwise (dropout 0: every other random stream resumes exactly)."""
+    common = [
+        *STRAIGHT,
+        f"data.path={digits8}",
+        "train.ckpt_every=1",
+        "train.keep_last=2",
+        "run.log_every=4",
+        "train.async_save=true",
+    ]
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
     rng = np.random.default_rng(17)
@@ -143,6 +154,25 @@ def test_a_worker_killed_ends_the_job_and_the_relaunch_resumes_bitwise(digits8, 
     _assert_same_state(straight, final_state(run))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_async_time_based_saves_happen_at_one_step_on_both_workers_and_change_nothing(digits8, straight, tmp_path):
+    """train.ckpt_every_minutes (tiny here: due at every step on rank 0's clock) with background writes: both workers
+    log the same save steps, all at the every-10-steps agreement, the checkpoints appear, and the final weights, Adam,
+    EMA and loss scale equal the synchronous run's bitwise."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    proc = _launch(run, logs, *STRAIGHT, f"data.path={digits8}", "train.ckpt_every=0", "train.ckpt_every_minutes=1e-4",
+                   "train.async_save=true", "run.log_every=4")  # fmt: skip
+    assert proc.wait(timeout=900) == 0, worker_logs(logs)
+    said = r"^step (\d+): checkpoint due \(train\.ckpt_every_minutes"
+    due = [re.findall(said, (logs / f"worker_{r}.log").read_text(), re.M) for r in (0, 1)]
+    assert due[0] == due[1] == ["10", "20"], due
+    log0 = (logs / "worker_0.log").read_text()
+    assert all(f"step_{s:08d}.ckpt (written in the background" in log0 for s in (10, 20))
+    assert _steps(run / "checkpoints") == [10, 20, TOTAL] and _temporaries(run / "checkpoints") == []
+    _assert_same_state(straight, final_state(run))
+
+
 def _rank_of(pid: int) -> str | None:
     """RANK_ID of an msrun worker process, None for any other process."""
     try:
@@ -171,13 +201,20 @@ def test_damaged_index_then_the_same_command_resumes_instead_of_starting_over(di
 
 
 @pytest.mark.slow
-def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_temporary(digits8, small_tmpfs):
+@pytest.mark.parametrize("async_save", ["false", "true"])
+def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_temporary(
+    digits8, small_tmpfs, async_save
+):
+    """With train.async_save the failing write runs in the background: its error is raised at the next step boundary
+    (or the next save), as the same one line and exit 2."""
     run = small_tmpfs / "run"  # 2.9 MB checkpoints, all kept: the 7th save finds the disk full
     res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.total_steps=12",
-                    "train.ckpt_every=1", "train.keep_last=12", "run.log_every=1")  # fmt: skip
+                    "train.ckpt_every=1", "train.keep_last=12", "run.log_every=1",
+                    f"train.async_save={async_save}")  # fmt: skip
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("error: ") and "No space left on device" in lines[0]
+    assert ("written in the background" in res.stdout) == (async_save == "true")
     ckpts = run / "checkpoints"
     assert _temporaries(ckpts) == [] and _temporaries(run) == []
     steps = _steps(ckpts)

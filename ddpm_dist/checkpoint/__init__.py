@@ -26,6 +26,12 @@ What may be overwritten or deleted, and what is never skipped:
 - A save never deletes (retention) a checkpoint newer than the one it writes, and refuses to write at all while the
   index lists a newer checkpoint that loads (:func:`newer_checkpoints`): resuming an older step (another
   ``train.global_batch``, ``train.resume=<older file>``, ``train.resume=none``) can never overwrite newer work.
+
+Asynchronous saves (``train.async_save``) go through the same :func:`save`: the trainer takes a snapshot
+(:class:`HostCopy`: a host copy of every parameter, made at the step boundary) and hands it to a
+:class:`~.background.BackgroundWriter` thread, so the rules above hold unchanged; a kill during that write leaves
+what a kill during a synchronous save leaves (a temporary the next save removes, the previous checkpoints and index
+intact).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import logging
 import os
 import re
 import stat
+import time
 import warnings
 from pathlib import Path
 
@@ -205,8 +212,59 @@ def _quiet_mindspore_log():
         logger.setLevel(level)
 
 
+# Tests only: seconds to sleep between writing a checkpoint and renaming it into place, so that a test can kill a
+# (background) write deterministically half-way. Never set in a real run.
+SLOW_WRITE_ENV = "DDPM_DIST_TEST_SLOW_WRITE"
+
+
+class HostCopy:
+    """Host buffers for snapshots of one Cell's parameters, kept and reused from one save to the next.
+
+    :meth:`take` returns ``[{"name", "data": Tensor}]`` - what :func:`save` writes for the Cell itself: same names,
+    values and dtypes - for a background write while training goes on. It must run at a step boundary:
+    ``Parameter.asnumpy()`` on CPU is a *view* of the parameter's memory, which the compiled step updates in place
+    (measured: a view taken before a step shows the step's update), so every array is copied here, before the next
+    step runs. The buffers are reused, so the caller makes sure the write of the previous snapshot has finished
+    (the trainer's BackgroundWriter does: one write at a time). Measured on the paper U-Net's 572 MB of state (2-core
+    CPU): 0.63 s into freshly allocated arrays (page faults), 0.075 s into these warm buffers; ``Tensor.from_numpy``
+    wraps them without another copy (``Tensor(array)`` copies again: 0.3 s per 200 MB).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict = {}
+
+    def take(self, cell) -> list[dict]:
+        import mindspore as ms
+        import numpy as np
+
+        out, seen = [], set()
+        for _, param in cell.parameters_and_names():
+            if param.name in seen:
+                continue
+            seen.add(param.name)
+            src = param.asnumpy()
+            buf = self._buffers.get(param.name)
+            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+                buf = self._buffers[param.name] = np.empty_like(src)
+            np.copyto(buf, src)
+            out.append({"name": param.name, "data": ms.Tensor.from_numpy(buf)})
+        return out
+
+
+def snapshot(cell) -> list[dict]:
+    """A one-off host copy of every parameter of ``cell`` (see :class:`HostCopy`, which reuses its buffers)."""
+    return HostCopy().take(cell)
+
+
+def _test_slow_write() -> None:
+    delay = os.environ.get(SLOW_WRITE_ENV, "")
+    if delay:
+        time.sleep(float(delay))
+
+
 def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, milestone_every: int = 0) -> Path:
-    """Write ``cell``'s parameters and ``meta`` as the checkpoint of ``step``; prune old ones. Returns the path.
+    """Write ``cell``'s parameters (a Cell, or its :func:`snapshot`) and ``meta`` as the checkpoint of ``step``; prune
+    old ones. Returns the path. Safe to call from a background thread (one save at a time per directory).
 
     On any error (disk full, unwritable directory) the temporary file is removed, the index is untouched, and a
     CheckpointError naming the directory is raised: the previous checkpoints stay intact.
@@ -239,6 +297,7 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
             ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _test_slow_write()
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
         entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
