@@ -62,12 +62,13 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
+    except TrainingError as err:  # the non-finite loss stop: a restart would meet it again, never retried
+        return fail(first_line(err), cause="nonfinite_loss")
     except (
         ConfigError,
         CheckpointError,
         DataError,
         KeyedNoiseMismatch,
-        TrainingError,
         TensorBoardError,
         OSError,
     ) as err:

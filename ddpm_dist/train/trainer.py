@@ -6,6 +6,7 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -19,10 +20,11 @@ from mindspore import Tensor, nn, ops
 
 from .. import checkpoint, job_status, parallel
 from ..checkpoint.lock import RunLock
-from ..config import Config, ConfigError, to_dict, to_yaml
+from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
 from ..diffusion import build_diffusion
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
+from ..restarts import read_records as read_restart_records
 from ..models import build_model, fp32_cells
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
@@ -30,6 +32,7 @@ from .hooks import EMAHooks
 from .optim import build_optimizer, lr_at
 from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
+from .watchdog import Watchdog
 
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
@@ -177,6 +180,8 @@ class Trainer:
         self.hooks = EMAHooks(cfg, ema_params=self.ema.ema_params, rank=self.rank, tb=self.tb)  # checks eval.*
         self.stop = StopRequest(distributed=parallel.is_distributed())
         self.profiler = build_profiler(cfg, rank=self.rank, device=device)
+        # hang detection (run.step_timeout): beats after every step; compile, saves, grids, evaluations are paused
+        self.watchdog = Watchdog(timeout=step_timeout_seconds(cfg.run.step_timeout), rank=self.rank)
         self._claim_run_dir()
 
     # ------------------------------------------------------------------ set-up
@@ -304,6 +309,9 @@ class Trainer:
         if self.rank == 0:
             write_text_atomic(self.out_dir / "config.yaml", to_yaml(cfg))
             self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
+            restarts = read_restart_records(self.out_dir)  # written by the launcher (MAX_RESTARTS)
+            if restarts:
+                self.tb.scalars({"run/restarts": len(restarts)}, self.step)
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
             f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
@@ -316,6 +324,7 @@ class Trainer:
         interval_t0, interval_step = time.perf_counter(), self.step
         compile_s = None
         saved_at = self.step if self.resumed else None
+        dog = self.watchdog.start()
         for x0, ts, noise in self.data:
             if self.step >= t.total_steps:
                 break
@@ -323,7 +332,9 @@ class Trainer:
             t0 = time.perf_counter()
             self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
-            self.profiler.after_step(self.step)
+            with dog.paused() if not self.profiler.done else contextlib.nullcontext():  # writing its traces
+                self.profiler.after_step(self.step)
+            dog.beat(self.step)
             if compile_s is None:
                 compile_s = time.perf_counter() - t0
                 info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
@@ -334,16 +345,22 @@ class Trainer:
                 elapsed = time.perf_counter() - interval_t0
                 scalars = self._log(self.step, self.step - interval_step, elapsed)
                 progress(self.step, scalars)
+                job_status.write("training", step=self.step)  # the step reached, for the launcher's restart line
                 interval_t0, interval_step = time.perf_counter(), self.step
             if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
-                self.hooks.sample_grid(self.step)
+                with dog.paused():
+                    self.hooks.sample_grid(self.step)
             if cfg.eval.every and self.step % cfg.eval.every == 0:
-                self.hooks.evaluate(self.step)
+                with dog.paused():
+                    self.hooks.evaluate(self.step)
             if t.ckpt_every and self.step % t.ckpt_every == 0:
-                saved_at = self.save()
+                with dog.paused():
+                    saved_at = self.save()
             if self.stop.should_stop(self.step):
+                dog.close()
                 self._stop(saved_at)
                 return
+        dog.close()
         self.profiler.finish()
         if saved_at != self.step:
             self.save()

@@ -135,7 +135,13 @@ class Watchdog:
 
 
 def _exit_hung(message: str) -> None:
+    """Print the line, record it for the launcher (cause ``hang``: it sees the fault at once, not when msrun notices
+    the exit), and end the process without clean-up: the main thread is stuck."""
     import os
 
+    from .. import job_status
+
     print(f"error: {message}", file=sys.stderr, flush=True)
-    os._exit(EXIT_HANG)  # the main thread is stuck: no clean-up can run
+    job_status.write("exited", code=EXIT_HANG, line=f"error: {message}", cause="hang")
+    os._exit(EXIT_HANG)
+
