@@ -151,8 +151,9 @@ def test_two_random_sigkills_restart_and_end_bitwise_equal(reference, digits8, t
         assert f"resuming from step {r['resumed_from']}" in ln and r["resumed_from"] % 10 == 0
     assert f"done: step {TOTAL}" in out
     assert _job_status(launch.log_dir)["outcome"] == "done"
-    assert [v for _, v in scalars(run)["run/restarts"]] == [1.0, 2.0]
     _assert_bitwise(reference, run)
+    # the count so far, logged by each restarted attempt (a SIGKILLed worker may lose its last 30 s of events)
+    assert scalars(run)["run/restarts"][-1][1] == 2.0
     assert _no_leftovers(launch.token) == []
 
 
