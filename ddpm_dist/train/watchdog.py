@@ -118,8 +118,9 @@ class Watchdog:
                 return None
             how = f"run.step_timeout={self.fixed:g}" if self.fixed else f"run.step_timeout=auto: {bound:.0f}s"
             return (
-                f"rank {self.rank}: no progress for {idle:.0f}s after step {self.step} ({how}); a stuck data read or "
-                "collective - ending this worker so that the job can be restarted"
+                f"rank {self.rank}: no progress for {idle:.0f}s after step {self.step} ({how}), stuck in "
+                f"{_main_thread_at()}; a stuck data read or collective (a rank waiting for a stuck peer is stuck "
+                "in the train step) - ending this worker so that the job can be restarted"
             )
 
     def _run(self) -> None:
@@ -132,6 +133,16 @@ class Watchdog:
     def _poll_interval(self) -> float:
         bound = self.timeout()
         return 1.0 if bound is None else min(max(bound / 10.0, 0.2), 10.0)
+
+
+def _main_thread_at() -> str:
+    """Where the main thread is now: its innermost frame as ``function (file:line)``."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "an unknown place"
+    import os
+
+    return f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
 
 
 def _exit_hung(message: str) -> None:
