@@ -118,6 +118,7 @@ class RunConfig:
     sample_steps: int = 50  # its steps (0: full ancestral DDPM, whatever run.sampler says)
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
     step_timeout: str = "auto"  # hang watchdog: auto (50 x median step time, >= 300 s) | seconds | 0 (off)
+    compile_cache: str = "auto"  # graph compile cache: auto (when the launcher may restart) | true | false
     profile: str = ""  # START:END: MindSpore's profiler captures global steps START..END into <out_dir>/profile
     profile_ranks: str = "rank0"  # rank0 | all: which workers profile
 
@@ -146,6 +147,7 @@ _CHOICES = {
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
+    "run.compile_cache": ("auto", "true", "false"),
     "run.sampler": ("ddim", "dpm++2m", "ddpm"),
     "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
 }
