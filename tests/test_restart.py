@@ -132,6 +132,7 @@ def test_two_random_sigkills_restart_and_end_bitwise_equal(reference, digits8, t
         workers = _workers(launch.token)
         rank = rng.choice(sorted(workers))
         os.kill(workers[rank], signal.SIGKILL)
+        killed_at = time.time()
         killed.append(rank)
         after = _newest(run)
         while not (tmp_path / "w" / "logs" / "status").is_dir() or _workers(launch.token).get(rank) == workers[rank]:
@@ -140,6 +141,13 @@ def test_two_random_sigkills_restart_and_end_bitwise_equal(reference, digits8, t
         while len(read_records(run)) < len(killed):
             assert launch.proc.poll() is None and time.time() < deadline, worker_logs(launch.log_dir)
             time.sleep(0.1)
+        relaunched = read_records(run)[-1]["time"] - killed_at
+        resumed = f"at step {read_records(run)[-1]['resumed_from']}\n"
+        while resumed not in launch.log(0) or "first step (graph compile)" not in launch.log(0):  # the new log
+            assert launch.proc.poll() is None and time.time() < deadline, worker_logs(launch.log_dir)
+            time.sleep(0.1)
+        print(f"kill of rank {rank}: relaunched after {relaunched:.1f}s, first new step after "
+              f"{time.time() - killed_at:.1f}s")
     out, err = launch.finish()
     assert launch.proc.returncode == 0, out + err
     recs = read_records(run)
@@ -225,3 +233,31 @@ def test_an_input_error_and_a_sigterm_are_not_retried(digits8, tmp_path):  # noq
     assert stopped.proc.returncode == 0 and "restart" not in out + err, out + err
     assert _job_status(stopped.log_dir)["outcome"] == "stopped" and read_records(run) == []
     assert _no_leftovers(stopped.token) == []
+
+
+# ---------------------------------------------------------------- run_mpi.sh (mpirun does not start on CPU)
+@pytest.mark.parametrize("codes, rc, calls", [([137, 1, 0], 0, 3), ([137, 2], 2, 2), ([143], 143, 1), ([1, 1], 1, 2)])
+def test_run_mpi_restarts_mpirun_after_a_fault_only(tmp_path, codes, rc, calls):
+    """A stand-in ``mpirun`` on PATH exits with ``codes`` in turn: faults are retried up to MAX_RESTARTS=1 or 3,
+    never 2 (input) or 143 (a stop)."""
+    import subprocess
+
+    from train_helpers import env
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "codes").write_text("\n".join(map(str, codes)))
+    (bin_dir / "mpirun").write_text(
+        f'#!/bin/bash\nprintf "%s\\n" "$*" >> {tmp_path}/calls\nn=$(wc -l < {tmp_path}/calls)\n'
+        f'exit $(sed -n "${{n}}p" {tmp_path}/codes)\n'
+    )
+    (bin_dir / "mpirun").chmod(0o755)
+    e = env() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MAX_RESTARTS": "1" if codes == [1, 1] else "3"}
+    res = subprocess.run(["bash", str(ROOT / "launch" / "run_mpi.sh"), TINY], env=e, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == rc, res.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == calls
+    restarts = [ln for ln in res.stderr.splitlines() if ln.startswith("restart ")]
+    assert len(restarts) == (calls - 1 if codes != [1, 1] else 1), res.stderr
+    if codes == [1, 1]:
+        assert res.stderr.strip().splitlines()[-1] == "error: giving up after 1 restart(s) (MAX_RESTARTS=1)"
