@@ -542,11 +542,6 @@ class Supervisor:
             tmp.unlink(missing_ok=True)
 
 
-def with_master_port(cmd: list[str], port: int) -> list[str]:
-    """msrun's command with ``--master_port`` set to ``port``."""
-    return [f"--master_port={port}" if a.startswith("--master_port=") else a for a in cmd]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddpm_dist.supervisor", description=__doc__.splitlines()[0])
     p.add_argument("--log-dir", required=True, type=Path)
@@ -568,8 +563,8 @@ def supervise(
 
     Every node runs the same command: a failure on any node ends the job on all of them (the others lose the
     cluster), each node's supervisor restarts, and the nodes meet again at node 0's scheduler. A restart keeps
-    msrun's arguments, ``--master_port`` included: msrun's scheduler binds its port with SO_REUSEADDR, so a port in
-    TIME_WAIT after the previous attempt does not stop it (tests/test_restart.py relaunches on the same port).
+    msrun's arguments, ``--master_port`` included: the relaunched scheduler gets the same port at once (measured,
+    tests/test_restart.py: no wait for TIME_WAIT).
     """
     from .restarts import Failure, RestartPolicy, newest_checkpoint_step
 

@@ -78,6 +78,22 @@ def test_policy_same_cause_at_the_same_step_twice_is_a_crash_loop(tmp_path):
     assert RestartPolicy(0, run_dir=tmp_path, log_dir=tmp_path).decide(_fault(1), stop_requested=False) == (False, "")
 
 
+def test_a_workers_record_carries_the_cause_it_failed_with(tmp_path, monkeypatch):
+    """The non-finite-loss stop exits 2 like an input error; its record names it, so the job's cause does too."""
+    from ddpm_dist import job_status
+    from ddpm_dist.cli_util import fail, reports_exit
+
+    monkeypatch.setenv("DDPM_STATUS_DIR", str(tmp_path))
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    monkeypatch.setenv("RANK_ID", "1")
+    assert reports_exit(lambda: fail("3 consecutive non-finite losses", cause="nonfinite_loss"))() == 2
+    (record,) = job_status.read_all(tmp_path).values()
+    assert (record["code"], record["cause"]) == (2, "nonfinite_loss")
+    assert reports_exit(lambda: fail("data set not found"))() == 2
+    (record,) = job_status.read_all(tmp_path).values()
+    assert "cause" not in record
+
+
 # ---------------------------------------------------------------- real msrun, 2 workers
 @pytest.fixture(scope="module")
 def reference(digits8, tmp_path_factory):  # noqa: F811
@@ -261,3 +277,12 @@ def test_run_mpi_restarts_mpirun_after_a_fault_only(tmp_path, codes, rc, calls):
     assert len(restarts) == (calls - 1 if codes != [1, 1] else 1), res.stderr
     if codes == [1, 1]:
         assert res.stderr.strip().splitlines()[-1] == "error: giving up after 1 restart(s) (MAX_RESTARTS=1)"
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
+def test_a_bad_step_timeout_is_one_config_error(value):
+    from ddpm_dist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"run.step_timeout: must be auto or a number of seconds >= 0, 0 disables"):
+        load_config(TINY, [f"run.step_timeout={value}"])
+    assert load_config(TINY, ["run.step_timeout=0"]).run.step_timeout == "0"
