@@ -330,7 +330,8 @@ class Trainer:
                 break
             self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
-            self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
+            with dog.stepping():  # a wait there for a stuck peer is reported after the peer's own report
+                self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
             with dog.paused() if not self.profiler.done else contextlib.nullcontext():  # writing its traces
                 self.profiler.after_step(self.step)

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+PEER_GRACE = 1.5  # the timeout's factor for a rank inside the train step (see Watchdog.stepping)
 EXIT_HANG = 124  # as GNU timeout(1) reports a command it had to stop: a fault, never the user's input (2)
 
 
@@ -57,6 +58,7 @@ class Watchdog:
         self.step = None  # the last step that finished; None before the first beat
         self._last = clock()
         self._paused = 0
+        self._in_step = False
         self._resumed_since_beat = True  # the interval before the first beat (compile) is never a step time
         self._intervals: deque[float] = deque(maxlen=50)
         self._lock = threading.Lock()
@@ -94,6 +96,16 @@ class Watchdog:
             self.step, self._last, self._resumed_since_beat = step, now, False
 
     @contextlib.contextmanager
+    def stepping(self):
+        """The compiled step (its all-reduce): a rank waiting there for a stuck peer gets ``PEER_GRACE`` x the
+        timeout, so that the stuck rank - in its data read, say - is the one that reports first and is named."""
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    @contextlib.contextmanager
     def paused(self):
         """A block that may take long without being a hang (checkpoint, grid, evaluation); the clock restarts after
         it."""
@@ -114,7 +126,7 @@ class Watchdog:
             if self._paused or self.step is None or bound is None:
                 return None
             idle = self.clock() - self._last
-            if idle <= bound:
+            if idle <= bound * (PEER_GRACE if self._in_step else 1.0):
                 return None
             how = f"run.step_timeout={self.fixed:g}" if self.fixed else f"run.step_timeout=auto: {bound:.0f}s"
             return (
