@@ -236,6 +236,16 @@ def step_timeout_seconds(value: str) -> float | None:
     return seconds
 
 
+def _check_step_timeout(cfg: Config, source: str) -> None:
+    try:
+        step_timeout_seconds(cfg.run.step_timeout)
+    except ValueError:
+        raise ConfigError(
+            f"{source}: run.step_timeout: must be auto or a number of seconds >= 0, 0 disables "
+            f"(got {cfg.run.step_timeout!r})"
+        ) from None
+
+
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
     for key in _float_keys():  # inf passes "> 0" and nan fails every range with a confusing message
@@ -264,13 +274,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         )
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
-    try:
-        step_timeout_seconds(cfg.run.step_timeout)
-    except ValueError:
-        raise ConfigError(
-            f"{source}: run.step_timeout: must be auto or a number of seconds >= 0, 0 disables "
-            f"(got {cfg.run.step_timeout!r})"
-        ) from None
+    _check_step_timeout(cfg, source)
     try:
         profile_window(cfg.run.profile)
     except ValueError as err:

@@ -572,7 +572,7 @@ def supervise(
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: stop_signals.append(signum))
     policy = RestartPolicy(max_restarts, run_dir=run_dir, log_dir=log_dir, write_record=node_rank == 0)
-    if max_restarts > 0:  # a restart loads the compiled graphs (run.compile_cache=auto; ddpm_dist/train/compile_cache.py)
+    if max_restarts > 0:  # a restart loads the compiled graphs (run.compile_cache=auto: train/compile_cache.py)
         os.environ.setdefault("DDPM_COMPILE_CACHE_DIR", str((log_dir / "compile_cache").resolve()))
     while True:
         resumed_from = newest_checkpoint_step(run_dir)

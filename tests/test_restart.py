@@ -37,7 +37,9 @@ def _fault(step, cause="worker_killed", code=137, rank=1):
 
 def test_policy_restarts_faults_up_to_the_limit_and_records_each(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "index.json").write_text(json.dumps([{"file": "a", "step": 10}, {"file": "b", "step": 20}]))
+    (tmp_path / "checkpoints" / "index.json").write_text(
+        json.dumps([{"file": "a", "step": 10}, {"file": "b", "step": 20}])
+    )
     policy = RestartPolicy(2, run_dir=tmp_path, log_dir=tmp_path / "logs")
     again, line = policy.decide(_fault(23), stop_requested=False)
     assert again and line.startswith("restart 1 of 2: worker_killed of rank 1 (SIGKILL), exit 137")
@@ -162,8 +164,10 @@ def test_two_random_sigkills_restart_and_end_bitwise_equal(reference, digits8, t
         while resumed not in launch.log(0) or "first step (graph compile)" not in launch.log(0):  # the new log
             assert launch.proc.poll() is None and time.time() < deadline, worker_logs(launch.log_dir)
             time.sleep(0.1)
-        print(f"kill of rank {rank}: relaunched after {relaunched:.1f}s, first new step after "
-              f"{time.time() - killed_at:.1f}s")
+        print(
+            f"kill of rank {rank}: relaunched after {relaunched:.1f}s, first new step after "
+            f"{time.time() - killed_at:.1f}s"
+        )
     out, err = launch.finish()
     assert launch.proc.returncode == 0, out + err
     recs = read_records(run)
@@ -234,8 +238,10 @@ def test_a_sigstopped_worker_ends_the_job_through_the_heartbeat_and_it_restarts_
     out, err = launch.finish()
     assert launch.proc.returncode == 0, out + err
     (rec,) = read_records(run)
-    print(f"SIGSTOP of rank {rank}: restarted after {detected:.1f}s ({rec['cause']} of rank {rec['rank']}, "
-          f"exit {rec['exit_code']}): {rec['line']}")
+    print(
+        f"SIGSTOP of rank {rank}: restarted after {detected:.1f}s ({rec['cause']} of rank {rec['rank']}, "
+        f"exit {rec['exit_code']}): {rec['line']}"
+    )
     assert rec["exit_code"] not in (0, 2) and detected < 180, rec  # MindSpore's heartbeat (~35 s), not forever
     _assert_bitwise(reference, run)
     assert _no_leftovers(launch.token) == []

@@ -24,8 +24,8 @@ from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
 from ..diffusion import build_diffusion
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
-from ..restarts import read_records as read_restart_records
 from ..models import build_model, fp32_cells
+from ..restarts import read_records as read_restart_records
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .hooks import EMAHooks
@@ -306,12 +306,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        if self.rank == 0:
-            write_text_atomic(self.out_dir / "config.yaml", to_yaml(cfg))
-            self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
-            restarts = read_restart_records(self.out_dir)  # written by the launcher (MAX_RESTARTS)
-            if restarts:
-                self.tb.scalars({"run/restarts": len(restarts)}, self.step)
+        self._write_run_info()
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
             f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
@@ -349,14 +344,11 @@ class Trainer:
                 job_status.write("training", step=self.step)  # the step reached, for the launcher's restart line
                 interval_t0, interval_step = time.perf_counter(), self.step
             if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
-                with dog.paused():
-                    self.hooks.sample_grid(self.step)
+                dog.call_paused(self.hooks.sample_grid, self.step)
             if cfg.eval.every and self.step % cfg.eval.every == 0:
-                with dog.paused():
-                    self.hooks.evaluate(self.step)
+                dog.call_paused(self.hooks.evaluate, self.step)
             if t.ckpt_every and self.step % t.ckpt_every == 0:
-                with dog.paused():
-                    saved_at = self.save()
+                saved_at = dog.call_paused(self.save)
             if self.stop.should_stop(self.step):
                 dog.close()
                 self._stop(saved_at)
@@ -371,6 +363,16 @@ class Trainer:
             self.hooks.evaluate(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _write_run_info(self) -> None:
+        """Rank 0: the resolved config beside the run, and the launcher's restart count (MAX_RESTARTS) so far."""
+        if self.rank != 0:
+            return
+        write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.cfg))
+        self.tb.text("config", "```\n" + to_yaml(self.cfg) + "\n```")
+        restarts = read_restart_records(self.out_dir)
+        if restarts:
+            self.tb.scalars({"run/restarts": len(restarts)}, self.step)
 
     def _stop(self, saved_at: int | None) -> None:
         """Save (unless this step was just saved) and say where, after a stop request."""

@@ -119,6 +119,11 @@ class Watchdog:
                 self._last = self.clock()
                 self._resumed_since_beat = True
 
+    def call_paused(self, fn, *args):
+        """``fn(*args)`` inside :meth:`paused`; its result."""
+        with self.paused():
+            return fn(*args)
+
     def check(self) -> str | None:
         """The hang message if the timeout has passed without progress, else None (called by the thread)."""
         with self._lock:
@@ -167,4 +172,3 @@ def _exit_hung(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     job_status.write("exited", code=EXIT_HANG, line=f"error: {message}", cause="hang")
     os._exit(EXIT_HANG)
-
