@@ -318,3 +318,19 @@ def test_a_bad_step_timeout_is_one_config_error(value):
     with pytest.raises(ConfigError, match=r"run.step_timeout: must be auto or a number of seconds >= 0, 0 disables"):
         load_config(TINY, [f"run.step_timeout={value}"])
     assert load_config(TINY, ["run.step_timeout=0"]).run.step_timeout == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_the_nonfinite_loss_stop_is_not_retried(digits8, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    launch = Launch(tmp_path / "w", "5+", "--config", TINY, f"data.path={digits8}", f"run.out_dir={run}",
+                    "model.dropout=0", "train.total_steps=40", "train.max_nonfinite=3", "run.log_every=5",
+                    ENTRY=str(ROOT / "tests" / "workers" / "inject_nonfinite.py"), MAX_RESTARTS=3)  # fmt: skip
+    out, err = launch.finish()
+    assert launch.proc.returncode == 2 and "consecutive non-finite losses" in err, out + err
+    assert "restart" not in out + err
+    status = _job_status(launch.log_dir)
+    assert (status["outcome"], status["cause"]) == ("input_error", "nonfinite_loss"), status
+    assert read_records(run) == read_records(launch.log_dir) == []
+    assert _no_leftovers(launch.token) == []

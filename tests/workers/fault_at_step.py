@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 
+from ddpm_dist.cli_util import reports_exit
 from ddpm_dist.config import load_config
 from ddpm_dist.train import trainer as trainer_module
 from ddpm_dist.train.cli import run
@@ -23,6 +24,7 @@ from ddpm_dist.train.cli import run
 TRAINERS = []
 
 
+@reports_exit  # under the launcher: the exit record, as python -m ddpm_dist.train writes it
 def main() -> int:
     kind, rank, step = os.environ["DDPM_TEST_FAULT"].split(":")
     rank, step = int(rank), int(step)
