@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +69,9 @@ class Failure:
     resumed_from: int | None = None  # the newest checkpoint's step when the attempt started
 
     def key(self) -> tuple:
-        return (self.cause, self.code, self.signal, self.step_reached)
+        """What "the same cause at the same step" compares: the worker's line too (pids aside), so that two
+        different errors of one exit status are not a loop."""
+        return (self.cause, self.code, self.signal, re.sub(r"\(pid \d+\)", "", self.line), self.step_reached)
 
 
 @dataclass
@@ -138,3 +142,17 @@ class RestartPolicy:
 
 def _step(step: int | None) -> str:
     return "unknown" if step is None else str(step)
+
+
+def wait_for_port_closed(addr: str, port: int, *, timeout: float, poll: float = 1.0) -> bool:
+    """Wait until nothing accepts connections at ``addr:port`` (node 0's scheduler of the failed attempt has gone);
+    False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((addr, port), timeout=2.0):
+                pass
+        except OSError:
+            return True
+        time.sleep(poll)
+    return False

@@ -556,6 +556,17 @@ def main(argv: list[str] | None = None) -> int:
                      max_restarts=args.max_restarts, run_dir=args.run_dir)  # fmt: skip
 
 
+def _msrun_arg(cmd: list[str], name: str, default: str = "") -> str:
+    return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")), default)
+
+
+def _wait_for_old_scheduler(cmd: list[str]) -> None:
+    from .restarts import wait_for_port_closed
+
+    addr, port = _msrun_arg(cmd, "master_addr", "127.0.0.1"), int(_msrun_arg(cmd, "master_port", "8118"))
+    wait_for_port_closed(addr, port, timeout=float(_msrun_arg(cmd, "cluster_time_out", "600")))
+
+
 def supervise(
     cmd: list[str], *, log_dir: Path, local_workers: int, node_rank: int, max_restarts: int, run_dir: Path | None
 ) -> int:
@@ -590,6 +601,8 @@ def supervise(
             print(line, file=sys.stdout if again else sys.stderr, flush=True)
         if not again or stop_signals:
             return code
+        if node_rank > 0:  # the old scheduler must be gone first: a worker joining it is refused ("Repeated
+            _wait_for_old_scheduler(cmd)  # registration node"); node 0's part ends after MindSpore's heartbeat (~30 s)
 
 
 if __name__ == "__main__":
