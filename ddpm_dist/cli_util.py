@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 
 _LAST_ERROR: list[str] = []  # the newest line ``fail`` printed, for ``reports_exit``
+_LAST_CAUSE: list[str] = []  # its cause, when the caller named one (the launcher's record; e.g. "nonfinite_loss")
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,10 +25,12 @@ class Parser(argparse.ArgumentParser):
         sys.exit(fail(message))
 
 
-def fail(message: str, code: int = 2) -> int:
-    """Print ``error: <message>`` on stderr; return ``code`` for ``return fail(...)`` from a ``main``."""
+def fail(message: str, code: int = 2, *, cause: str = "") -> int:
+    """Print ``error: <message>`` on stderr; return ``code`` for ``return fail(...)`` from a ``main``. ``cause``
+    goes into the launcher's record of this worker (``ddpm_dist/job_status.py``)."""
     line = f"error: {message}"
     _LAST_ERROR[:] = [line]
+    _LAST_CAUSE[:] = [cause] if cause else []
     print(line, file=sys.stderr, flush=True)
     return code
 
@@ -43,6 +46,7 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
         _LAST_ERROR.clear()
+        _LAST_CAUSE.clear()
         code, line = job_status.EXIT_FAULT, ""
         try:
             code = main(*args, **kwargs)
@@ -61,7 +65,8 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
         finally:
             if code and not line:
                 line = _LAST_ERROR[-1] if _LAST_ERROR else ""
-            job_status.write("exited", code=int(code or 0), line=line)
+            cause = {"cause": _LAST_CAUSE[-1]} if code and _LAST_CAUSE else {}
+            job_status.write("exited", code=int(code or 0), line=line, **cause)
 
     return wrapped
 

@@ -124,6 +124,8 @@ class RunConfig:
     sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of that grid (docs/sampling.md)
     sample_steps: int = 50  # its steps (0: full ancestral DDPM, whatever run.sampler says)
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
+    step_timeout: str = "auto"  # hang watchdog: auto (50 x median step time, >= 300 s) | seconds | 0 (off)
+    compile_cache: str = "auto"  # graph compile cache: auto (when the launcher may restart) | true | false
     profile: str = ""  # START:END: MindSpore's profiler captures global steps START..END into <out_dir>/profile
     profile_ranks: str = "rank0"  # rank0 | all: which workers profile
 
@@ -152,6 +154,7 @@ _CHOICES = {
     "run.device": ("auto", "Ascend", "GPU", "CPU"),
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
+    "run.compile_cache": ("auto", "true", "false"),
     "run.sampler": ("ddim", "dpm++2m", "ddpm"),
     "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
 }
@@ -229,6 +232,28 @@ def profile_window(spec: str) -> tuple[int, int] | None:
     return int(start), int(end)
 
 
+def step_timeout_seconds(value: str) -> float | None:
+    """``run.step_timeout`` as the hang watchdog takes it: ``auto`` -> None, else seconds (0 disables). ValueError if
+    neither ``auto`` nor a finite number >= 0."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    seconds = float(text)  # ValueError for anything else
+    if not (0 <= seconds < math.inf):
+        raise ValueError(f"must be auto or a number of seconds >= 0 (got {value!r})")
+    return seconds
+
+
+def _check_step_timeout(cfg: Config, source: str) -> None:
+    try:
+        step_timeout_seconds(cfg.run.step_timeout)
+    except ValueError:
+        raise ConfigError(
+            f"{source}: run.step_timeout: must be auto or a number of seconds >= 0, 0 disables "
+            f"(got {cfg.run.step_timeout!r})"
+        ) from None
+
+
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
     for key in _float_keys():  # inf passes "> 0" and nan fails every range with a confusing message
@@ -257,6 +282,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         )
     if cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
+    _check_step_timeout(cfg, source)
     try:
         profile_window(cfg.run.profile)
     except ValueError as err:

@@ -255,7 +255,18 @@ class Outcome:
 
 
 class Supervisor:
-    def __init__(self, cmd: list[str], *, log_dir: Path, local_workers: int, node_rank: int = 0):
+    """One attempt: msrun from its start to its end. ``stop_signals``: shared with the restart loop (``main``), which
+    installs the handlers once for all attempts."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        log_dir: Path,
+        local_workers: int,
+        node_rank: int = 0,
+        stop_signals: list[int] | None = None,
+    ):
         self.cmd, self.log_dir, self.local_workers, self.node_rank = cmd, log_dir, local_workers, node_rank
         self.status_dir = log_dir / "status"
         self.workers: dict[int, Worker] = {}
@@ -263,7 +274,9 @@ class Supervisor:
         self.schedulers: set[int] = set()
         self.started: dict[int, str] = {}  # pid -> start time of every process of msrun's we know
         self.reported: dict[int, int] = {}  # pid -> code, from msrun's stderr (filled by the console thread)
-        self.stop_signals: list[int] = []
+        self.stop_signals: list[int] = stop_signals if stop_signals is not None else []
+        self.stop_seen = False  # a stop request arrived during this attempt: its outcome is never retried
+        self.outcome: Outcome | None = None
         self.forwarded: str | None = None  # the name of the stop signal forwarded to the workers
         self.msrun: subprocess.Popen | None = None
 
@@ -345,7 +358,13 @@ class Supervisor:
             how = f"was killed by {sig}" if sig else f"exited with status {code}"
             line = f"error: worker rank {w.rank} (pid {w.pid}) {how}; see {self._log_path(w)}"
         cause = "input_error" if code == job_status.EXIT_INPUT else ("worker_killed" if sig else "worker_failed")
+        cause = w.record.get("cause") or cause  # the worker's own (e.g. "hang", "nonfinite_loss")
         return Outcome(code, cause, line, w.rank, sig)
+
+    def step_reached(self) -> int | None:
+        """The furthest step a local worker reported training (its records' ``step``), None if none did."""
+        steps = [int(w.record["step"]) for w in self.workers.values() if isinstance(w.record.get("step"), int)]
+        return max(steps) if steps else None
 
     def _kill_all(self) -> None:
         """SIGKILL every worker's process group, msrun's (its scheduler and tail helpers) and any orphan of ours."""
@@ -369,6 +388,7 @@ class Supervisor:
         """Handle a stop request: forward it to training workers, or end a job still starting up."""
         sig = self.stop_signals[-1]
         self.stop_signals.clear()
+        self.stop_seen = True
         name = _signame(sig) + (" (Ctrl-C)" if sig == signal.SIGINT else "")
         if self.forwarded or self._ready():
             fwd = signal.SIGINT if sig == signal.SIGINT else signal.SIGTERM
@@ -398,6 +418,8 @@ class Supervisor:
                 code = _reap(pid)
                 if pid in self.workers and code is not None and self.workers[pid].record.get("state") != "exited":
                     self.workers[pid].reported = code
+            if self.stop_signals:
+                self.stop_seen = True
             self.stop_signals.clear()  # the training workers are stopping already
             alive = [w for w in self.workers.values() if _alive(w.pid)]
             failed = self._failed() is not None  # the others would wait for it in an all-reduce
@@ -443,12 +465,13 @@ class Supervisor:
         )
 
     # ---------------------------------------------------------------- main loop
-    def run(self) -> int:
+    def run(self, *, install_signals: bool = True) -> int:
         self._prepare()
         self.console = Console(self.log_dir / "msrun.log", self.reported.__setitem__)
         start = time.time()
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
+        if install_signals:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._on_signal)
         become_subreaper()
         env = dict(os.environ, **{job_status.STATUS_DIR_VAR: str(self.status_dir.resolve())})
         self.msrun = subprocess.Popen(self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -482,6 +505,7 @@ class Supervisor:
             else:
                 self._kill_all()  # reaps msrun's helpers and anything left; a no-op after a normal end
         self.console.close()
+        self.outcome = outcome
         self._report(outcome, start)
         return outcome.code
 
@@ -523,11 +547,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", required=True, type=Path)
     p.add_argument("--local-workers", required=True, type=int)
     p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--max-restarts", type=int, default=0, help="relaunch msrun after a fault up to N times")
+    p.add_argument("--run-dir", type=Path, default=None, help="run.out_dir: checkpoint steps, restarts.jsonl")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- msrun ...")
     args = p.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    sup = Supervisor(cmd, log_dir=args.log_dir, local_workers=args.local_workers, node_rank=args.node_rank)
-    return sup.run()
+    return supervise(cmd, log_dir=args.log_dir, local_workers=args.local_workers, node_rank=args.node_rank,
+                     max_restarts=args.max_restarts, run_dir=args.run_dir)  # fmt: skip
+
+
+def _msrun_arg(cmd: list[str], name: str, default: str = "") -> str:
+    return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")), default)
+
+
+def _wait_for_old_scheduler(cmd: list[str]) -> None:
+    from .restarts import wait_for_port_closed
+
+    addr, port = _msrun_arg(cmd, "master_addr", "127.0.0.1"), int(_msrun_arg(cmd, "master_port", "8118"))
+    wait_for_port_closed(addr, port, timeout=float(_msrun_arg(cmd, "cluster_time_out", "600")))
+
+
+def supervise(
+    cmd: list[str], *, log_dir: Path, local_workers: int, node_rank: int, max_restarts: int, run_dir: Path | None
+) -> int:
+    """Run msrun, and again after a fault while ``ddpm_dist/restarts.py``'s policy allows (MAX_RESTARTS).
+
+    Every node runs the same command: a failure on any node ends the job on all of them (the others lose the
+    cluster), each node's supervisor restarts, and the nodes meet again at node 0's scheduler. A restart keeps
+    msrun's arguments, ``--master_port`` included: the relaunched scheduler gets the same port at once (measured,
+    tests/test_restart.py: no wait for TIME_WAIT).
+    """
+    from .restarts import Failure, RestartPolicy, newest_checkpoint_step
+
+    stop_signals: list[int] = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: stop_signals.append(signum))
+    policy = RestartPolicy(max_restarts, run_dir=run_dir, log_dir=log_dir, write_record=node_rank == 0)
+    if max_restarts > 0:  # a restart loads the compiled graphs (run.compile_cache=auto: train/compile_cache.py)
+        os.environ.setdefault("DDPM_COMPILE_CACHE_DIR", str((log_dir / "compile_cache").resolve()))
+    while True:
+        resumed_from = newest_checkpoint_step(run_dir)
+        sup = Supervisor(cmd, log_dir=log_dir, local_workers=local_workers, node_rank=node_rank,
+                         stop_signals=stop_signals)  # fmt: skip
+        code = sup.run(install_signals=False)
+        out = sup.outcome
+        reached = sup.step_reached()
+        newest = newest_checkpoint_step(run_dir)
+        if newest is not None:
+            reached = max(reached or 0, newest)
+        failure = Failure(code, out.cause, out.rank, out.signal, out.line, reached, resumed_from)
+        again, line = policy.decide(failure, stop_requested=sup.stop_seen or bool(stop_signals))
+        if line:
+            print(line, file=sys.stdout if again else sys.stderr, flush=True)
+        if not again or stop_signals:
+            return code
+        if node_rank > 0:  # the old scheduler must be gone first: a worker joining it is refused ("Repeated
+            _wait_for_old_scheduler(cmd)  # registration node"); node 0's part ends after MindSpore's heartbeat (~30 s)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 #   bash launch/run_mpi.sh CONFIG [key=value ...]
 # Environment: DEVICE_NUM [8] processes per node; HOSTFILE (optional) an OpenMPI hostfile for several nodes;
 #   MPIRUN_ARGS extra mpirun flags (e.g. --allow-run-as-root); DRY_RUN=1 prints the command instead of running it.
+#   MAX_RESTARTS [0]: after a fault (any status but 0, 2, or 130/143 for a stop by Ctrl-C/SIGTERM) run mpirun again
+#   with the same arguments, up to N times; the run resumes from its newest checkpoint (train.resume=auto). mpirun
+#   gives no per-worker records, so there is no crash-loop detection or restart record here (run_8p.sh has both).
 # MindSpore's CPU collective library does not start under mpirun, so on CPU use run_8p.sh (msrun).
 set -euo pipefail
 if [ $# -lt 1 ]; then
@@ -23,9 +26,27 @@ done
 if [ -n "${HOSTFILE:-}" ]; then CMD+=(--hostfile "$HOSTFILE"); fi
 # shellcheck disable=SC2206
 CMD+=(${MPIRUN_ARGS:-} python "$ENTRY" --config "$CONFIG" "$@")
+MAX_RESTARTS=${MAX_RESTARTS:-0}
+[[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || { echo "error: MAX_RESTARTS must be a whole number >= 0 (got '$MAX_RESTARTS')" >&2; exit 2; }
 if [ "${DRY_RUN:-0}" = 1 ]; then
   printf '%q ' "${CMD[@]}"; echo
+  [ "$MAX_RESTARTS" = 0 ] || echo "# run again after a fault, up to $MAX_RESTARTS time(s)"
   exit 0
 fi
 python -m ddpm_dist.train --config "$CONFIG" --dry-run "$@" > /dev/null
-exec "${CMD[@]}"
+[ "$MAX_RESTARTS" = 0 ] && exec "${CMD[@]}"
+# mpirun runs in the background so that a SIGTERM or Ctrl-C to this script reaches it (as SIGTERM: the workers save
+# and exit 0) and is never followed by a restart
+STOPPED=0
+for ((k = 0; ; k++)); do
+  "${CMD[@]}" & child=$!
+  trap 'STOPPED=1; kill -TERM "$child" 2>/dev/null' TERM INT
+  while :; do
+    rc=0; wait "$child" || rc=$?
+    kill -0 "$child" 2>/dev/null || break  # wait was interrupted by the trap: mpirun is still stopping
+  done
+  case "$rc" in 0|2|130|143) exit "$rc" ;; esac
+  [ "$STOPPED" = 1 ] && exit "$rc"
+  [ "$k" -lt "$MAX_RESTARTS" ] || { echo "error: giving up after $k restart(s) (MAX_RESTARTS=$MAX_RESTARTS)" >&2; exit "$rc"; }
+  echo "restart $((k + 1)) of $MAX_RESTARTS: mpirun exited with status $rc; resuming from the newest checkpoint" >&2
+done

@@ -100,3 +100,19 @@ def test_a_hung_process_ends_with_one_line_and_the_hang_exit_code(tmp_path):
     assert res.returncode == EXIT_HANG
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: rank 1: no progress for ") and "after step 2" in lines[0]
+
+
+def test_a_rank_waiting_in_the_step_reports_after_the_stuck_peer():
+    """Inside ``stepping`` (the all-reduce a stuck peer never joins) the bound is 1.5 x: the peer, stuck outside the
+    step, reaches its own bound first and is the rank named."""
+    waiting, clock = _dog(10)
+    waiting.beat(4)
+    with waiting.stepping():
+        clock.now += 12
+        assert waiting.check() is None
+        clock.now += 4
+        assert "after step 4" in waiting.check()
+    stuck, clock = _dog(10)
+    stuck.beat(4)
+    clock.now += 12  # in its data read, outside the step
+    assert "after step 4" in stuck.check()

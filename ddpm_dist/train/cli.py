@@ -55,6 +55,7 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     try:
         device = setup_device(cfg.run.device, mode=cfg.run.mode)
         parallel.init()
+        _compile_cache(cfg, world_size=parallel.world_size(), device=device)
 
         trainer = Trainer(cfg, device=device)
         if wrap_data is not None:
@@ -62,12 +63,13 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
+    except TrainingError as err:  # the non-finite loss stop: a restart would meet it again, never retried
+        return fail(first_line(err), cause="nonfinite_loss")
     except (
         ConfigError,
         CheckpointError,
         DataError,
         KeyedNoiseMismatch,
-        TrainingError,
         TensorBoardError,
         OSError,
     ) as err:
@@ -76,3 +78,12 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         if trainer is not None:
             trainer.tb.close()  # never raises: a full disk is the one line above, not a traceback at exit
     return 0
+
+
+def _compile_cache(cfg, *, world_size: int, device: str) -> None:
+    """Turn on MindSpore's compile cache in its keyed directory (``compile_cache.py``), before anything compiles."""
+    from ..restarts import newest_checkpoint_step
+    from .compile_cache import cache_dir, enable
+
+    start = newest_checkpoint_step(cfg.run.out_dir) if cfg.train.resume == "auto" else cfg.train.resume
+    enable(cache_dir(cfg, world_size=world_size, device=device, start_step=start))

@@ -6,6 +6,7 @@ intervals, and sampling is the diffusion package's compiled sampler.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -22,13 +23,14 @@ from mindspore import Tensor, nn, ops
 from .. import checkpoint, job_status, parallel
 from ..checkpoint.background import BackgroundWriter
 from ..checkpoint.lock import RunLock
-from ..config import Config, ConfigError, to_dict, to_yaml
+from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
 from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
+from ..restarts import read_records as read_restart_records
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .hooks import EMAHooks
@@ -36,6 +38,7 @@ from .optim import build_optimizer, lr_at
 from .overflow import OverflowCheckError, check_overflow_detection
 from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
+from .watchdog import Watchdog
 
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
@@ -203,6 +206,8 @@ class Trainer:
         self.hooks = EMAHooks(cfg, ema_params=self.ema.ema_params, rank=self.rank, tb=self.tb)  # checks eval.*
         self.stop = StopRequest(distributed=parallel.is_distributed())
         self.profiler = build_profiler(cfg, rank=self.rank, device=device)
+        # hang detection (run.step_timeout): beats after every step; compile, saves, grids, evaluations are paused
+        self.watchdog = Watchdog(timeout=step_timeout_seconds(cfg.run.step_timeout), rank=self.rank)
         self._claim_run_dir()
 
     # ------------------------------------------------------------------ set-up
@@ -342,9 +347,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        if self.rank == 0:
-            write_text_atomic(self.out_dir / "config.yaml", to_yaml(cfg))
-            self.tb.text("config", "```\n" + to_yaml(cfg) + "\n```")
+        self._write_run_info()
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
             f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
@@ -357,14 +360,18 @@ class Trainer:
         interval_t0, interval_step = time.perf_counter(), self.step
         compile_s = None
         saved_at = self.step if self.resumed else None
+        dog = self.watchdog.start()
         for x0, ts, noise in self.data:
             if self.step >= t.total_steps:
                 break
             self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
-            self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
+            with dog.stepping():  # a wait there for a stuck peer is reported after the peer's own report
+                self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
-            self.profiler.after_step(self.step)
+            with dog.paused() if not self.profiler.done else contextlib.nullcontext():  # writing its traces
+                self.profiler.after_step(self.step)
+            dog.beat(self.step)
             if compile_s is None:
                 compile_s = time.perf_counter() - t0
                 info(f"first step (graph compile) took {compile_s:.1f}s", rank=self.rank)
@@ -378,20 +385,14 @@ class Trainer:
                 elapsed = time.perf_counter() - interval_t0
                 scalars = self._log(self.step, self.step - interval_step, elapsed)
                 progress(self.step, scalars)
+                job_status.write("training", step=self.step)  # the step reached, for the launcher's restart line
                 interval_t0, interval_step = time.perf_counter(), self.step
-            if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
-                self.hooks.sample_grid(self.step)
-            if cfg.eval.every and self.step % cfg.eval.every == 0:
-                self.hooks.evaluate(self.step)
-            if t.ckpt_every and self.step % t.ckpt_every == 0:
-                saved_at = self.save()
-            stop, save_due = self.stop.poll(self.step, save_due=self._time_to_save())
+            saved_at, stop = self._after_step(dog, saved_at)
             if stop:
+                dog.close()
                 self._stop(saved_at)
                 return
-            if save_due and saved_at != self.step:  # every worker says so (rank=0): their logs show they agree
-                info(f"step {self.step}: checkpoint due (train.ckpt_every_minutes={t.ckpt_every_minutes:g})", rank=0)
-                saved_at = self.save()
+        dog.close()
         self.profiler.finish()
         self._final_save(saved_at)
         if cfg.run.sample_every and self.step % cfg.run.sample_every:  # a last grid, unless sample_every is 0: never
@@ -400,6 +401,34 @@ class Trainer:
             self.hooks.evaluate(self.step)
         self.tb.close()
         info(f"done: step {self.step}, run dir {self.out_dir}", rank=self.rank)
+
+    def _after_step(self, dog: Watchdog, saved_at: int | None) -> tuple[int | None, bool]:
+        """Grid, evaluation and checkpoint due at this step (outside the hang watchdog's clock), then the agreement on
+        a stop and on a time-based checkpoint. Returns (the step last saved, whether to stop)."""
+        cfg, t = self.cfg, self.cfg.train
+        if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
+            dog.call_paused(self.hooks.sample_grid, self.step)
+        if cfg.eval.every and self.step % cfg.eval.every == 0:
+            dog.call_paused(self.hooks.evaluate, self.step)
+        if t.ckpt_every and self.step % t.ckpt_every == 0:
+            saved_at = dog.call_paused(self.save)
+        stop, save_due = self.stop.poll(self.step, save_due=self._time_to_save())
+        if stop:
+            return saved_at, True
+        if save_due and saved_at != self.step:  # every worker says so (rank=0): their logs show they agree
+            info(f"step {self.step}: checkpoint due (train.ckpt_every_minutes={t.ckpt_every_minutes:g})", rank=0)
+            saved_at = dog.call_paused(self.save)
+        return saved_at, False
+
+    def _write_run_info(self) -> None:
+        """Rank 0: the resolved config beside the run, and the launcher's restart count (MAX_RESTARTS) so far."""
+        if self.rank != 0:
+            return
+        write_text_atomic(self.out_dir / "config.yaml", to_yaml(self.cfg))
+        self.tb.text("config", "```\n" + to_yaml(self.cfg) + "\n```")
+        restarts = read_restart_records(self.out_dir)
+        if restarts:
+            self.tb.scalars({"run/restarts": len(restarts)}, self.step)
 
     def _stop(self, saved_at: int | None) -> None:
         """Save (unless this step was just saved) and say where, after a stop request."""

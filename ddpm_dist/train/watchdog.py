@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+PEER_GRACE = 1.5  # the timeout's factor for a rank inside the train step (see Watchdog.stepping)
 EXIT_HANG = 124  # as GNU timeout(1) reports a command it had to stop: a fault, never the user's input (2)
 
 
@@ -57,6 +58,7 @@ class Watchdog:
         self.step = None  # the last step that finished; None before the first beat
         self._last = clock()
         self._paused = 0
+        self._in_step = False
         self._resumed_since_beat = True  # the interval before the first beat (compile) is never a step time
         self._intervals: deque[float] = deque(maxlen=50)
         self._lock = threading.Lock()
@@ -94,6 +96,16 @@ class Watchdog:
             self.step, self._last, self._resumed_since_beat = step, now, False
 
     @contextlib.contextmanager
+    def stepping(self):
+        """The compiled step (its all-reduce): a rank waiting there for a stuck peer gets ``PEER_GRACE`` x the
+        timeout, so that the stuck rank - in its data read, say - is the one that reports first and is named."""
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    @contextlib.contextmanager
     def paused(self):
         """A block that may take long without being a hang (checkpoint, grid, evaluation); the clock restarts after
         it."""
@@ -107,6 +119,11 @@ class Watchdog:
                 self._last = self.clock()
                 self._resumed_since_beat = True
 
+    def call_paused(self, fn, *args):
+        """``fn(*args)`` inside :meth:`paused`; its result."""
+        with self.paused():
+            return fn(*args)
+
     def check(self) -> str | None:
         """The hang message if the timeout has passed without progress, else None (called by the thread)."""
         with self._lock:
@@ -114,12 +131,13 @@ class Watchdog:
             if self._paused or self.step is None or bound is None:
                 return None
             idle = self.clock() - self._last
-            if idle <= bound:
+            if idle <= bound * (PEER_GRACE if self._in_step else 1.0):
                 return None
             how = f"run.step_timeout={self.fixed:g}" if self.fixed else f"run.step_timeout=auto: {bound:.0f}s"
             return (
-                f"rank {self.rank}: no progress for {idle:.0f}s after step {self.step} ({how}); a stuck data read or "
-                "collective - ending this worker so that the job can be restarted"
+                f"rank {self.rank}: no progress for {idle:.0f}s after step {self.step} ({how}), stuck in "
+                f"{_main_thread_at()}; a stuck data read or collective (a rank waiting for a stuck peer is stuck "
+                "in the train step) - ending this worker so that the job can be restarted"
             )
 
     def _run(self) -> None:
@@ -134,8 +152,23 @@ class Watchdog:
         return 1.0 if bound is None else min(max(bound / 10.0, 0.2), 10.0)
 
 
-def _exit_hung(message: str) -> None:
+def _main_thread_at() -> str:
+    """Where the main thread is now: its innermost frame as ``function (file:line)``."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "an unknown place"
     import os
 
+    return f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
+
+
+def _exit_hung(message: str) -> None:
+    """Print the line, record it for the launcher (cause ``hang``: it sees the fault at once, not when msrun notices
+    the exit), and end the process without clean-up: the main thread is stuck."""
+    import os
+
+    from .. import job_status
+
     print(f"error: {message}", file=sys.stderr, flush=True)
-    os._exit(EXIT_HANG)  # the main thread is stuck: no clean-up can run
+    job_status.write("exited", code=EXIT_HANG, line=f"error: {message}", cause="hang")
+    os._exit(EXIT_HANG)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_dist.cli_util import reports_exit
 from ddpm_dist.config import load_config
 from ddpm_dist.train.cli import run
 
 
+@reports_exit  # under the launcher: the exit record, as python -m ddpm_dist.train writes it
 def main() -> int:
     bad_step = int(sys.argv[1].rstrip("+"))
     onwards = sys.argv[1].endswith("+")
