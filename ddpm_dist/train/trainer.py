@@ -154,16 +154,7 @@ class Trainer:
         self.out_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = checkpoint.checkpoint_dir(cfg.run.out_dir)
         t = cfg.train
-        if t.global_batch % self.world_size:
-            raise ConfigError(
-                f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
-            )
-        self.per_rank_batch = t.global_batch // self.world_size
-        if self.per_rank_batch % t.grad_accum:
-            raise ConfigError(
-                f"train.grad_accum={t.grad_accum} does not divide the per-worker batch {self.per_rank_batch} "
-                f"(train.global_batch={t.global_batch} over {self.world_size} workers)"
-            )
+        self.per_rank_batch = self._per_rank_batch()
 
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
@@ -211,6 +202,21 @@ class Trainer:
         self._claim_run_dir()
 
     # ------------------------------------------------------------------ set-up
+    def _per_rank_batch(self) -> int:
+        """This worker's share of train.global_batch; ConfigError unless it divides evenly, and by train.grad_accum."""
+        t = self.cfg.train
+        if t.global_batch % self.world_size:
+            raise ConfigError(
+                f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
+            )
+        per_rank = t.global_batch // self.world_size
+        if per_rank % t.grad_accum:
+            raise ConfigError(
+                f"train.grad_accum={t.grad_accum} does not divide the per-worker batch {per_rank} "
+                f"(train.global_batch={t.global_batch} over {self.world_size} workers)"
+            )
+        return per_rank
+
     def _device_self_checks(self) -> None:
         """Start-up checks of the device kernels the run depends on (docs/devices.md): the overflow detector of the
         train step always; the keyed-noise hash when sampling or evaluation is on (before the first step, not at the
