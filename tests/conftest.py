@@ -2,7 +2,6 @@
 (MindSpore writes rank_0/ and rewritten_network/ into the CWD on some errors)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,10 +56,7 @@ def pynative():
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 20 MB tmpfs (needs root); skips when it cannot be mounted."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    from train_helpers import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "tmpfs", "20m") as mnt:
+        yield mnt

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import ROOT, TINY, env, final_state, free_port, prepare_digits, worker_logs
+from train_helpers import ROOT, TINY, env, final_state, free_port, mounted_tmpfs, prepare_digits, worker_logs
 
 from ddpm_dist import checkpoint
 
@@ -450,12 +450,7 @@ def test_sampling_from_a_garbage_checkpoint_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_disk_full_during_a_save_is_one_line_and_exit_2(digits8, tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "20m") as mnt:
         run = mnt / "run"  # 2.9 MB checkpoints, all kept: the 7th save finds the disk full
         launch = Launch(tmp_path / "w", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.total_steps=12",
                         "train.ckpt_every=1", "train.keep_last=12", "run.log_every=1")  # fmt: skip
@@ -464,8 +459,6 @@ def test_disk_full_during_a_save_is_one_line_and_exit_2(digits8, tmp_path):
         steps = _steps(run)
         assert steps and steps == list(range(1, len(steps) + 1))
         _intact(run, steps)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 DIE_AT_START = """import os, signal, sys

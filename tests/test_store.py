@@ -21,7 +21,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mindspore import nn
-from train_helpers import ROOT, TINY, env, final_state, free_port, prepare_digits, run_train, worker_logs
+from train_helpers import (
+    ROOT,
+    TINY,
+    env,
+    fill_up,
+    final_state,
+    free_port,
+    mounted_tmpfs,
+    prepare_digits,
+    run_train,
+    worker_logs,
+)
 
 from ddpm_dist import checkpoint
 
@@ -154,20 +165,9 @@ def test_tensorboard_creates_its_directory_at_the_first_write_only(tmp_path):
 @pytest.fixture
 def full_tmpfs(tmp_path):
     """A 1 MB tmpfs filled up (needs root); skips when it cannot be mounted."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}")
-    with open(mnt / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(bytes(1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mnt:
+        fill_up(mnt / "filler")
+        yield mnt
 
 
 def test_a_full_disk_is_found_by_the_set_up_probe_and_named(full_tmpfs):
