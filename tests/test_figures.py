@@ -4,8 +4,8 @@ A quoted figure carries a marker right after it (invisible when rendered): ``1.8
 framework_img_s -->``. The key is a dotted path into the JSON (``seeds[0].vs_train.fd``), optionally ``a/b`` (a ratio
 of two values) or ``a*100`` (a percentage). The figure is the last number before the marker; it must equal the
 JSON's value rounded to the figure's own decimals, and the paragraph holding it (or the one before it) must name
-the date the JSON records in its ``measured`` field. Throughput figures (``img/s``) in README.md must all carry a marker, so a new one cannot
-be written from memory.
+the date the JSON records in its ``measured`` field. Throughput figures (``img/s``) in README.md must all carry a
+marker, so a new one cannot be written from memory.
 """
 
 from __future__ import annotations
