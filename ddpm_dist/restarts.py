@@ -104,10 +104,17 @@ class RestartPolicy:
         resumed = newest_checkpoint_step(self.run_dir)
         line = (
             f"restart {self.restarts} of {self.max_restarts}: {self._what(failure)}; step reached "
-            f"{_step(failure.step_reached)}, resuming from step {_step(resumed) if resumed is not None else '0'}"
+            f"{_step(failure.step_reached)}, {self._resuming(resumed)}"
         )
         self._record(failure, resumed)
         return True, line
+
+    def _resuming(self, resumed: int | None) -> str:
+        if resumed is not None:
+            return f"resuming from step {resumed}"
+        if self.write_record or (self.run_dir is not None and Path(self.run_dir).is_dir()):
+            return "resuming from step 0"
+        return "resuming from rank 0's newest checkpoint"  # another node: rank 0 decides and sends its state
 
     @staticmethod
     def _what(f: Failure) -> str:

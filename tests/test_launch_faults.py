@@ -27,7 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import ROOT, TINY, env, final_state, free_port, mounted_tmpfs, prepare_digits, worker_logs
+from train_helpers import (
+    ROOT,
+    TINY,
+    env,
+    final_state,
+    free_port,
+    mounted_tmpfs,
+    prepare_digits,
+    run_train,
+    worker_logs,
+)
 
 from ddpm_dist import checkpoint
 
@@ -434,6 +444,18 @@ def _one_line_exit(launch: Launch, code: int) -> str:
 def test_a_workers_input_error_is_its_one_line_and_exit_2(digits8, tmp_path):
     line = _one_line_exit(Launch(tmp_path, TINY, "data.path=/nonexistent", f"run.out_dir={tmp_path / 'r'}"), 2)
     assert line == "error: data set not found: /nonexistent (prepare one with tools/prepare_data.py)"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_rank_0_refusing_to_resume_ends_every_worker_with_its_line_and_exit_2(digits8, tmp_path):
+    """Only rank 0 reads run.out_dir (the others receive its state): when it refuses the checkpoint, the other
+    rank must not wait for the state forever - the job ends with rank 0's own line."""
+    run = tmp_path / "r"
+    first = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run}", "train.total_steps=1")
+    assert first.returncode == 0, first.stderr
+    line = _one_line_exit(Launch(tmp_path / "w", TINY, f"data.path={digits8}", f"run.out_dir={run}", "model.ch=8"), 2)
+    assert "model.ch" in line and "rank 0 could not resume" not in line, line
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ and the data-parallel path under msrun (2 real workers on CPU)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 
 import mindspore as ms
@@ -241,7 +242,9 @@ def test_two_msrun_workers_match_one_process_on_the_same_global_batch(digits8, t
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_the_cpu_grad_reducer_is_one_all_reduce_equal_to_mindspores_per_parameter_one(tmp_path):
+def test_the_cpu_grad_reducer_is_one_all_reduce_equal_to_mindspores_per_parameter_one_and_broadcast_is_bitwise(
+    tmp_path,
+):
     res = run_msrun(str(ROOT / "tests" / "workers" / "grad_reduce.py"), str(tmp_path), log_dir=tmp_path / "logs")
     assert res.returncode == 0, res.stderr + worker_logs(tmp_path / "logs")
     for r in (0, 1):
@@ -251,6 +254,17 @@ def test_the_cpu_grad_reducer_is_one_all_reduce_equal_to_mindspores_per_paramete
             assert out[f"ours{i}"].shape == out[f"expected{i}"].shape
             np.testing.assert_allclose(out[f"ours{i}"], out[f"expected{i}"], rtol=1e-6, atol=1e-7)
             np.testing.assert_array_equal(out[f"ours{i}"], out[f"theirs{i}"])  # the same sum and scale, bit for bit
+    # parallel.broadcast_host: rank 0's arrays on both ranks, bit for bit (-0.0 and NaN included), dtypes kept
+    spec = importlib.util.spec_from_file_location("grad_reduce", ROOT / "tests" / "workers" / "grad_reduce.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    sent = worker.to_broadcast(0)
+    for r in (0, 1):
+        out = np.load(tmp_path / f"rank{r}.npz")
+        for i, want in enumerate(sent):
+            got = out[f"bcast{i}"]
+            assert got.dtype == want.dtype and got.shape == want.shape, (r, i)
+            assert got.tobytes() == want.tobytes(), (r, i)
 
 
 @pytest.mark.slow

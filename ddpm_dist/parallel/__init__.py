@@ -157,6 +157,25 @@ class AllGather(nn.Cell):
         return x
 
 
+class Broadcast(nn.Cell):
+    """Rank 0's tensor on every rank, bit for bit (the identity in a single process).
+
+    A copy, not a sum: an all-reduce in which the other ranks add zeros would turn -0.0 into +0.0, and MindSpore's CPU
+    all-reduce takes only floats. ``ops.Broadcast`` runs on CPU too (measured: -0.0 and NaN arrive unchanged).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.distributed = is_distributed()
+        if self.distributed:
+            self.op = ops.Broadcast(0)
+
+    def construct(self, x):
+        if self.distributed:
+            return self.op((x,))[0]
+        return x
+
+
 _CELLS: dict = {}
 
 
@@ -186,6 +205,37 @@ def all_gather_host(values: np.ndarray) -> np.ndarray:
     if not is_distributed():
         return values[None]
     return all_gather_cell()(Tensor(values[None])).asnumpy()
+
+
+BROADCAST_WORDS = 1 << 20  # float32 words (4 MiB) per broadcast, always: one graph shape
+
+
+def broadcast_host(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Rank 0's ``arrays`` on every rank, bit for bit, whatever their dtypes; the other ranks pass arrays of the same
+    shapes and dtypes (their values are ignored). Every rank must call it at the same point.
+
+    The bytes travel as float32 words (:class:`Broadcast` copies them) in chunks of :data:`BROADCAST_WORDS`, the last
+    one zero-padded: always the one shape, because MindSpore's compile cache (``run.compile_cache``, on after a
+    restart) hands a Broadcast Cell called with a second shape the first one's graph ("Parameter[1] has no default
+    param", measured).
+    """
+    arrays = [np.asarray(a, order="C") for a in arrays]  # (ascontiguousarray would make a 0-d array 1-d)
+    if not is_distributed():
+        return arrays
+    raw = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays] or [np.zeros(0, np.uint8)])
+    words = max(1, -(-raw.size // 4))
+    chunk = BROADCAST_WORDS
+    buf = np.zeros(-(-words // chunk) * chunk * 4, np.uint8)
+    buf[: raw.size] = raw
+    flat = buf.view(np.float32)
+    cell = _cell(Broadcast)
+    for start in range(0, flat.size, chunk):
+        flat[start : start + chunk] = cell(Tensor(flat[start : start + chunk])).asnumpy()
+    out, pos = [], 0
+    for a in arrays:
+        out.append(buf[pos : pos + a.nbytes].view(a.dtype).reshape(a.shape).copy())
+        pos += a.nbytes
+    return out
 
 
 def barrier(timeout: float | None = None, what: str = "barrier") -> None:

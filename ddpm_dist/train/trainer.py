@@ -40,6 +40,9 @@ from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
 from .watchdog import Watchdog
 
+RESUME_INPUT_ERRORS = (ConfigError, checkpoint.CheckpointError, OSError)  # rank 0's resume failures that are exit 2
+RANK0_LINE_FIRST_S = 5.0
+
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
 
@@ -187,9 +190,7 @@ class Trainer:
         # Set-up order: nothing is created in run.out_dir until every check passed. Rank 0 (the only writer) locks an
         # existing run directory before reading its checkpoints; a new one is created and locked last (_claim_run_dir).
         self._lock = RunLock(self.out_dir)
-        if self.rank == 0:
-            self._lock.acquire(create=False)
-        self._resume()
+        self._resume_on_rank0()
         reseed_dropout(self.net, seed=cfg.run.seed, rank=self.rank, start_step=self.step)
         self.data = data if data is not None else self._build_data()  # checked before anything is written
         self._check_writable()
@@ -260,6 +261,38 @@ class Trainer:
         from ..data.pipeline import build_train_data
 
         return build_train_data(self.cfg, rank=self.rank, world_size=self.world_size, start_step=self.step, verify=True)
+
+    def _resume_on_rank0(self) -> None:
+        """Only rank 0 reads run.out_dir - with a disk per node the other nodes do not even see it, and on shared
+        storage one reader beats N - and every other rank receives rank 0's whole state bit for bit (weights, Adam,
+        EMA, loss scale, step: ``parallel.broadcast_host``), so all continue from the checkpoint rank 0 chose or all
+        start afresh. Should rank 0 fail here (its own line says why), the others end too, with its exit status."""
+        failed = None
+        if self.rank == 0:
+            try:
+                self._lock.acquire(create=False)
+                self._resume()
+            except Exception as err:  # re-raised below, once the other ranks know
+                failed = err
+        if self.world_size == 1:
+            if failed is not None:
+                raise failed
+            return
+        code = 0 if failed is None else (2 if isinstance(failed, RESUME_INPUT_ERRORS) else 1)
+        head = np.array([code, self.resumed, self.step, *self._resumed_at], np.int64)
+        code, resumed, step, at_step, at_images = (int(v) for v in parallel.broadcast_host([head])[0])
+        if failed is not None:
+            raise failed
+        if code:
+            time.sleep(RANK0_LINE_FIRST_S)  # rank 0's own line reaches the launcher first
+            why = "rank 0 could not resume from run.out_dir (its error line says why)"
+            raise checkpoint.CheckpointError(why) if code == 2 else RuntimeError(why)
+        if not resumed:
+            return
+        params = list(self.step_cell.get_parameters())
+        for param, value in zip(params, parallel.broadcast_host([p.asnumpy() for p in params]), strict=True):
+            param.set_data(Tensor(value))
+        self.resumed, self.step, self._resumed_at = True, step, (at_step, at_images)
 
     def _resume(self) -> None:
         mode = self.cfg.train.resume
