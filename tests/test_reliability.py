@@ -116,7 +116,7 @@ def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal
         _kill_job(str(run), proc)
         steps = _steps(ckpts)
         assert steps and max(steps) < TOTAL, (moment, steps)  # killed before the end, with something to resume
-        for step in steps:  # every listed checkpoint is complete: load() checks the CRC
+        for step in steps:  # every listed checkpoint is complete: read() checks the CRC
             path = ckpts / f"step_{step:08d}.ckpt"
             assert checkpoint.read(path).meta["step"] == step
 
