@@ -24,7 +24,8 @@ from safetensors.numpy import load_file, save_file
 from train_helpers import ROOT, env
 
 from ddpm_dist.checkpoint import CheckpointError
-from ddpm_dist.checkpoint.convert import load_for_sampling, read_arrays, write_inference
+from ddpm_dist.checkpoint.convert import load_for_sampling, write_inference
+from ddpm_dist.checkpoint.io import read
 from ddpm_dist.config import load_config, to_dict
 from ddpm_dist.diffusion.sampling import DDIMStep, DDPMStep, sample_loop
 from ddpm_dist.diffusion.schedule import make_schedule, respace
@@ -51,6 +52,11 @@ CIFAR10_32 = {
     "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
     "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
 }  # fmt: skip
+
+
+def _arrays_and_meta(path) -> tuple[dict, dict]:
+    stored = read(path)
+    return stored.arrays, stored.meta
 
 
 @pytest.fixture(autouse=True)
@@ -276,7 +282,7 @@ def test_import_of_a_folder_written_without_diffusers(tmp_path):
     save_file(renamed, str(folder / fmt.SAFETENSORS))
     (folder / fmt.CONFIG).write_text(json.dumps(config | {"flip_sin_to_cos": True}))
     out, imported = import_diffusers(folder, tmp_path / "m.safetensors")
-    arrays, meta = read_arrays(out)
+    arrays, meta = _arrays_and_meta(out)
     assert sorted(arrays) == sorted(weights) and all(np.array_equal(arrays[k], weights[k]) for k in weights)
     assert meta["kind"] == "ddpm-dist/inference" and meta["weights"] == "ema" and meta["source_format"] == "diffusers"
     assert to_dict(imported)["model"] == to_dict(cfg)["model"]
@@ -391,8 +397,8 @@ def test_a_bin_model_folder_imports_the_same_weights(small, tmp_path):
     out = tmp_path / "from_bin.ckpt"  # through the tool: PyTorch stays out of this process
     res = run(IMPORT, "--from", "diffusers", str(small / "bin_model"), "--output", str(out))
     assert res.returncode == 0, res.stderr
-    ours, meta = read_arrays(out)
-    safe, _ = read_arrays(small / "small.ckpt")
+    ours, meta = _arrays_and_meta(out)
+    safe, _ = _arrays_and_meta(small / "small.ckpt")
     assert sorted(ours) == sorted(safe) and all(np.array_equal(ours[k], safe[k]) for k in safe)
     diffusion = yaml.safe_load(meta["config"])["diffusion"]
     assert diffusion["var_type"] == "fixedsmall"  # no scheduler in a bare model folder: DDPMScheduler's default
@@ -443,8 +449,8 @@ def test_export_loads_in_diffusers_and_imports_back_bitwise(tmp_path):
     assert (scheduler["num_train_timesteps"], scheduler["variance_type"]) == (200, "fixed_small")
 
     back, back_cfg = import_diffusers(tmp_path / "exported", tmp_path / "back.ckpt")
-    ours, _ = read_arrays(ckpt)
-    theirs, meta = read_arrays(back)
+    ours, _ = _arrays_and_meta(ckpt)
+    theirs, meta = _arrays_and_meta(back)
     assert sorted(ours) == sorted(theirs)
     for name, value in ours.items():
         assert value.dtype == theirs[name].dtype and np.array_equal(value, theirs[name]), name

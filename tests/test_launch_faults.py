@@ -356,7 +356,7 @@ def _stop_step(text: str) -> int:
 
 def _intact(run: Path, steps: list[int]) -> None:
     for step in steps:  # each loads (its CRC checked) and holds its own step
-        assert checkpoint.meta_of(checkpoint.load(run / "checkpoints" / f"step_{step:08d}.ckpt"))["step"] == step
+        assert checkpoint.read(run / "checkpoints" / f"step_{step:08d}.ckpt").meta["step"] == step
 
 
 TOTAL = 60

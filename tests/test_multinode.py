@@ -146,12 +146,10 @@ def _train_args(digits8: Path, *extra: str) -> list[str]:
 
 
 def _ckpt(path: Path) -> dict:
-    import mindspore as ms
-
     from ddpm_dist import checkpoint
 
-    params = checkpoint.load(path)
-    return {k: v.asnumpy() for k, v in params.items() if isinstance(v, ms.Parameter)}
+    stored = checkpoint.read(path)
+    return {**stored.arrays, **{f"meta.{k}": v for k, v in stored.meta.items()}}
 
 
 def _assert_same_params(a: dict, b: dict) -> None:

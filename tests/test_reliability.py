@@ -116,9 +116,9 @@ def test_sigkill_of_two_workers_at_random_moments_then_resume_ends_bitwise_equal
         _kill_job(str(run), proc)
         steps = _steps(ckpts)
         assert steps and max(steps) < TOTAL, (moment, steps)  # killed before the end, with something to resume
-        for step in steps:  # every listed checkpoint is complete: load() checks the CRC
+        for step in steps:  # every listed checkpoint is complete: read() checks the CRC
             path = ckpts / f"step_{step:08d}.ckpt"
-            assert checkpoint.meta_of(checkpoint.load(path))["step"] == step
+            assert checkpoint.read(path).meta["step"] == step
 
     last = _launch(run, tmp_path / "logs_last", *common)
     assert last.wait(timeout=900) == 0, worker_logs(tmp_path / "logs_last")
@@ -220,7 +220,7 @@ def test_disk_full_during_training_is_one_line_and_leaves_a_valid_index_and_no_t
     steps = _steps(ckpts)
     assert steps and steps == list(range(1, len(steps) + 1))
     for step in steps:
-        checkpoint.load(ckpts / f"step_{step:08d}.ckpt")
+        checkpoint.read(ckpts / f"step_{step:08d}.ckpt")
 
 
 def test_tensorboard_on_a_full_disk_is_one_error_and_no_traceback_at_exit(small_tmpfs, tmp_path):

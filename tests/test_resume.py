@@ -67,9 +67,9 @@ def test_save_is_atomic_indexed_and_pruned(tmp_path):
     names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
     assert names == ["step_00000003.ckpt", "step_00000006.ckpt", "step_00000007.ckpt"]
     assert [e["step"] for e in checkpoint.read_index(tmp_path)] == [3, 6, 7]
-    path, params = checkpoint.latest(tmp_path)
-    meta = checkpoint.meta_of(params)
-    assert path.name == "step_00000007.ckpt" and meta["step"] == 7 and meta["images_seen"] == 56
+    found = checkpoint.latest(tmp_path)
+    meta = found.meta
+    assert found.path.name == "step_00000007.ckpt" and meta["step"] == 7 and meta["images_seen"] == 56
     assert meta["kind"] == checkpoint.KIND_TRAIN and meta["mindspore_version"] == ms.__version__
 
 
@@ -86,8 +86,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, damage):
         data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="step_00000002"):
-        path, params = checkpoint.latest(tmp_path)
-    assert path.name == "step_00000001.ckpt" and checkpoint.meta_of(params)["step"] == 1
+        found = checkpoint.latest(tmp_path)
+    assert found.path.name == "step_00000001.ckpt" and found.meta["step"] == 1
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
         checkpoint.save(cell, tmp_path, step=2, meta={"images_seen": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step_00000001.ckpt"]
     assert (tmp_path / "step_00000001.ckpt").read_bytes() == before
-    assert checkpoint.latest(tmp_path)[0].name == "step_00000001.ckpt"
+    assert checkpoint.latest(tmp_path).path.name == "step_00000001.ckpt"
 
 
 @pytest.mark.parametrize(
@@ -122,8 +122,8 @@ def test_damaged_or_missing_index_is_rebuilt_from_the_checkpoints_own_metadata(t
     else:
         (tmp_path / "index.json").write_text(damage)
     with pytest.warns(UserWarning, match="rebuilt from 3 checkpoint file"):
-        path, params = checkpoint.latest(tmp_path)
-    assert path.name == "step_00000003.ckpt" and checkpoint.meta_of(params)["step"] == 3
+        found = checkpoint.latest(tmp_path)
+    assert found.path.name == "step_00000003.ckpt" and found.meta["step"] == 3
     with pytest.warns(UserWarning, match="rebuilt"):  # the next save starts from the rebuilt list: nothing is lost
         checkpoint.save(cell, tmp_path, step=4, meta={"images_seen": 4}, keep_last=3)
     assert [e["step"] for e in checkpoint.read_index(tmp_path)] == [2, 3, 4]  # a valid index again; 1 pruned
@@ -196,8 +196,8 @@ def test_index_write_failing_after_the_rename_deletes_nothing_the_index_still_li
     with pytest.raises(checkpoint.CheckpointError, match="No space left"):
         checkpoint.save(cell, tmp_path, step=2, meta={"images_seen": 2}, keep_last=1)
     monkeypatch.undo()
-    path, params = checkpoint.latest(tmp_path)
-    assert path.name == "step_00000001.ckpt" and checkpoint.meta_of(params)["step"] == 1
+    found = checkpoint.latest(tmp_path)
+    assert found.path.name == "step_00000001.ckpt" and found.meta["step"] == 1
 
 
 def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path):
@@ -236,9 +236,8 @@ def test_kill_during_save_never_leaves_a_checkpoint_latest_would_pick(tmp_path):
         proc.wait()
         found = checkpoint.latest(tmp_path / "ckpt")
         assert found is not None
-        path, params = found
-        assert checkpoint.meta_of(params)["step"] == max(e["step"] for e in checkpoint.read_index(tmp_path / "ckpt"))
-        assert params["weight"].shape == (2048, 1024)
+        assert found.meta["step"] == max(e["step"] for e in checkpoint.read_index(tmp_path / "ckpt"))
+        assert found.arrays["weight"].shape == (2048, 1024)
 
 
 # ---------------------------------------------------------------- resume

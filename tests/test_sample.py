@@ -16,7 +16,7 @@ from mindspore import Tensor
 from PIL import Image
 from train_helpers import ROOT, TINY, env, free_port, prepare_digits, run_train, worker_logs
 
-from ddpm_dist import checkpoint, inference
+from ddpm_dist import inference
 from ddpm_dist.checkpoint import KIND_INFERENCE, CheckpointError
 from ddpm_dist.checkpoint import convert as ckpt_convert
 from ddpm_dist.config import from_dict
@@ -62,8 +62,8 @@ def forward(net, seed: int = 0) -> np.ndarray:
 
 def net_from_training_ckpt(path, prefix: str):
     """The tiny network with the ``prefix`` weights of a training checkpoint, loaded without ddpm_dist.inference."""
-    params = checkpoint.load(path)
-    cfg = from_dict(yaml.safe_load(checkpoint.meta_of(params)["config"]))
+    params = ms.load_checkpoint(str(path), crc_check=True)
+    cfg = from_dict(yaml.safe_load(str(params["meta.config"])))
     net = build_model(cfg)
     names = [p.name for p in net.get_parameters()]
     chosen = {n: ms.Parameter(params[prefix + n].asnumpy(), name=n) for n in names}

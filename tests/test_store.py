@@ -67,7 +67,7 @@ def test_an_io_error_on_the_newest_checkpoint_is_raised_not_skipped(tmp_path, mo
             raise OSError(errno.EIO, "Input/output error", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "open", failing_open, raising=False)
+    monkeypatch.setattr(checkpoint.io, "open", failing_open, raising=False)  # the module that reads checkpoints
     with pytest.raises(checkpoint.CheckpointUnreadable, match="step_00000002.ckpt: cannot read .*Input/output error"):
         checkpoint.latest(tmp_path)
     with pytest.raises(checkpoint.CheckpointUnreadable):  # and a rebuild of a damaged index does not skip it either
@@ -83,7 +83,7 @@ def test_when_no_checkpoint_loads_latest_raises_instead_of_returning_none(tmp_pa
         checkpoint.latest(tmp_path)
     (tmp_path / "step_00000001.ckpt").write_bytes(originals["step_00000001.ckpt"])  # an older one loads: fall back
     with pytest.warns(UserWarning, match="skipping unusable checkpoint.*step_00000002"):
-        assert checkpoint.latest(tmp_path)[0].name == "step_00000001.ckpt"
+        assert checkpoint.latest(tmp_path).path.name == "step_00000001.ckpt"
 
 
 # ---------------------------------------------------------------- items 3, 4: an index contradicting the files
@@ -368,7 +368,7 @@ def test_another_global_batch_continues_at_the_checkpoint_step_and_overwrites_no
     assert "at step 6" in res.stdout and "steps 6->9" in res.stdout
     assert "train.global_batch=16, but step_00000006.ckpt was trained with train.global_batch=8" in res.stderr
     _intact(run / "checkpoints", runs["bytes"])
-    meta = checkpoint.meta_of(checkpoint.load(run / "checkpoints" / "step_00000009.ckpt"))
+    meta = checkpoint.read(run / "checkpoints" / "step_00000009.ckpt").meta
     assert meta["step"] == 9 and meta["images_seen"] == 6 * 8 + 3 * 16
 
 

@@ -56,12 +56,9 @@ def worker_logs(log_dir: Path) -> str:
 
 def final_state(run_dir: Path) -> dict:
     """name -> numpy array of every non-meta entry of the newest checkpoint of a run."""
-    import mindspore as ms
-
     from ddpm_dist import checkpoint
 
-    _, params = checkpoint.latest(Path(run_dir) / "checkpoints")
-    return {k: v.asnumpy() for k, v in params.items() if isinstance(v, ms.Parameter) and not k.startswith("meta.")}
+    return checkpoint.latest(Path(run_dir) / "checkpoints").arrays
 
 
 def scalars(run_dir: Path) -> dict:

@@ -30,17 +30,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ddpm_dist.checkpoint import CheckpointError
+    from ddpm_dist.checkpoint.io import check_output
     from ddpm_dist.eval.weights import WeightsError, from_torch_state, save
     from ddpm_dist.files import read_torch_state
 
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_file():
         return fail(f"input not found: {src}")
-    if dst.suffix not in (".ckpt", ".safetensors"):
-        return fail(f"{dst}: the output name must end in .ckpt or .safetensors")
-    if dst.exists() and not args.overwrite:
-        return fail(f"{dst}: exists; use --overwrite to replace it")
     try:
+        check_output(dst, overwrite=args.overwrite)
         state = read_torch_state(src)  # PyTorch before MindSpore: the converter never needs both at once
         from ddpm_dist.device import prepare_env
 

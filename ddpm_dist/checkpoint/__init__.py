@@ -1,6 +1,6 @@
 """Self-describing, atomic training checkpoints.
 
-A checkpoint is one MindSpore ``.ckpt`` file (written with a CRC so corruption is detected on load) holding every
+A checkpoint is one MindSpore ``.ckpt`` file (written with a CRC, verified by :func:`.io.read`) holding every
 parameter of the train step - network weights, Adam moments and step, ``ema.*`` weights and ``ema.updates``, the
 loss scale and its counter - plus metadata: ``meta.step``, ``meta.images_seen``, ``meta.world_size``, ``meta.config``
 (the resolved config as YAML), ``meta.kind`` and the MindSpore and ddpm-dist versions.
@@ -37,55 +37,23 @@ intact).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import time
 import warnings
 from pathlib import Path
 
 from ..cli_util import first_line
 from ..files import fsync_dir, write_json_atomic
+from .io import CheckpointError, CheckpointUnreadable, Contents, read
 
 KIND_TRAIN = "ddpm-dist/train"
 KIND_INFERENCE = "ddpm-dist/inference"
 INDEX = "index.json"
 _NAME = re.compile(r"step_\d{8}\.ckpt")  # the only file names an index entry may hold
 _TEMPORARIES = (".step_*.partial.ckpt", ".step_*.partial.tmp", f".{INDEX}.partial-*")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file."""
-
-
-class CheckpointUnreadable(CheckpointError):
-    """A checkpoint that exists but cannot be read (permission denied, an I/O error): not corrupt, so never skipped."""
-
-
-def _access_problem(path: Path, *, read_all: bool) -> OSError | None:
-    """The OSError met opening ``path`` (and, with ``read_all``, reading it to the end), or None. Tells "cannot read
-    the file" (permission, I/O error) apart from "the bytes are bad", which MindSpore reports alike."""
-    try:
-        with open(path, "rb") as f:
-            while read_all and f.read(1 << 22):
-                pass
-    except FileNotFoundError:
-        return None  # gone: reported as "not found" by the caller
-    except OSError as err:
-        return err
-    return None
-
-
-def _unreadable(path: Path, err: OSError) -> CheckpointUnreadable:
-    denied = err.errno in (errno.EACCES, errno.EPERM)
-    todo = "make it readable by this user (or run as its owner)" if denied else "check the storage"
-    return CheckpointUnreadable(
-        f"{path}: cannot read this checkpoint ({err.strerror or err}); it is not corrupt, so nothing is skipped or "
-        f"overwritten: {todo}, then run again"
-    )
 
 
 def checkpoint_dir(out_dir: str) -> Path:
@@ -171,21 +139,15 @@ def _file_name(step: int) -> str:
 
 
 def _rebuild(files: list[Path]) -> list[dict]:
-    """Index entries for the files that pass their CRC and carry a training step, oldest first."""
-    import mindspore as ms
-
+    """Index entries for the files that pass their CRC and carry a training step, oldest first. A file that cannot be
+    read (permission, I/O error) raises CheckpointUnreadable; a corrupt one is left out."""
     entries = []
     for f in files:
-        problem = _access_problem(f, read_all=False)
-        if problem is not None:
-            raise _unreadable(f, problem)
         try:
-            params = ms.load_checkpoint(str(f), crc_check=True, choice_func=lambda n: n.startswith("meta."))
-            meta = meta_of(params)
-        except (ValueError, RuntimeError, OSError, TypeError):
-            problem = _access_problem(f, read_all=True)
-            if problem is not None:
-                raise _unreadable(f, problem) from None
+            meta = read(f, meta_only=True).meta
+        except CheckpointUnreadable:
+            raise
+        except CheckpointError:
             continue
         if meta.get("kind") == KIND_TRAIN and isinstance(meta.get("step"), int):
             entries.append({"file": f.name, "step": int(meta["step"])})
@@ -341,7 +303,7 @@ def newer_checkpoints(ckpt_dir: Path, step: int, *, entries: list[dict] | None =
         if e["step"] <= step:
             continue
         try:
-            load(Path(ckpt_dir) / e["file"])
+            read(Path(ckpt_dir) / e["file"])
         except CheckpointUnreadable:
             pass
         except CheckpointError:
@@ -350,77 +312,16 @@ def newer_checkpoints(ckpt_dir: Path, step: int, *, entries: list[dict] | None =
     return keep
 
 
-def load(path) -> dict:
-    """Read a checkpoint into a name -> Parameter dict, verifying its CRC. Raises CheckpointError."""
-    import mindspore as ms
-
-    path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CheckpointError(f"{path}: not a checkpoint file")
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except OSError as err:
-        raise _unreadable(path, err) from None
-    problem = _access_problem(path, read_all=False)  # before MindSpore, which logs its own lines about it
-    if problem is not None:
-        raise _unreadable(path, problem)
-    try:
-        return ms.load_checkpoint(str(path), crc_check=True)
-    except (ValueError, RuntimeError, OSError, TypeError) as err:
-        problem = _access_problem(path, read_all=True)  # an I/O error half-way is not corruption either
-        if problem is not None:
-            raise _unreadable(path, problem) from None
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first_line(err)})") from None
-
-
-def write_weights(dst, arrays: dict, meta: dict) -> Path:
-    """Write ``name -> ndarray`` weights plus ``meta.*`` entries to ``dst`` (``.ckpt``, CRC-checked, or
-    ``.safetensors``, whose string metadata takes the meta entries) through a temporary file, fsync and rename: an
-    error leaves no ``dst``. Raises CheckpointError."""
-    import mindspore as ms
-
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")  # MindSpore insists on the suffix
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.suffix == ".safetensors":
-            from safetensors.numpy import save_file
-
-            save_file(arrays, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-        else:
-            params = [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()]
-            ms.save_checkpoint(params, str(tmp), append_dict=meta, crc_check=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except (OSError, RuntimeError, ValueError) as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {dst}: {first_line(err)}") from None
-    return dst
-
-
-def meta_of(params: dict) -> dict:
-    """The ``meta.*`` entries of a loaded checkpoint as plain Python values."""
-    out = {}
-    for name, value in params.items():
-        if name.startswith("meta."):
-            v = value.asnumpy() if hasattr(value, "asnumpy") else value
-            out[name[5:]] = v.item() if hasattr(v, "item") and getattr(v, "size", 0) == 1 else v
-    return out
-
-
-def latest(ckpt_dir: Path) -> tuple[Path, dict] | None:
-    """Newest complete, readable checkpoint listed in the index as (path, params). A corrupt newer one is skipped with
-    a warning when an older one loads; CheckpointUnreadable (permission, I/O error) is raised, never skipped; and when
-    none of the listed checkpoints loads, CheckpointError says so (a run must not start over on top of them). None
-    when there is no checkpoint at all."""
+def latest(ckpt_dir: Path) -> Contents | None:
+    """Newest complete, readable checkpoint listed in the index, as :func:`~.io.read` returns it. A corrupt newer
+    one is skipped with a warning when an older one loads; CheckpointUnreadable (permission, I/O error) is raised,
+    never skipped; and when none of the listed checkpoints loads, CheckpointError says so (a run must not start over
+    on top of them). None when there is no checkpoint at all."""
     entries = read_index(ckpt_dir)
     failures = []
     for entry in reversed(entries):
-        path = Path(ckpt_dir) / entry["file"]
         try:
-            found = path, load(path)
+            found = read(Path(ckpt_dir) / entry["file"])
         except CheckpointUnreadable:
             raise
         except CheckpointError as err:

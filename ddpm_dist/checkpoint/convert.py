@@ -4,8 +4,8 @@ A training checkpoint (``meta.kind = ddpm-dist/train``) holds the whole train st
 EMA weights, Adam moments, loss-scale state. :func:`convert` keeps only one set of network weights (EMA by default) as
 float32, with the ``model``, ``diffusion`` and ``data`` config sections embedded, in an inference checkpoint
 (``meta.kind = ddpm-dist/inference``): a MindSpore ``.ckpt`` (CRC-checked) or a ``.safetensors`` file (the meta entries
-go to its string metadata). :func:`load_for_sampling` takes either kind and returns a ready network;
-:func:`read_arrays` reads any ``.ckpt`` or ``.safetensors`` file (the FID Inception weights too).
+go to its string metadata). :func:`load_for_sampling` takes either kind and returns a ready network. Files are read,
+loaded into the network and their embedded config parsed by :mod:`.io`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..cli_util import first_line
-from ..config import Config, ConfigError, from_dict, to_dict
-from . import KIND_INFERENCE, KIND_TRAIN, CheckpointError, load, meta_of, write_weights
+from ..config import Config, to_dict
+from . import KIND_INFERENCE, KIND_TRAIN, CheckpointError
+from .io import EMBEDDED_SECTIONS, check_output, embedded_config, load_into, read, write_weights
 
 WEIGHTS = ("ema", "raw")
-SUFFIXES = (".ckpt", ".safetensors")
-EMBEDDED_SECTIONS = ("model", "diffusion", "data")
 
 
 @dataclass
@@ -38,43 +36,6 @@ class Loaded:
     meta: dict
     weights: dict
     source_weights: str
-
-
-def read_arrays(path: Path) -> tuple[dict, dict]:
-    """(name -> float ndarray of the non-meta entries, meta dict) of a .ckpt or .safetensors file."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as f:
-                meta = {k[5:]: v for k, v in (f.metadata() or {}).items() if k.startswith("meta.")}
-                arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
-        for key in ("step",):
-            if key in meta:
-                meta[key] = int(meta[key])
-        return arrays, meta
-    if path.suffix != ".ckpt":
-        raise CheckpointError(f"{path}: expected a MindSpore .ckpt or a .safetensors file")
-    params = load(path)
-    arrays = {k: v.asnumpy() for k, v in params.items() if not k.startswith("meta.") and hasattr(v, "asnumpy")}
-    return arrays, meta_of(params)
-
-
-def _config(path: Path, meta: dict) -> Config:
-    text = meta.get("config")
-    if not isinstance(text, str) or not text.strip():
-        raise CheckpointError(f"{path}: no embedded config (meta.config)")
-    try:
-        data = yaml.safe_load(text)
-        return from_dict({k: v for k, v in data.items() if k in EMBEDDED_SECTIONS}, source=f"{path} (meta.config)")
-    except (yaml.YAMLError, AttributeError) as err:
-        raise CheckpointError(f"{path}: unreadable embedded config ({first_line(err)})") from None
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
 
 
 def read_weights(path, *, weights: str | None = None, kinds: tuple[str, ...] = (KIND_TRAIN, KIND_INFERENCE)) -> Loaded:
@@ -94,7 +55,8 @@ def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
     path = Path(path)
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS} (got {weights!r})")
-    arrays, meta = read_arrays(path)
+    stored = read(path)
+    arrays, meta = stored.arrays, stored.meta
     kind = meta.get("kind")
     if kind not in (KIND_TRAIN, KIND_INFERENCE):
         raise CheckpointError(f"{path}: not a ddpm-dist checkpoint (meta.kind is {kind!r})")
@@ -102,7 +64,7 @@ def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
         wanted = " or ".join("a training" if k == KIND_TRAIN else "an inference" for k in kinds)
         raise CheckpointError(f"{path}: is {'a training' if kind == KIND_TRAIN else 'an inference'} checkpoint; "
                               f"{wanted} checkpoint is needed")  # fmt: skip
-    cfg = _config(path, meta)
+    cfg = embedded_config(meta, source=path)
     net = build_model(cfg)
     expected = {p.name: (tuple(p.shape), p.requires_grad) for p in net.get_parameters()}
     if kind == KIND_INFERENCE:
@@ -128,13 +90,8 @@ def _read_checked(path, *, weights: str | None, kinds: tuple[str, ...]):
 def load_for_sampling(path, *, weights: str | None = None):
     """(cfg, net, meta) from a training or inference checkpoint: ``net`` is the float32 network with the EMA (default)
     or raw weights, in inference mode (``set_train(False)``: no dropout), not yet compiled."""
-    import mindspore as ms
-
     loaded, net = _read_checked(path, weights=weights, kinds=(KIND_TRAIN, KIND_INFERENCE))
-    params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in loaded.weights.items()}
-    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-    if not_loaded:  # read_weights checked every name; this is an internal invariant
-        raise CheckpointError(f"{loaded.path}: parameters not loaded: {not_loaded[:3]}")
+    load_into(net, loaded.weights, source=loaded.path)
     net.set_train(False)
     meta = dict(loaded.meta, weights=loaded.source_weights)
     return loaded.cfg, net, meta
@@ -148,11 +105,7 @@ def convert(src, dst, *, weights: str = "ema", overwrite: bool = False) -> Path:
     sections as YAML), ``meta.source`` and versions. Written to a temporary file, fsynced and renamed: an error
     leaves no ``dst``. Raises CheckpointError.
     """
-    src, dst = Path(src), Path(dst)
-    if dst.suffix not in SUFFIXES:
-        raise CheckpointError(f"{dst}: the output name must end in .ckpt or .safetensors")
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: exists; use --overwrite to replace it")
+    src, dst = Path(src), check_output(dst, overwrite=overwrite)
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: the output must differ from the input")
     loaded = read_weights(src, weights=weights, kinds=(KIND_TRAIN,))

@@ -75,7 +75,7 @@ def save(dst, weights: dict[str, np.ndarray], *, source: Path) -> Path:
     import mindspore as ms
 
     import ddpm_dist
-    from ddpm_dist import checkpoint
+    from ddpm_dist.checkpoint.io import write_weights
 
     meta = {
         "meta.kind": KIND_INCEPTION,
@@ -84,19 +84,21 @@ def save(dst, weights: dict[str, np.ndarray], *, source: Path) -> Path:
         "meta.mindspore_version": ms.__version__,
         "meta.ddpm_dist_version": ddpm_dist.__version__,
     }
-    return checkpoint.write_weights(dst, weights, meta)
+    return write_weights(dst, weights, meta)
 
 
 def read(path) -> tuple[dict[str, np.ndarray], dict]:
-    """(weights, meta) of a converted checkpoint. Raises WeightsError with how to get one when it is missing."""
+    """(weights, meta) of a converted checkpoint, read by :func:`ddpm_dist.checkpoint.io.read` (a ``.ckpt``'s CRC
+    verified). Raises WeightsError with how to get one when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"FID Inception weights not found: {path}; {how_to_get(str(path))}")
-    from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.checkpoint.convert import read_arrays
+    from ddpm_dist.checkpoint.io import CheckpointError
+    from ddpm_dist.checkpoint.io import read as read_checkpoint
 
     try:
-        arrays, meta = read_arrays(path)
+        stored = read_checkpoint(path)
+        arrays, meta = stored.arrays, stored.meta
     except CheckpointError as err:
         raise WeightsError(str(err)) from None
     if meta.get("kind") != KIND_INCEPTION:
@@ -117,14 +119,14 @@ def build_inception(path, *, input_size: tuple[int, int]):
 
 def network(weights: dict[str, np.ndarray], *, input_size: tuple[int, int], source):
     """FIDInceptionV3 for ``input_size`` images with ``weights`` (from :func:`read`), in inference mode."""
-    import mindspore as ms
+    from ddpm_dist.checkpoint.io import CheckpointError, load_into
 
     from .inception import FIDInceptionV3
 
     net = FIDInceptionV3(input_size=input_size)
-    params = {name: ms.Parameter(ms.Tensor(value), name=name) for name, value in weights.items()}
-    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-    if not_loaded:  # read() checked every name; an internal invariant
-        raise WeightsError(f"{source}: parameters not loaded: {not_loaded[:3]}")
+    try:
+        load_into(net, weights, source=source)
+    except CheckpointError as err:
+        raise WeightsError(str(err)) from None
     net.set_train(False)
     return net

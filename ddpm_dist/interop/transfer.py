@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
-from ..checkpoint.convert import SUFFIXES, read_weights, write_inference
+from ..checkpoint.convert import read_weights, write_inference
+from ..checkpoint.io import check_output
 from ..cli_util import first_line
 from ..config import ConfigError, from_dict, to_dict
 from ..files import fsync_dir
@@ -26,11 +27,7 @@ def import_diffusers(src, dst, *, overwrite: bool = False):
     """
     from ..models import build_model
 
-    src, dst = Path(src), Path(dst)
-    if dst.suffix not in SUFFIXES:
-        raise CheckpointError(f"{dst}: the output name must end in .ckpt or .safetensors")
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: exists; use --overwrite to replace it")
+    src, dst = Path(src), check_output(dst, overwrite=overwrite)
     folder = fmt.read_folder(src)
     model, data, flip = fmt.unet_sections(folder.unet_config, source=str(folder.unet_config_path))
     diffusion = fmt.diffusion_section(folder.scheduler_config, source=str(folder.scheduler_config_path or src))
@@ -61,11 +58,7 @@ def export_diffusers(ckpt, out_dir, *, weights: str | None = None, overwrite: bo
     renamed into place. Raises InteropError or CheckpointError (one line); nothing is written then."""
     from safetensors.numpy import save_file
 
-    ckpt, out = Path(ckpt), Path(out_dir)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: exists; use --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out}: exists and is not a directory")
+    ckpt, out = Path(ckpt), check_output(out_dir, overwrite=overwrite, directory=True)
     loaded = read_weights(ckpt, weights=weights)
     sections = to_dict(loaded.cfg)
     unet = fmt.unet_config(sections["model"], sections["data"])

@@ -22,6 +22,7 @@ from mindspore import Tensor, nn, ops
 
 from .. import checkpoint, job_status, parallel
 from ..checkpoint.background import BackgroundWriter
+from ..checkpoint.io import embedded_config, embedded_value, load_into
 from ..checkpoint.lock import RunLock
 from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
 from ..device import auto_fallback_note
@@ -295,31 +296,26 @@ class Trainer:
         self.resumed, self.step, self._resumed_at = True, step, (at_step, at_images)
 
     def _resume(self) -> None:
+        """Continue from the newest checkpoint (train.resume=auto) or the one named: every parameter of the train step
+        loaded strictly, the step read from the checkpoint, after checking it is a training checkpoint of this model."""
         mode = self.cfg.train.resume
         if mode == "none":
             self._refuse_used_run_dir()
             return
-        if mode == "auto":
-            found = checkpoint.latest(self.ckpt_dir)
-            if found is None:
-                return
-            path, params = found
-        else:
-            path, params = Path(mode), checkpoint.load(mode)
-        meta = checkpoint.meta_of(params)
+        found = checkpoint.latest(self.ckpt_dir) if mode == "auto" else checkpoint.read(mode)
+        if found is None:
+            return
+        path, meta = found.path, found.meta
         if meta.get("kind") != checkpoint.KIND_TRAIN:
             raise checkpoint.CheckpointError(f"{path}: not a ddpm-dist training checkpoint")
         self._check_compatible(path, meta)
-        state = {k: v for k, v in params.items() if not k.startswith("meta.")}
-        not_loaded, _ = ms.load_param_into_net(self.step_cell, state, strict_load=True)
-        if not_loaded:
-            raise checkpoint.CheckpointError(f"{path}: missing parameters, e.g. {not_loaded[:3]}")
+        load_into(self.step_cell, found.arrays, source=path)
         images_seen = int(meta["images_seen"])
         self.step = int(meta["step"])  # the checkpoint's own step: a run never goes back (and then overwrites)
         self._resumed_at = (self.step, images_seen)
         self._refuse_newer_checkpoints(path)
         where = self.rank if self.world_size > 1 else None
-        saved_batch = self._saved_value(meta, "train", "global_batch")
+        saved_batch = embedded_value(meta, "train.global_batch", source=path)
         if saved_batch is not None and saved_batch != self.cfg.train.global_batch:
             warn(
                 f"train.global_batch={self.cfg.train.global_batch}, but {path.name} was trained with "
@@ -332,13 +328,6 @@ class Trainer:
             warn(f"resuming a {meta.get('world_size')}-worker checkpoint with {self.world_size} workers", rank=where)
         self.resumed = True
         info(f"resumed from {path} at step {self.step}", rank=self.rank)
-
-    @staticmethod
-    def _saved_value(meta: dict, section: str, key: str):
-        import yaml
-
-        saved = yaml.safe_load(meta.get("config", "")) or {}
-        return saved.get(section, {}).get(key) if isinstance(saved, dict) else None
 
     def _refuse_used_run_dir(self) -> None:
         """train.resume=none starts at step 0: its saves would overwrite, and its retention delete, the checkpoints
@@ -367,16 +356,10 @@ class Trainer:
             )
 
     def _check_compatible(self, path: Path, meta: dict) -> None:
-        import yaml
-
-        saved = yaml.safe_load(meta.get("config", "")) or {}
-        now, defaults = to_dict(self.cfg), to_dict(Config())  # a key newer than the checkpoint had its default
-        diffs = [
-            f"{sec}.{key}"
-            for sec in COMPATIBLE_SECTIONS
-            for key in now[sec]
-            if saved.get(sec, {}).get(key, defaults[sec][key]) != now[sec][key]
-        ]
+        """The checkpoint's model and diffusion sections (its embedded config, read by the one rule of
+        :func:`~ddpm_dist.checkpoint.io.embedded_config`) must equal this run's; else CheckpointError naming them."""
+        saved, now = to_dict(embedded_config(meta, source=path)), to_dict(self.cfg)
+        diffs = [f"{sec}.{key}" for sec in COMPATIBLE_SECTIONS for key in now[sec] if saved[sec][key] != now[sec][key]]
         if diffs:
             raise checkpoint.CheckpointError(
                 f"{path}: checkpoint was trained with a different model config ({', '.join(diffs)}); "
