@@ -263,14 +263,16 @@ def build_mindspore_steps(cfg, *, batch: int, fwd_batch: int) -> dict:
     bare.set_train(True)
 
     net = build_model(cfg)
-    t = cfg.train
+    train_cfg = cfg.train
     framework = TrainStep(
         net=net,
         diffusion=build_diffusion(cfg),
         optimizer=build_optimizer(cfg, net.trainable_params()),
-        scaler=LossScaler(mode=t.loss_scale, value=t.loss_scale_value, window=t.loss_scale_window),
-        ema=EMA(net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup),
-        grad_clip=t.grad_clip,
+        scaler=LossScaler(
+            mode=train_cfg.loss_scale, value=train_cfg.loss_scale_value, window=train_cfg.loss_scale_window
+        ),
+        ema=EMA(net.trainable_params(), decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup),
+        grad_clip=train_cfg.grad_clip,
         grad_accum=1,
     )
     framework.set_train(True)

@@ -232,6 +232,24 @@ def profile_window(spec: str) -> tuple[int, int] | None:
     return int(start), int(end)
 
 
+def per_worker_batch(global_batch: int, workers: int, grad_accum: int = 1) -> int:
+    """Each worker's share of ``train.global_batch`` - the one check, for the launcher (before msrun starts), the
+    trainer and the data pipeline: ConfigError unless the global batch divides over the workers and the share over
+    ``train.grad_accum``."""
+    if global_batch < 1 or global_batch % workers:
+        raise ConfigError(
+            f"train.global_batch={global_batch} is not divisible by the {workers} workers (DEVICE_NUM x NNODES under "
+            f"the launcher); choose a multiple of {workers}"
+        )
+    share = global_batch // workers
+    if share % grad_accum:
+        raise ConfigError(
+            f"train.grad_accum={grad_accum} does not divide the per-worker batch {share} "
+            f"(train.global_batch={global_batch} over {workers} workers)"
+        )
+    return share
+
+
 def step_timeout_seconds(value: str) -> float | None:
     """``run.step_timeout`` as the hang watchdog takes it: ``auto`` -> None, else seconds (0 disables). ValueError if
     neither ``auto`` nor a finite number >= 0."""

@@ -67,23 +67,13 @@ def check_bind_core(text: str) -> None:
 def check_config(path: str, overrides: Sequence[str], workers: int) -> None:
     """The config must load, its global batch divide over ``workers`` and each worker's share over
     ``train.grad_accum`` (the trainer's own check, found here before the workers start)."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, per_worker_batch
 
     try:
         cfg = load_config(path, overrides)
+        per_worker_batch(cfg.train.global_batch, workers, cfg.train.grad_accum)
     except ConfigError as err:
         raise LaunchError(str(err)) from None
-    if cfg.train.global_batch % workers:
-        raise LaunchError(
-            f"train.global_batch={cfg.train.global_batch} is not divisible by the {workers} workers "
-            f"(DEVICE_NUM x NNODES); choose a multiple of {workers} or another DEVICE_NUM"
-        )
-    per_worker = cfg.train.global_batch // workers
-    if per_worker % cfg.train.grad_accum:
-        raise LaunchError(
-            f"train.grad_accum={cfg.train.grad_accum} does not divide the per-worker batch {per_worker} "
-            f"(train.global_batch={cfg.train.global_batch} over {workers} workers)"
-        )
 
 
 def check_master(addr: str, port: int, node: int, nnodes: int) -> tuple:

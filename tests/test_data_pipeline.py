@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ddpm_dist.data.pipeline as pipeline
+from ddpm_dist.config import ConfigError
 from ddpm_dist.data import DataError
 from ddpm_dist.data.convert import write_arrays
 from ddpm_dist.data.pipeline import (
@@ -208,7 +209,7 @@ def test_manifest_mismatch(data):
 
 def test_global_batch_not_divisible(data):
     path, _ = data
-    with pytest.raises(DataError, match="train.global_batch: 12 is not divisible by the number of workers \\(8\\)"):
+    with pytest.raises(ConfigError, match="train.global_batch=12 is not divisible by the 8 workers"):
         make(path, global_batch=12, world_size=8)
     with pytest.raises(DataError, match="train.global_batch: 64 is larger than the data set"):
         make(path, global_batch=64)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_dist.cli_util import first_line
+from ddpm_dist.config import per_worker_batch
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, DataError
 from ddpm_dist.files import sha256_file
 
@@ -231,10 +232,7 @@ class TrainData:
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
-        if global_batch < 1 or global_batch % world_size:
-            raise DataError(
-                f"train.global_batch: {global_batch} is not divisible by the number of workers ({world_size})"
-            )
+        per_worker_batch(global_batch, world_size)  # ConfigError unless it divides
         if seed < 0:
             raise DataError(f"run.seed: must be >= 0 (got {seed})")
         if timesteps < 1:

@@ -49,13 +49,18 @@ class WarmupDecayLR(nn.learning_rate_schedule.LearningRateSchedule):
 
 
 def build_optimizer(cfg, params) -> nn.Optimizer:
-    t = cfg.train
-    schedule = WarmupDecayLR(lr=t.lr, warmup_steps=t.warmup_steps, decay=t.lr_decay, total_steps=t.total_steps)
+    train_cfg = cfg.train
+    schedule = WarmupDecayLR(
+        lr=train_cfg.lr,
+        warmup_steps=train_cfg.warmup_steps,
+        decay=train_cfg.lr_decay,
+        total_steps=train_cfg.total_steps,
+    )
     return nn.Adam(
         params,
         learning_rate=schedule,
-        beta1=t.adam_beta1,
-        beta2=t.adam_beta2,
-        eps=t.adam_eps,
-        weight_decay=t.weight_decay,
+        beta1=train_cfg.adam_beta1,
+        beta2=train_cfg.adam_beta2,
+        eps=train_cfg.adam_eps,
+        weight_decay=train_cfg.weight_decay,
     )

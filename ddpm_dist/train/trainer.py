@@ -24,7 +24,7 @@ from .. import checkpoint, job_status, parallel
 from ..checkpoint.background import BackgroundWriter
 from ..checkpoint.io import embedded_config, embedded_value, load_into
 from ..checkpoint.lock import RunLock
-from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
+from ..config import Config, ConfigError, per_worker_batch, step_timeout_seconds, to_dict, to_yaml
 from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
@@ -157,27 +157,29 @@ class Trainer:
         self.rank, self.world_size = parallel.rank(), parallel.world_size()
         self.out_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = checkpoint.checkpoint_dir(cfg.run.out_dir)
-        t = cfg.train
+        train_cfg = cfg.train
         self.per_rank_batch = self._per_rank_batch()
 
         ms.set_seed(cfg.run.seed)  # the same on every rank: identical initial weights
         self.net = build_model(cfg)
         parallel.check_identical(weight_fingerprint(self.net.trainable_params()), "initial weights")
-        self.amp_level = resolve_amp_level(t.amp_level, device=device)
+        self.amp_level = resolve_amp_level(train_cfg.amp_level, device=device)
         apply_amp(self.net, level=self.amp_level, fp32_cells=fp32_cells())
 
         self.diffusion = build_diffusion(cfg)
         self.optimizer = build_optimizer(cfg, self.net.trainable_params())
-        self.scaler = LossScaler(mode=t.loss_scale, value=t.loss_scale_value, window=t.loss_scale_window)
-        self.ema = EMA(self.net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup)
+        self.scaler = LossScaler(
+            mode=train_cfg.loss_scale, value=train_cfg.loss_scale_value, window=train_cfg.loss_scale_window
+        )
+        self.ema = EMA(self.net.trainable_params(), decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup)
         self.step_cell = TrainStep(
             net=self.net,
             diffusion=self.diffusion,
             optimizer=self.optimizer,
             scaler=self.scaler,
             ema=self.ema,
-            grad_clip=t.grad_clip,
-            grad_accum=t.grad_accum,
+            grad_clip=train_cfg.grad_clip,
+            grad_accum=train_cfg.grad_accum,
         )
         self.step_cell.set_train(True)
         self._device_self_checks()
@@ -205,19 +207,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _per_rank_batch(self) -> int:
-        """This worker's share of train.global_batch; ConfigError unless it divides evenly, and by train.grad_accum."""
-        t = self.cfg.train
-        if t.global_batch % self.world_size:
-            raise ConfigError(
-                f"train.global_batch={t.global_batch} is not divisible by the number of workers ({self.world_size})"
-            )
-        per_rank = t.global_batch // self.world_size
-        if per_rank % t.grad_accum:
-            raise ConfigError(
-                f"train.grad_accum={t.grad_accum} does not divide the per-worker batch {per_rank} "
-                f"(train.global_batch={t.global_batch} over {self.world_size} workers)"
-            )
-        return per_rank
+        """This worker's share of train.global_batch (``config.per_worker_batch``: ConfigError unless it divides)."""
+        return per_worker_batch(self.cfg.train.global_batch, self.world_size, self.cfg.train.grad_accum)
 
     def _device_self_checks(self) -> None:
         """Start-up checks of the device kernels the run depends on (docs/devices.md): the overflow detector of the
@@ -368,23 +359,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
-        cfg, t = self.cfg, self.cfg.train
+        cfg, train_cfg = self.cfg, self.cfg.train
         self._write_run_info()
         info(
             f"training {cfg.model.arch} on {self.device} x {self.world_size} worker(s), amp {self.amp_level}, "
-            f"batch {t.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
-            f"steps {self.step}->{t.total_steps}, "
+            f"batch {train_cfg.global_batch} ({self.per_rank_batch} per worker{self._micro_note()}), "
+            f"steps {self.step}->{train_cfg.total_steps}, "
             f"run dir {self.out_dir}",
             rank=self.rank,
         )
-        progress = ProgressLine(total_steps=t.total_steps, start_step=self.step, rank=self.rank)
-        check_every = min(cfg.run.log_every, t.max_nonfinite)
+        progress = ProgressLine(total_steps=train_cfg.total_steps, start_step=self.step, rank=self.rank)
+        check_every = min(cfg.run.log_every, train_cfg.max_nonfinite)
         interval_t0, interval_step = time.perf_counter(), self.step
         compile_s = None
         saved_at = self.step if self.resumed else None
         dog = self.watchdog.start()
         for x0, ts, noise in self.data:
-            if self.step >= t.total_steps:
+            if self.step >= train_cfg.total_steps:
                 break
             self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
@@ -403,7 +394,7 @@ class Trainer:
             self._background_save_done(self._writer.poll())  # raises a failed background write's error
             if self.step % check_every == 0:
                 self._check_nonfinite()
-            if self.step % cfg.run.log_every == 0 or self.step == t.total_steps:
+            if self.step % cfg.run.log_every == 0 or self.step == train_cfg.total_steps:
                 elapsed = time.perf_counter() - interval_t0
                 scalars = self._log(self.step, self.step - interval_step, elapsed)
                 progress(self.step, scalars)
@@ -427,18 +418,20 @@ class Trainer:
     def _after_step(self, dog: Watchdog, saved_at: int | None) -> tuple[int | None, bool]:
         """Grid, evaluation and checkpoint due at this step (outside the hang watchdog's clock), then the agreement on
         a stop and on a time-based checkpoint. Returns (the step last saved, whether to stop)."""
-        cfg, t = self.cfg, self.cfg.train
+        cfg, train_cfg = self.cfg, self.cfg.train
         if cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
             dog.call_paused(self.hooks.sample_grid, self.step)
         if cfg.eval.every and self.step % cfg.eval.every == 0:
             dog.call_paused(self.hooks.evaluate, self.step)
-        if t.ckpt_every and self.step % t.ckpt_every == 0:
+        if train_cfg.ckpt_every and self.step % train_cfg.ckpt_every == 0:
             saved_at = dog.call_paused(self.save)
         stop, save_due = self.stop.poll(self.step, save_due=self._time_to_save())
         if stop:
             return saved_at, True
         if save_due and saved_at != self.step:  # every worker says so (rank=0): their logs show they agree
-            info(f"step {self.step}: checkpoint due (train.ckpt_every_minutes={t.ckpt_every_minutes:g})", rank=0)
+            info(
+                f"step {self.step}: checkpoint due (train.ckpt_every_minutes={train_cfg.ckpt_every_minutes:g})", rank=0
+            )
             saved_at = dog.call_paused(self.save)
         return saved_at, False
 
@@ -528,7 +521,7 @@ class Trainer:
         only, never for the write itself. A ``final`` save (end of run, stop request) is written before it returns.
         """
         self._check_replicas()
-        t = self.cfg.train
+        train_cfg = self.cfg.train
         if self.rank == 0:
             self._background_save_done(self._writer.wait())
             write = functools.partial(
@@ -536,14 +529,14 @@ class Trainer:
                 ckpt_dir=self.ckpt_dir,
                 step=self.step,
                 meta={
-                    "images_seen": self._resumed_at[1] + (self.step - self._resumed_at[0]) * t.global_batch,
+                    "images_seen": self._resumed_at[1] + (self.step - self._resumed_at[0]) * train_cfg.global_batch,
                     "world_size": self.world_size,
                     "config": to_yaml(self.cfg),
                 },
-                keep_last=t.keep_last,
-                milestone_every=t.milestone_every,
+                keep_last=train_cfg.keep_last,
+                milestone_every=train_cfg.milestone_every,
             )
-            if t.async_save and not final:
+            if train_cfg.async_save and not final:
                 state = self._host_copy.take(self.step_cell)  # before the next step updates the parameters
                 self._writer.submit(functools.partial(write, state), step=self.step)
             else:
@@ -555,8 +548,8 @@ class Trainer:
     def _warm_host_copy(self) -> None:
         """Rank 0 with train.async_save: take one snapshot after the compile, so that the host buffers are allocated
         and paged in now, not at the first save step (0.6 s against 0.075 s for the paper U-Net's 572 MB)."""
-        t = self.cfg.train
-        if self.rank == 0 and t.async_save and (t.ckpt_every or t.ckpt_every_minutes):
+        train_cfg = self.cfg.train
+        if self.rank == 0 and train_cfg.async_save and (train_cfg.ckpt_every or train_cfg.ckpt_every_minutes):
             self._host_copy.take(self.step_cell)
 
     def _final_save(self, saved_at: int | None) -> None:
