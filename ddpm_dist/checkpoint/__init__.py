@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..cli_util import first_line
+from ..errors import UserError, first_line
 from ..files import fsync_dir, write_json_atomic
 
 KIND_TRAIN = "ddpm-dist/train"
@@ -57,7 +57,7 @@ _NAME = re.compile(r"step_\d{8}\.ckpt")  # the only file names an index entry ma
 _TEMPORARIES = (".step_*.partial.ckpt", ".step_*.partial.tmp", f".{INDEX}.partial-*")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

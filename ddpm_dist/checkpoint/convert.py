@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..cli_util import first_line
 from ..config import Config, ConfigError, from_dict, to_dict
+from ..errors import first_line
 from . import KIND_INFERENCE, KIND_TRAIN, CheckpointError, load, meta_of, write_weights
 
 WEIGHTS = ("ema", "raw")

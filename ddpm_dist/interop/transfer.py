@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..checkpoint.convert import SUFFIXES, read_weights, write_inference
-from ..cli_util import first_line
 from ..config import ConfigError, from_dict, to_dict
+from ..errors import first_line
 from ..files import fsync_dir
 from . import diffusers as fmt
 

@@ -27,6 +27,7 @@ from ..config import Config, ConfigError, step_timeout_seconds, to_dict, to_yaml
 from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
+from ..errors import UserError
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
@@ -44,8 +45,11 @@ from .watchdog import Watchdog
 COMPATIBLE_SECTIONS = ("model", "diffusion")
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do."""
+class TrainingError(UserError, RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do. A restart would
+    meet it again: exit 2, recorded for the launcher with the cause ``nonfinite_loss``."""
+
+    cause = "nonfinite_loss"
 
 
 def weight_fingerprint(params) -> np.ndarray:
