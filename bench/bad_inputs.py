@@ -35,6 +35,8 @@ from pathlib import Path
 
 from benchlib import ROOT, env, free_port
 
+from ddpm_dist.cli_util import run_main
+
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
@@ -279,6 +281,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip-msrun", action="store_true", help="leave out the launcher trials (they take minutes)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    return run_main(lambda: run(args))
+
+
+def run(args) -> int:
+    """Prepare the shared data set and run, run every chosen trial, print (and write) the JSON document; 0."""
     chosen = [t for t in trials() if (not args.only or args.only in t.name) and not (args.skip_msrun and t.msrun)]
     tmp = Path(tempfile.mkdtemp(prefix="bad_inputs_"))
     try:

@@ -2,8 +2,10 @@
 and the seed-averaged digits scoring.
 
 A bench script is run as ``python bench/<name>.py`` (this directory is then first on ``sys.path``, so ``import
-benchlib`` needs no path edit) and prints one JSON document on stdout. When it cannot produce its numbers it prints
-one line, ``error: <message>``, on stderr and exits 1; a bad flag exits 2 (argparse). Nothing here is timed.
+benchlib`` needs no path edit) and prints one JSON document on stdout. Its ``main`` runs its body through
+``ddpm_dist.cli_util.run_main`` like every entry point: when it cannot produce its numbers (:class:`BenchError`, passed
+as a one-line fault) it prints one line, ``error: <message>``, on stderr and exits 1; a bad flag or a user error of
+the library (a config, a checkpoint) exits 2. Nothing here is timed.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +56,6 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
     acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
-def report(work: Callable[[], object], *errors: type[BaseException]) -> int:
-    """The body of a bench's ``main``: run ``work``; an exception in ``errors`` (BenchError always) becomes one
-    ``error:`` line on stderr and exit status 1."""
-    try:
-        work()
-    except (BenchError, *errors) as err:
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        print(f"error: {lines[0] if lines else type(err).__name__}", file=sys.stderr, flush=True)
-        return 1
-    return 0
 
 
 def score_both(images, train_images) -> dict:

@@ -37,7 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, BenchError, env, report
+from benchlib import ROOT, BenchError, env
+
+from ddpm_dist.cli_util import run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(one_mode(args)))
         return 0
-    return report(lambda: print(json.dumps(run(args), indent=1)))
+    return run_main(lambda: print(json.dumps(run(args), indent=1)), one_line_faults=(BenchError,))
 
 
 if __name__ == "__main__":

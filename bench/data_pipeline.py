@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 
-from ddpm_dist.device import prepare_env
+from ddpm_dist.cli_util import run_main
 
 
 def measure(it, steps: int, batch: int) -> dict:
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="data.num_parallel_workers")
     p.add_argument("--cifar-count", type=int, default=20000, help="images in the synthetic CIFAR-size set")
     args = p.parse_args(argv)
-    prepare_env()
+    return run_main(lambda: run(args), quiet_mindspore=True)
+
+
+def run(args) -> int:
+    """Measure both data sets and print the JSON document; 0."""
     import numpy as np
 
     from ddpm_dist.data import DataError

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_dist.choices import DEVICE_CHOICES
+from ddpm_dist.cli_util import run_main
+
 
 def sqrtm_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """FID with scipy's sqrtm of the non-symmetric product (TTUR, pytorch-fid), for the speed comparison."""
@@ -32,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32, help="input image size (resized to 299 inside the network)")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--images", type=int, default=200)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     args = p.parse_args(argv)
+    return run_main(lambda: run(args), quiet_mindspore=True)
 
-    from ddpm_dist.device import prepare_env
 
-    prepare_env(verbose=False)
+def run(args) -> int:
+    """Time the feature extraction and the Frechet distance; print the JSON document; 0."""
     import mindspore as ms
 
     from ddpm_dist.device import setup_device

@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from benchlib import ROOT, report, run_checked
+from benchlib import ROOT, BenchError, run_checked
+
+from ddpm_dist.cli_util import run_main
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
@@ -54,7 +56,7 @@ def _png_sha(path: Path) -> str:
 
 
 def main() -> int:
-    return report(lambda: print(json.dumps(hashes(), indent=1, sort_keys=True)))
+    return run_main(lambda: print(json.dumps(hashes(), indent=1, sort_keys=True)), one_line_faults=(BenchError,))
 
 
 def hashes() -> dict:

@@ -34,7 +34,9 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from benchlib import report, score_both, seed_means  # noqa: E402
+from benchlib import BenchError, score_both, seed_means  # noqa: E402
+
+from ddpm_dist.cli_util import run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
 
-    return report(lambda: print(json.dumps(run(args), indent=1)), PeerError, EvalError)
+    return run_main(lambda: print(json.dumps(run(args), indent=1)), one_line_faults=(BenchError, PeerError, EvalError))
 
 
 if __name__ == "__main__":

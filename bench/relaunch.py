@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, BenchError, env, free_port, report, run_checked
+from benchlib import ROOT, BenchError, env, free_port, run_checked
+
+from ddpm_dist.cli_util import run_main
 
 
 def launch(work: Path, config: str, data: Path, cache: str, extra: list[str]) -> dict:
@@ -77,7 +79,7 @@ def main() -> int:
                 "cache_dirs": len(list((tmp / "cache").iterdir())),
             }, indent=1))  # fmt: skip
 
-    return report(work)
+    return run_main(work, one_line_faults=(BenchError,))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from benchlib import BenchError
 
-from ddpm_dist.cli_util import fail, first_line
+from ddpm_dist.choices import DEVICE_CHOICES, SAMPLERS
+from ddpm_dist.cli_util import fail, run_main
 
 DEFAULT_SETTINGS = "ddpm-1000,ddim-10,ddim-25,ddim-50,ddim-100,dpm++2m-10,dpm++2m-15,dpm++2m-20,dpm++2m-25"
 METRICS = ("auto", "digits", "pixel-fd")
@@ -45,8 +46,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric", choices=METRICS, default="auto")
     p.add_argument("--ref", default=None, help="pixel-fd reference: data set dir or image npz (default: data.path)")
     p.add_argument("--weights", choices=("ema", "raw"), default=None, help="of a training checkpoint (default ema)")
-    p.add_argument("--device", default="auto", choices=("auto", "Ascend", "GPU", "CPU"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     return p.parse_args(argv)
+
+
+def parse_seeds(text: str) -> list[int] | str:
+    """``--seeds`` (``0,1,2``) as ints in [0, 2^32), or the problem with it."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        return f"--seeds: expected comma-separated ints (got {text!r})"
+    if not seeds or any(not 0 <= s < 2**32 for s in seeds):
+        return f"--seeds: need at least one seed in [0, 2^32) (got {text!r})"
+    return seeds
 
 
 def parse_settings(text: str, timesteps: int) -> list[tuple[str, int]]:
@@ -54,8 +66,8 @@ def parse_settings(text: str, timesteps: int) -> list[tuple[str, int]]:
     out = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         sampler, _, steps = item.rpartition("-")
-        if sampler not in ("ddpm", "ddim", "dpm++2m") or not steps.isdigit():
-            raise BenchError(f"--settings: {item!r} is not <ddpm|ddim|dpm++2m>-<steps>")
+        if sampler not in SAMPLERS or not steps.isdigit():
+            raise BenchError(f"--settings: {item!r} is not <{'|'.join(SAMPLERS)}>-<steps>")
         if not 1 <= int(steps) <= timesteps:
             raise BenchError(f"--settings: {item}: steps must be in [1, {timesteps}] (the model's T)")
         out.append((sampler, int(steps)))
@@ -109,12 +121,9 @@ def run_setting(keyed, *, num_samples: int, batch_size: int, seed: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        return fail(f"--seeds: expected comma-separated ints (got {args.seeds!r})")
-    if not seeds or any(not 0 <= s < 2**32 for s in seeds):
-        return fail(f"--seeds: need at least one seed in [0, 2^32) (got {args.seeds!r})")
+    seeds = parse_seeds(args.seeds)
+    if isinstance(seeds, str):
+        return fail(seeds)
     if args.num_samples < 2 or args.batch_size < 1:
         return fail("--num-samples must be >= 2 and --batch-size >= 1")
     if not Path(args.ckpt).is_file():
@@ -123,14 +132,12 @@ def main(argv=None) -> int:
     from ddpm_dist.device import prepare_env, setup_device
 
     prepare_env()
-    from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.diffusion import build_keyed_sampler
     from ddpm_dist.diffusion.sampling import default_spacing
-    from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.reference import open_reference
 
-    try:
+    def body() -> int:
         device = setup_device(args.device, mode="graph")
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
         T = cfg.diffusion.timesteps
@@ -163,10 +170,10 @@ def main(argv=None) -> int:
                     entry[f"{key}_mean"] = float(np.mean([s[key] for s in scores]))
             report["settings"][f"{sampler}-{steps}"] = entry
             print(f"{sampler}-{steps}: {json.dumps(entry)}", file=sys.stderr, flush=True)
-    except (BenchError, CheckpointError, EvalError, ValueError, OSError) as err:
-        return fail(first_line(err))
-    print(json.dumps(report))
-    return 0
+        print(json.dumps(report))
+        return 0
+
+    return run_main(body, also_input=(BenchError, ValueError))  # here a BenchError is a bad --settings or reference
 
 
 if __name__ == "__main__":

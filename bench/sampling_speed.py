@@ -24,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_dist.device import prepare_env, setup_device
+from ddpm_dist.choices import DEVICE_CHOICES
+from ddpm_dist.cli_util import fail, run_main
+from ddpm_dist.device import setup_device
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar.yaml"
 
@@ -37,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--measure", type=int, default=5, help="timed calls per round (default 5)")
     p.add_argument("--rounds", type=int, default=5, help="keep the best of this many rounds (default 5)")
     p.add_argument("--full", action="store_true", help="also time a complete DDIM-50 sampling call")
-    p.add_argument("--device", default="auto", choices=("auto", "Ascend", "GPU", "CPU"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.ch=64 (not with --ckpt)")
     return p.parse_args(argv)
 
@@ -65,35 +67,33 @@ def best_times(fns: dict, x0, *, measure: int, rounds: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.batch_size < 1 or args.measure < 1 or args.rounds < 1:
-        print("error: --batch-size, --measure and --rounds must be >= 1", file=sys.stderr)
-        return 2
-    prepare_env()
+        return fail("--batch-size, --measure and --rounds must be >= 1")
+    return run_main(lambda: run(args), quiet_mindspore=True)
+
+
+def run(args) -> int:
+    """Time the sampler steps (and with --full a whole DDIM-50 call); print the JSON document; 0."""
     device = setup_device(args.device, mode="graph")
 
     import mindspore as ms
     import numpy as np
     from mindspore import Tensor, ops
 
-    from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.checkpoint.convert import load_for_sampling
-    from ddpm_dist.config import ConfigError, load_config
+    from ddpm_dist.config import load_config
     from ddpm_dist.diffusion import build_schedule
     from ddpm_dist.diffusion.keyed_noise import KeyedNoise, seed_tensor
     from ddpm_dist.diffusion.sampling import KeyedSampler, KeyedStep, build_sampler
     from ddpm_dist.models import build_model, count_params
 
-    try:
-        if args.ckpt:
-            cfg, net, _ = load_for_sampling(args.ckpt)
-        else:
-            config = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
-            cfg = load_config(config, ["data.path=unused", *args.overrides])
-            ms.set_seed(cfg.run.seed)
-            net = build_model(cfg)
-            net.set_train(False)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.ckpt:
+        cfg, net, _ = load_for_sampling(args.ckpt)
+    else:
+        config = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+        cfg = load_config(config, ["data.path=unused", *args.overrides])
+        ms.set_seed(cfg.run.seed)
+        net = build_model(cfg)
+        net.set_train(False)
 
     b, c, s, T = args.batch_size, cfg.data.channels, cfg.data.image_size, cfg.diffusion.timesteps
     d = cfg.diffusion

@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import ROOT, BenchError, env, report, scalars
+from benchlib import ROOT, BenchError, env, scalars
+
+from ddpm_dist.cli_util import fail, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,17 +90,18 @@ def run_one(args, workers: int, data: Path, work: Path, port: int, *, grad_accum
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.config import ConfigError, load_config
+    return run_main(lambda: run(args), one_line_faults=(BenchError,))
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def run(args) -> int:
+    """Check the config and the flags, measure, print the JSON document; the exit status."""
+    from ddpm_dist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
     if args.grad_accum < 1 or any(args.batch % w for w in args.workers):
-        print("error: --grad-accum must be >= 1 and --batch divisible by every --workers count", file=sys.stderr)
-        return 2
-    return report(lambda: print(json.dumps(measure(args, cfg), indent=1)))
+        return fail("--grad-accum must be >= 1 and --batch divisible by every --workers count")
+    print(json.dumps(measure(args, cfg), indent=1))
+    return 0
 
 
 def measure(args, cfg) -> dict:

@@ -34,7 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_dist.device import prepare_env, setup_device
+from ddpm_dist.choices import DEVICE_CHOICES
+from ddpm_dist.cli_util import fail, run_main
+from ddpm_dist.device import setup_device
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar.yaml"
 
@@ -47,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first (compiling) one (default 5)")
     p.add_argument("--no-reference", action="store_true", help="skip the diffusers/PyTorch reference")
     p.add_argument("--torch-threads", type=int, default=0, help="PyTorch intra-op threads (default: all cores)")
-    p.add_argument("--device", default="auto", choices=("auto", "Ascend", "GPU", "CPU"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.ch=64")
     return p.parse_args(argv)
 
@@ -148,17 +150,16 @@ def reference_available() -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.batch < 1 or args.steps < 1:
-        print("error: --batch and --steps must be >= 1", file=sys.stderr)
-        return 2
-    prepare_env()
-    from ddpm_dist.config import ConfigError, load_config
+        return fail("--batch and --steps must be >= 1")
+    return run_main(lambda: run(args), quiet_mindspore=True)
+
+
+def run(args) -> int:
+    """Time the train steps (ours, and diffusers' unless skipped); print the JSON document; 0."""
+    from ddpm_dist.config import load_config
 
     config = args.config or str(DEFAULT_CONFIG)
-    try:
-        cfg = load_config(config, ["data.path=unused", *args.overrides])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(config, ["data.path=unused", *args.overrides])
     fwd_batch = args.fwd_batch or 2 * args.batch
     skip_reason = "--no-reference" if args.no_reference else reference_available()
     if skip_reason is None:

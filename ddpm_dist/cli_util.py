@@ -1,9 +1,10 @@
-"""Command-line plumbing shared by ``python -m ddpm_dist.train`` and every script in ``tools/``.
+"""Command-line plumbing shared by ``python -m ddpm_dist.train`` and every script in ``tools/`` and ``bench/``.
 
 The project's contract for bad input: ONE line ``error: <message>`` on stderr and exit status 2, never a traceback
 or argparse's multi-line usage block. ``Parser`` makes argparse follow it, ``fail`` prints such a line, and
-``first_line`` turns an exception into the one line worth showing. ``reports_exit`` wraps an entry point's ``main``
-so that, as an msrun worker, it also tells the launcher its exit status and that line (``ddpm_dist/job_status.py``).
+``run_main`` runs the body of every entry point's ``main``, turning the user errors (``errors.UserError``, and
+``OSError``: a path the user named) into such a line. ``reports_exit`` wraps an entry point's ``main`` so that, as an
+msrun worker, it also tells the launcher its exit status and that line (``ddpm_dist/job_status.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import functools
 import sys
 import traceback
 from collections.abc import Callable
+
+from .errors import UserError, first_line
+from .job_status import EXIT_FAULT
 
 _LAST_ERROR: list[str] = []  # the newest line ``fail`` printed, for ``reports_exit``
 _LAST_CAUSE: list[str] = []  # its cause, when the caller named one (the launcher's record; e.g. "nonfinite_loss")
@@ -71,24 +75,34 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
     return wrapped
 
 
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name when the message is empty."""
-    for line in str(err).strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return type(err).__name__
+INPUT_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
+"""What every entry point reports as bad input (exit 2): the library's user errors and the OS's refusal of a path the
+user named (not found, no permission, a full disk)."""
 
 
-def report(work: Callable[[], str], *, errors: tuple[type[BaseException], ...]) -> int:
-    """The body of a one-shot tool's ``main``: quiet MindSpore (``device.prepare_env``) before ``work`` imports it,
-    run ``work``, print the line it returns and return 0; an exception in ``errors`` becomes one ``error:`` line on
-    stderr and status 2."""
-    from .device import prepare_env
+def run_main(
+    body: Callable[[], int | None],
+    *,
+    quiet_mindspore: bool = False,
+    also_input: tuple[type[BaseException], ...] = (),
+    one_line_faults: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run the body of an entry point's ``main`` and return its exit status: ``body()``'s (None counts as 0), or 2
+    after one ``error:`` line on stderr for an exception in :data:`INPUT_ERRORS` (its ``cause``, if any, goes to the
+    launcher's record). Every other exception propagates: a fault, with its traceback.
 
-    prepare_env()
+    ``quiet_mindspore``: set MindSpore's environment defaults (``device.prepare_env``) before ``body`` imports it.
+    ``also_input``: further exception types this entry point treats as bad input (e.g. ``ValueError`` from parsing a
+    file the user named). ``one_line_faults``: faults whose message says it all (a benchmark's ``BenchError``): one
+    ``error:`` line and status 1, no traceback; they take precedence over the input errors."""
+    if quiet_mindspore:
+        from .device import prepare_env
+
+        prepare_env()
     try:
-        line = work()
-    except errors as err:
-        return fail(first_line(err))
-    print(line)
-    return 0
+        code = body()
+    except one_line_faults as err:
+        return fail(first_line(err), EXIT_FAULT)
+    except (*INPUT_ERRORS, *also_input) as err:
+        return fail(first_line(err), cause=getattr(err, "cause", ""))
+    return 0 if code is None else code

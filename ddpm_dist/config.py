@@ -18,10 +18,11 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cli_util import first_line
+from .choices import DEVICE_CHOICES, SAMPLERS
+from .errors import UserError, first_line
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user error in a config file or an override. The message is one line meant for the user."""
 
 
@@ -151,12 +152,12 @@ _CHOICES = {
     "train.amp_level": ("auto", "O0", "O1", "O2"),
     "train.loss_scale": ("dynamic", "static", "none"),
     "eval.metric": ("fid", "digits"),
-    "run.device": ("auto", "Ascend", "GPU", "CPU"),
+    "run.device": DEVICE_CHOICES,
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
     "run.compile_cache": ("auto", "true", "false"),
-    "run.sampler": ("ddim", "dpm++2m", "ddpm"),
-    "eval.sampler": ("ddim", "dpm++2m", "ddpm"),
+    "run.sampler": SAMPLERS,
+    "eval.sampler": SAMPLERS,
 }
 
 # key -> (predicate, description of the allowed range); the common ranges are shared by groups of keys

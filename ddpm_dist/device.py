@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 
+from .choices import DEVICE_CHOICES, DEVICES
 from .config import ConfigError
-
-_DEVICES = ("Ascend", "GPU", "CPU")
 
 
 def prepare_env(*, verbose: bool = False) -> None:
@@ -37,14 +36,15 @@ def resolve_device(device: str, *, context=None) -> str:
     """``auto`` -> the first available of Ascend, GPU, CPU; an explicit target is checked to be available.
     ``context``: MindSpore's ``MSContext`` (a stand-in in tests)."""
     if device != "auto":
-        if device not in _DEVICES:
-            raise ConfigError(f"run.device: unknown device {device!r} (choose auto, Ascend, GPU or CPU)")
+        if device not in DEVICES:
+            choices = ", ".join(DEVICE_CHOICES[:-1]) + f" or {DEVICE_CHOICES[-1]}"
+            raise ConfigError(f"run.device: unknown device {device!r} (choose {choices})")
         if device != "CPU":
             reason = unavailable_reason(device, context=context)
             if reason:
                 raise ConfigError(f"run.device: {device} was requested but {reason}")
         return device
-    for candidate in _DEVICES:
+    for candidate in DEVICES:
         if candidate == "CPU" or not unavailable_reason(candidate, context=context):
             return candidate
     return "CPU"
@@ -81,7 +81,7 @@ def auto_fallback_note(requested: str, target: str) -> str:
     """For the run's first lines: why ``run.device=auto`` chose CPU (``""`` when it did not, or was not asked to)."""
     if requested != "auto" or target != "CPU":
         return ""
-    return "run.device=auto fell back to CPU: " + "; ".join(f"{d}: {unavailable_reason(d)}" for d in ("Ascend", "GPU"))
+    return "run.device=auto fell back to CPU: " + "; ".join(f"{d}: {unavailable_reason(d)}" for d in DEVICES[:-1])
 
 
 def conv_precision() -> str:

@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .cli_util import first_line
+from .errors import first_line
 
 
 def sha256_file(path: str | Path) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 
 def info(msg: str, *, rank: int = 0) -> None:
     """One line to stdout from rank 0 only (other ranks stay quiet)."""
@@ -58,7 +60,7 @@ class ProgressLine:
         print(" | ".join(parts), flush=True)
 
 
-class TensorBoardError(RuntimeError):
+class TensorBoardError(UserError, RuntimeError):
     """The events file cannot be written (e.g. the disk is full); one line naming the directory."""
 
 

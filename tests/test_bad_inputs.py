@@ -123,3 +123,86 @@ def test_a_data_set_deleted_during_training_is_one_data_error(data, monkeypatch,
     shutil.rmtree(data)
     with pytest.raises(DataError, match="is gone \\(the data set was deleted or moved during training\\)"):
         list(itertools.islice(batches, 10))
+
+
+# ---------------------------------------------------- one error vocabulary: errors.UserError and cli_util.run_main
+def _library_errors() -> dict:
+    """Each library error class -> the built-in base it had before UserError (kept: old ``except`` clauses match)."""
+    from ddpm_dist.checkpoint import CheckpointError, CheckpointUnreadable
+    from ddpm_dist.checkpoint.lock import RunDirInUse
+    from ddpm_dist.diffusion.keyed_noise import KeyedNoiseMismatch
+    from ddpm_dist.eval import EvalError
+    from ddpm_dist.eval.weights import WeightsError
+    from ddpm_dist.interop.diffusers import InteropError
+    from ddpm_dist.logging import TensorBoardError
+    from ddpm_dist.train.trainer import TrainingError
+
+    value, runtime = ValueError, RuntimeError
+    return {ConfigError: value, DataError: value, EvalError: value, WeightsError: value, InteropError: value,
+            CheckpointError: runtime, CheckpointUnreadable: runtime, RunDirInUse: runtime,
+            KeyedNoiseMismatch: runtime, TensorBoardError: runtime, TrainingError: runtime}  # fmt: skip
+
+
+def test_every_library_user_error_is_a_user_error_and_keeps_its_builtin_base():
+    from ddpm_dist.errors import UserError
+
+    for cls, base in _library_errors().items():
+        assert issubclass(cls, UserError) and issubclass(cls, base), cls
+
+
+def test_the_non_finite_stop_carries_its_cause_for_the_launcher():
+    from ddpm_dist.train.trainer import TrainingError
+
+    assert TrainingError("x").cause == "nonfinite_loss" and ConfigError("x").cause == ""
+
+
+def _raises(err: BaseException):
+    def body():
+        raise err
+
+    return body
+
+
+class _Tagged(ConfigError):
+    cause = "tagged"
+
+
+@pytest.mark.parametrize(
+    "err,kwargs,code,line",
+    [
+        (ConfigError("a.yaml: run.seed: bad\nmore"), {}, 2, "error: a.yaml: run.seed: bad"),
+        (FileNotFoundError(2, "No such file or directory"), {}, 2, "error: [Errno 2] No such file or directory"),
+        (ValueError("cannot reshape"), {"also_input": (ValueError,)}, 2, "error: cannot reshape"),
+        (ConfigError("bench input"), {"one_line_faults": (ConfigError,)}, 1, "error: bench input"),
+        (_Tagged(""), {}, 2, "error: _Tagged"),
+    ],
+)
+def test_run_main_turns_input_errors_into_one_line(capsys, err, kwargs, code, line):
+    from ddpm_dist import cli_util
+
+    assert cli_util.run_main(_raises(err), **kwargs) == code
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [line] and not captured.out
+    assert cli_util._LAST_CAUSE == (["tagged"] if isinstance(err, _Tagged) else [])
+
+
+def test_run_main_lets_a_fault_through_and_returns_the_bodys_status():
+    from ddpm_dist.cli_util import run_main
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_main(_raises(ValueError("a bug")))  # not input unless the entry point says so
+    with pytest.raises(KeyError):
+        run_main(_raises(KeyError("k")), also_input=(ValueError,))
+    assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
+
+
+def test_run_main_quiets_mindspore_before_the_body(monkeypatch):
+    import os
+
+    from ddpm_dist.cli_util import run_main
+
+    monkeypatch.delenv("GLOG_v", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # prepare_env sets it too: restored after the test
+    seen = []
+    assert run_main(lambda: seen.append(os.environ.get("GLOG_v")), quiet_mindspore=True) == 0
+    assert seen == ["3"]

@@ -37,7 +37,7 @@ def digits8(tmp_path_factory):
         ("run.sample_steps=500", "run.sample_steps: 500 exceeds diffusion.timesteps 100"),
         ("eval.metric=kid", "eval.metric: must be one of fid, digits"),
         ("diffusion.beta_schedule=quad", "diffusion.beta_schedule: must be one of linear, cosine, sigmoid"),
-        ("run.sampler=plms", "run.sampler: must be one of ddim, dpm++2m, ddpm"),
+        ("run.sampler=plms", "run.sampler: must be one of ddpm, ddim, dpm++2m"),
         ("eval.sampler=dpm", "eval.sampler: must be one of"),
     ],
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, report
+from ddpm_dist.cli_util import Parser, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,15 +27,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.checkpoint import CheckpointError
 
-    def work() -> str:
+    def body() -> int:
         from ddpm_dist.checkpoint.convert import convert
 
         out = convert(args.input, args.output, weights=args.weights, overwrite=args.overwrite)
-        return f"wrote {args.weights} weights of {args.input} to {out}"
+        print(f"wrote {args.weights} weights of {args.input} to {out}")
+        return 0
 
-    return report(work, errors=(CheckpointError,))
+    return run_main(body, quiet_mindspore=True)
 
 
 if __name__ == "__main__":

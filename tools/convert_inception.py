@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm_dist.cli_util import Parser, fail, first_line
+from ddpm_dist.cli_util import Parser, fail, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,24 +29,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.checkpoint import CheckpointError
-    from ddpm_dist.checkpoint.io import check_output
-    from ddpm_dist.eval.weights import WeightsError, from_torch_state, save
-    from ddpm_dist.files import read_torch_state
-
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_file():
         return fail(f"input not found: {src}")
-    try:
-        check_output(dst, overwrite=args.overwrite)
-        state = read_torch_state(src)  # PyTorch before MindSpore: the converter never needs both at once
-        from ddpm_dist.device import prepare_env
+    return run_main(lambda: convert(src, dst, overwrite=args.overwrite), also_input=(ValueError,))  # read_torch_state's
 
-        prepare_env(verbose=False)
-        converted = from_torch_state(state, source=str(src))
-        save(dst, converted, source=src)
-    except (ValueError, CheckpointError, WeightsError, OSError) as err:
-        return fail(first_line(err))
+
+def convert(src: Path, dst: Path, *, overwrite: bool) -> int:
+    """Read the PyTorch weights, write them as a MindSpore checkpoint and say so; 0."""
+    from ddpm_dist.checkpoint.io import check_output
+    from ddpm_dist.eval.weights import from_torch_state, save
+    from ddpm_dist.files import read_torch_state
+
+    check_output(dst, overwrite=overwrite)
+    state = read_torch_state(src)  # PyTorch before MindSpore: the converter never needs both at once
+    from ddpm_dist.device import prepare_env
+
+    prepare_env(verbose=False)
+    converted = from_torch_state(state, source=str(src))
+    save(dst, converted, source=src)
     print(f"wrote {dst}: {len(converted)} tensors, FID Inception (pytorch-fid 2015-12-05) from {src}")
     return 0
 

@@ -24,7 +24,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm_dist.cli_util import Parser, fail, first_line
+from ddpm_dist.choices import DEVICE_CHOICES
+from ddpm_dist.cli_util import Parser, fail, run_main
+from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, run_eval
 from ddpm_dist.files import probe_writable
 
@@ -36,18 +38,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_eval_args(p, required=False)
     p.add_argument("--num-samples", type=int, help="use only the first N samples (default: all)")
     p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument("--device", choices=("auto", "Ascend", "GPU", "CPU"), default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.metric == "digits":
-        return main_digits(args)
+    problem = check_digits_args(args) if args.metric == "digits" else check_fid_args(args)
+    if problem:
+        return fail(problem)
+    score = score_digits if args.metric == "digits" else score_fid
+    return run_main(lambda: score(args), also_input=(ValueError,))  # ValueError: e.g. a malformed samples npz
+
+
+def check_fid_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments of --metric fid, found before MindSpore starts; None if there is none."""
     missing = [flag for flag, value in (("--ref", args.ref), ("--inception", args.inception)) if not value]
     if missing:
-        return fail(f"the following arguments are required for --metric fid: {', '.join(missing)}")
+        return f"the following arguments are required for --metric fid: {', '.join(missing)}"
     problem = check_eval_args(args)
     if problem is None and args.num_samples is not None and args.num_samples < 2:
         problem = f"--num-samples must be >= 2 (got {args.num_samples})"
@@ -58,58 +67,57 @@ def main(argv: list[str] | None = None) -> int:
             probe_writable(Path(args.out).parent)
         except OSError as err:
             problem = f"--out {args.out}: cannot write there ({err.strerror or first_line(err)})"
-    if problem:
-        return fail(problem)
+    return problem
+
+
+def score_fid(args: argparse.Namespace) -> int:
+    """FID and IS of the samples, the feature work split across the workers; rank 0 prints (and writes) them."""
     from ddpm_dist.device import prepare_env
 
     prepare_env(verbose=args.verbose)
     from ddpm_dist import parallel
-    from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.device import setup_device
-    from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.eval.reference import load_images_npz
     from ddpm_dist.files import write_json_atomic
 
-    try:
-        images = load_images_npz(args.samples)[: args.num_samples]
-        if len(images) < args.splits:
-            raise ValueError(f"{args.samples}: {len(images)} samples, fewer than --splits {args.splits}")
-        setup_device(args.device, mode="graph")
-        rank, _ = parallel.init()
-        result = run_eval(images, args, rank=rank)
-        if rank == 0:
-            result["samples"] = str(args.samples)
-            print(summary(result), flush=True)
-            if args.out:
-                write_json_atomic(args.out, result)
-    except (EvalError, CheckpointError, ValueError, OSError) as err:
-        return fail(first_line(err))
-    return 0
-
-
-def main_digits(args: argparse.Namespace) -> int:
-    """The digits metric in this process (numpy only; no MindSpore, no workers)."""
-    from ddpm_dist.eval import EvalError
-    from ddpm_dist.eval.digits import digits_scores, resolve_reference, summary
-    from ddpm_dist.eval.reference import load_images_npz
-    from ddpm_dist.files import write_json_atomic
-
-    if args.num_samples is not None and args.num_samples < 2:
-        return fail(f"--num-samples must be >= 2 (got {args.num_samples})")
-    if args.inception:
-        return fail("--inception is for --metric fid; the digits metric needs no weights")
-    try:
-        images = load_images_npz(args.samples)[: args.num_samples]
-        result = digits_scores(images, reference=resolve_reference(args.ref or ""))
-        if args.ref not in (None, "", "heldout", "train"):
-            result["reference"] = str(args.ref)
+    images = load_images_npz(args.samples)[: args.num_samples]
+    if len(images) < args.splits:
+        raise ValueError(f"{args.samples}: {len(images)} samples, fewer than --splits {args.splits}")
+    setup_device(args.device, mode="graph")
+    rank, _ = parallel.init()
+    result = run_eval(images, args, rank=rank)
+    if rank == 0:
         result["samples"] = str(args.samples)
         print(summary(result), flush=True)
         if args.out:
             write_json_atomic(args.out, result)
-    except (EvalError, ValueError, OSError) as err:
-        return fail(first_line(err))
+    return 0
+
+
+def check_digits_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments of --metric digits; None if there is none."""
+    if args.num_samples is not None and args.num_samples < 2:
+        return f"--num-samples must be >= 2 (got {args.num_samples})"
+    if args.inception:
+        return "--inception is for --metric fid; the digits metric needs no weights"
+    return None
+
+
+def score_digits(args: argparse.Namespace) -> int:
+    """The digits metric in this process (numpy only; no MindSpore, no workers)."""
+    from ddpm_dist.eval.digits import digits_scores, resolve_reference, summary
+    from ddpm_dist.eval.reference import load_images_npz
+    from ddpm_dist.files import write_json_atomic
+
+    images = load_images_npz(args.samples)[: args.num_samples]
+    result = digits_scores(images, reference=resolve_reference(args.ref or ""))
+    if args.ref not in (None, "", "heldout", "train"):
+        result["reference"] = str(args.ref)
+    result["samples"] = str(args.samples)
+    print(summary(result), flush=True)
+    if args.out:
+        write_json_atomic(args.out, result)
     return 0
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, report
+from ddpm_dist.cli_util import Parser, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,19 +29,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def export(args: argparse.Namespace) -> str:
-    """Write the pipeline folder; the line to print."""
+def export(args: argparse.Namespace) -> int:
+    """Write the pipeline folder and say so; 0."""
     from ddpm_dist.interop.transfer import export_diffusers
 
     out = export_diffusers(args.ckpt, args.out_dir, weights=args.weights, overwrite=args.overwrite)
-    return f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}"
+    print(f"wrote {out}: a diffusers DDPMPipeline (UNet2DModel + DDPMScheduler) of {args.ckpt}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_dist.checkpoint import CheckpointError
-
     args = parse_args(argv)
-    return report(lambda: export(args), errors=(ValueError, CheckpointError, OSError))
+    return run_main(lambda: export(args), quiet_mindspore=True, also_input=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, report
+from ddpm_dist.cli_util import Parser, run_main
 
 FORMATS = ("diffusers",)
 
@@ -36,18 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.checkpoint import CheckpointError
 
-    def work() -> str:
+    def body() -> int:
         from ddpm_dist.interop.transfer import import_diffusers
 
         out, cfg = import_diffusers(args.source[1], args.output, overwrite=args.overwrite)
         m, d = cfg.model, cfg.diffusion
-        return (f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
-                f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} "
-                f"{d.beta_schedule} {d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
+        print(f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
+              f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} "
+              f"{d.beta_schedule} {d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
+        return 0
 
-    return report(work, errors=(ValueError, CheckpointError, OSError))
+    return run_main(body, quiet_mindspore=True, also_input=(ValueError,))
 
 
 if __name__ == "__main__":

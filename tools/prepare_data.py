@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_dist.cli_util import Parser, fail
-from ddpm_dist.data import SOURCES, DataError
+from ddpm_dist.cli_util import Parser, run_main
+from ddpm_dist.data import SOURCES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,26 +36,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ddpm_dist.device import prepare_env
+    return run_main(lambda: prepare(args), quiet_mindspore=True)  # quiet MindSpore before the writer imports it
 
-    prepare_env()  # quiet MindSpore before the writer imports it
+
+def prepare(args: argparse.Namespace) -> int:
+    """Convert the data set and say what was written; 0."""
     from ddpm_dist.data.convert import convert
 
-    try:
-        manifest = convert(
-            source=args.source,
-            input_path=args.input,
-            output=args.output,
-            image_size=args.image_size,
-            channels=args.channels,
-            split=args.split,
-            shards=args.shards,
-            overwrite=args.overwrite,
-            strict=args.strict,
-            upsample=args.upsample,
-        )
-    except DataError as err:
-        return fail(str(err))
+    manifest = convert(
+        source=args.source,
+        input_path=args.input,
+        output=args.output,
+        image_size=args.image_size,
+        channels=args.channels,
+        split=args.split,
+        shards=args.shards,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        upsample=args.upsample,
+    )
     s = manifest["image_size"]
     skipped = manifest.get("skipped", 0)
     print(

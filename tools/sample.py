@@ -22,12 +22,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from ddpm_dist.cli_util import Parser, fail, first_line, reports_exit
+from ddpm_dist.choices import DEVICE_CHOICES, SAMPLERS
+from ddpm_dist.cli_util import Parser, fail, reports_exit, run_main
+from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
 from ddpm_dist.files import probe_writable
 
 OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # ddpm_dist.diffusion.sampling.SAMPLERS (not imported: no MindSpore yet)
 DEFAULT_STEPS = {"ddpm": 0, "ddim": 50, "dpm++2m": 20}  # 0: all T
 
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--png-individual", action="store_true", help="also write images/<n>.png")
     p.add_argument("--grid", type=int, default=64, help="samples in grid.png (default 64; 0: no grid)")
     p.add_argument("--rgb", action="store_true", help="repeat 1-channel images to 3 channels (for FID tools)")
-    p.add_argument("--device", choices=("auto", "Ascend", "GPU", "CPU"), default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
@@ -141,18 +142,14 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_env(verbose=args.verbose)
     from ddpm_dist import parallel
-    from ddpm_dist.checkpoint import CheckpointError
     from ddpm_dist.checkpoint.convert import load_for_sampling
-    from ddpm_dist.config import ConfigError
     from ddpm_dist.device import setup_device
-    from ddpm_dist.diffusion.keyed_noise import KeyedNoiseMismatch
     from ddpm_dist.diffusion.sampling import default_spacing
-    from ddpm_dist.eval import EvalError
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.inference import generate
     from ddpm_dist.logging import info
 
-    try:
+    def body() -> int:
         device = setup_device(args.device, mode="graph")
         rank, world_size = parallel.init()
         cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
@@ -185,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(Path(args.out), images, grid=args.grid, individual=args.png_individual, settings=settings,
                           metrics=metrics)  # fmt: skip
             info(f"wrote {args.num_samples} samples to {args.out}", rank=rank)
-    except (CheckpointError, ConfigError, EvalError, KeyedNoiseMismatch, ValueError, OSError) as err:
-        return fail(first_line(err))
-    return 0
+        return 0
+
+    return run_main(body, also_input=(ValueError,))  # ValueError: e.g. --steps beyond the model's T
 
 
 def _progress_bar(disable: bool):

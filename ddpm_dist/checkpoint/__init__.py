@@ -45,7 +45,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..cli_util import first_line
+from ..errors import first_line
 from ..files import fsync_dir, write_json_atomic
 from .io import CheckpointError, CheckpointUnreadable, Contents, read
 

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..cli_util import first_line
 from ..config import Config, ConfigError, from_dict
+from ..errors import UserError, first_line
 from ..files import probe_writable
 
 SUFFIXES = (".ckpt", ".safetensors")
 EMBEDDED_SECTIONS = ("model", "diffusion", "data")  # what the weights are and what they make (see embedded_config)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

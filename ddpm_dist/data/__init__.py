@@ -16,12 +16,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SOURCES = ("cifar10", "mnist", "folder", "digits")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data, a bad prepared data set, or data settings that do not fit it. The message is one line."""
 
 

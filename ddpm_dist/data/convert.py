@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_dist.cli_util import first_line
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
+from ddpm_dist.errors import first_line
 from ddpm_dist.files import probe_writable, sha256_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")

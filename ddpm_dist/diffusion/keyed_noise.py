@@ -22,6 +22,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..errors import UserError
+
 _MUL1 = 0x7FEB352D  # lowbias32 constants (https://nullprogram.com/blog/2018/07/31/)
 _MUL2 = 0x846CA68B
 _WEYL = 0x9E3779B9  # 2^32 / golden ratio
@@ -123,7 +125,7 @@ def keyed_noise_reference(seed: int, indices, stream: int, shape: tuple[int, ...
 
 
 # ------------------------------------------------------------------------------------------- device self-check
-class KeyedNoiseMismatch(RuntimeError):
+class KeyedNoiseMismatch(UserError, RuntimeError):
     """The device computes a keyed noise different from :func:`keyed_noise_reference` (its int32 kernels do not
     wrap or shift as the hash needs). The message is one line naming the device and the first differing value."""
 

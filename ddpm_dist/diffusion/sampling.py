@@ -22,11 +22,11 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..choices import SAMPLERS
 from .gaussian import GaussianDiffusion, table
 from .keyed_noise import X_T_STREAM, KeyedNoise, check_keyed_noise, int32_bits, seed_tensor
 from .schedule import Schedule, respace, space_timesteps, space_timesteps_logsnr
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 SPACINGS = ("time", "logsnr")
 
 

@@ -10,9 +10,11 @@
 Importing this package does not import MindSpore.
 """
 
+from ..errors import UserError
+
 FEATURE_DIM = 2048  # pool3 features
 NUM_LOGITS = 1008  # classifier outputs of the 2015-12-05 graph
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """Evaluation input that cannot be used (weights, reference, images, statistics). The message is one line."""

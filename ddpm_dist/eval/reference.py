@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli_util import first_line
+from ..errors import first_line
 from ..files import sha256_file
 from . import FEATURE_DIM, EvalError
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli_util import first_line
+from ..errors import UserError, first_line
 
 CONFIG = "config.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -108,7 +108,7 @@ _FIXED = {
 }
 
 
-class InteropError(ValueError):
+class InteropError(UserError, ValueError):
     """A diffusers folder, config or weights file that ddpm-dist cannot use, or a model diffusers cannot express.
     The message is one line naming the file and the setting."""
 

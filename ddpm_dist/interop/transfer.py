@@ -13,8 +13,8 @@ from pathlib import Path
 from ..checkpoint import CheckpointError
 from ..checkpoint.convert import read_weights, write_inference
 from ..checkpoint.io import check_output
-from ..cli_util import first_line
 from ..config import ConfigError, from_dict, to_dict
+from ..errors import first_line
 from ..files import fsync_dir
 from . import diffusers as fmt
 

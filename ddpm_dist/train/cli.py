@@ -1,7 +1,8 @@
 """``python -m ddpm_dist.train --config configs/cifar.yaml [--dry-run] [key=value ...]``.
 
-User errors (config, data, checkpoint) end with one line on stderr and exit status 2; no traceback. Under
-``launch/run_8p.sh`` each worker also records its exit status and that line for the launcher (``reports_exit``).
+User errors (``errors.UserError``: config, data, checkpoint, ...; and ``OSError``) end with one line on stderr and
+exit status 2, no traceback (``cli_util.run_main``). Under ``launch/run_8p.sh`` each worker also records its exit
+status and that line for the launcher (``reports_exit``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from ..cli_util import Parser, fail, first_line, reports_exit
-from ..config import ConfigError, load_config, to_yaml
+from ..cli_util import Parser, reports_exit, run_main
+from ..config import load_config, to_yaml
 from ..device import prepare_env
 
 
@@ -26,10 +27,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 @reports_exit
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        return fail(str(err))
+    return run_main(lambda: _load_and_run(args))
+
+
+def _load_and_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
@@ -37,19 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_done: Callable | None = None) -> int:
-    """Set up the device and the process group, then train; return the exit status.
+    """Set up the device and the process group, then train; return the exit status (``cli_util.run_main``: a user
+    error, e.g. a bad data set or checkpoint, a full disk or the non-finite loss stop, is one line and status 2).
 
     Test workers use the hooks: ``wrap_data(iterable) -> iterable`` alters the batch stream (e.g. injects a
     non-finite value); ``on_done(trainer)`` inspects the trainer after training.
     """
     prepare_env(verbose=verbose)
+    return run_main(lambda: _train(cfg, wrap_data=wrap_data, on_done=on_done))
+
+
+def _train(cfg, *, wrap_data: Callable | None, on_done: Callable | None) -> int:
     from .. import parallel
-    from ..checkpoint import CheckpointError
-    from ..data import DataError
     from ..device import setup_device
-    from ..diffusion.keyed_noise import KeyedNoiseMismatch
-    from ..logging import TensorBoardError
-    from .trainer import Trainer, TrainingError
+    from .trainer import Trainer
 
     trainer = None
     try:
@@ -63,20 +66,9 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
         trainer.train()
         if on_done is not None:
             on_done(trainer)
-    except TrainingError as err:  # the non-finite loss stop: a restart would meet it again, never retried
-        return fail(first_line(err), cause="nonfinite_loss")
-    except (
-        ConfigError,
-        CheckpointError,
-        DataError,
-        KeyedNoiseMismatch,
-        TensorBoardError,
-        OSError,
-    ) as err:
-        return fail(first_line(err))
     finally:
         if trainer is not None:
-            trainer.tb.close()  # never raises: a full disk is the one line above, not a traceback at exit
+            trainer.tb.close()  # never raises: a full disk is the one line of run_main, not a traceback at exit
     return 0
 
 

@@ -28,6 +28,7 @@ from ..config import Config, ConfigError, per_worker_batch, step_timeout_seconds
 from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
+from ..errors import UserError
 from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
@@ -41,15 +42,18 @@ from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
 from .watchdog import Watchdog
 
-RESUME_INPUT_ERRORS = (ConfigError, checkpoint.CheckpointError, OSError)  # rank 0's resume failures that are exit 2
+RESUME_INPUT_ERRORS = (UserError, OSError)  # rank 0's resume failures that are exit 2 (run_main's rule)
 RANK0_LINE_FIRST_S = 5.0
 
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do."""
+class TrainingError(UserError, RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do. A restart would
+    meet it again: exit 2, recorded for the launcher with the cause ``nonfinite_loss``."""
+
+    cause = "nonfinite_loss"
 
 
 def weight_fingerprint(params) -> np.ndarray:
