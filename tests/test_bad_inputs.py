@@ -151,9 +151,13 @@ def test_every_library_user_error_is_a_user_error_and_keeps_its_builtin_base():
 
 
 def test_the_non_finite_stop_carries_its_cause_for_the_launcher():
-    from ddpm_dist.train.trainer import TrainingError
+    from ddpm_dist.errors import UserError
+    from ddpm_dist.train.trainer import DeviceCheckFailed, NonfiniteLossStop, ReplicasDrifted, TrainingError
 
-    assert TrainingError("x").cause == "nonfinite_loss" and ConfigError("x").cause == ""
+    assert NonfiniteLossStop("x").cause == "nonfinite_loss" and ConfigError("x").cause == ""
+    assert DeviceCheckFailed("x").cause == "device_check" and issubclass(NonfiniteLossStop, TrainingError)
+    # drifted replicas are a fault (a restart resyncs them from rank 0's checkpoint), one line, recorded as such
+    assert ReplicasDrifted("x").cause == "replica_drift" and not issubclass(ReplicasDrifted, UserError)
 
 
 def _raises(err: BaseException):

@@ -46,7 +46,9 @@ def run(cfg, *, verbose: bool = False, wrap_data: Callable | None = None, on_don
     non-finite value); ``on_done(trainer)`` inspects the trainer after training.
     """
     prepare_env(verbose=verbose)
-    return run_main(lambda: _train(cfg, wrap_data=wrap_data, on_done=on_done))
+    from .trainer import ReplicasDrifted
+
+    return run_main(lambda: _train(cfg, wrap_data=wrap_data, on_done=on_done), one_line_faults=(ReplicasDrifted,))
 
 
 def _train(cfg, *, wrap_data: Callable | None, on_done: Callable | None) -> int:

@@ -50,10 +50,28 @@ COMPATIBLE_SECTIONS = ("model", "diffusion")
 
 
 class TrainingError(UserError, RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps); the message says why and what to do. A restart would
-    meet it again: exit 2, recorded for the launcher with the cause ``nonfinite_loss``."""
+    """The run cannot go on with this config on this device (too many non-finite steps, a failed device self-check);
+    the message says why and what to do. A restart would meet it again: exit 2."""
+
+
+class NonfiniteLossStop(TrainingError):
+    """``train.max_nonfinite`` consecutive non-finite losses; recorded for the launcher as ``nonfinite_loss``."""
 
     cause = "nonfinite_loss"
+
+
+class DeviceCheckFailed(TrainingError):
+    """A start-up self-check of a device kernel failed (docs/devices.md); recorded as ``device_check``."""
+
+    cause = "device_check"
+
+
+class ReplicasDrifted(RuntimeError):
+    """The ranks' weights differ at a checkpoint (a device or collective fault, not the user's input): one line and
+    a fault's exit status, so a restarting launcher relaunches from the last good checkpoint, which rank 0 then sends
+    to every rank. Recorded as ``replica_drift``."""
+
+    cause = "replica_drift"
 
 
 def weight_fingerprint(params) -> np.ndarray:
@@ -221,7 +239,7 @@ class Trainer:
         try:
             overflow = check_overflow_detection(self.step_cell.finite_check)
         except OverflowCheckError as err:
-            raise TrainingError(str(err)) from None
+            raise DeviceCheckFailed(str(err)) from None
         note = auto_fallback_note(self.cfg.run.device, self.device)
         info(f"device {self.device}: {overflow}; overflow self-check passed", rank=self.rank)
         if note:
@@ -472,7 +490,7 @@ class Trainer:
             first_bad = self.step - run + 1
             good = [e for e in checkpoint.read_index(self.ckpt_dir) if e["step"] < first_bad]
             last = str(self.ckpt_dir / good[-1]["file"]) if good else f"none kept from before step {first_bad}"
-            raise TrainingError(
+            raise NonfiniteLossStop(
                 f"{run} consecutive non-finite losses up to step {self.step} (train.max_nonfinite="
                 f"{self.cfg.train.max_nonfinite}); last good checkpoint: {last}"
             )
@@ -511,7 +529,7 @@ class Trainer:
         ranks, before anything is written (docs/devices.md: replicas drifting)."""
         drifted = parallel.mismatched_ranks(weight_digest([*self.net.trainable_params(), *self.ema.ema_params]))
         if drifted:
-            raise TrainingError(
+            raise ReplicasDrifted(
                 f"replicas drifted: at step {self.step} the weights of rank(s) {', '.join(map(str, drifted))} differ "
                 "from rank 0's; not saving this step (the previous checkpoint is the last good one)"
             )
