@@ -23,8 +23,10 @@ class UserError(Exception):
 
 
 def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    """The first line of an exception's message that says something (a letter or digit: MindSpore's errors open with
+    a rule of dashes, and list their points as ``- ...``), or its type name when none does."""
     for line in str(err).strip().splitlines():
-        if line.strip():
-            return line.strip()
+        text = line.strip().lstrip("-").strip()
+        if any(ch.isalnum() for ch in text):
+            return text
     return type(err).__name__

@@ -150,6 +150,14 @@ def test_every_library_user_error_is_a_user_error_and_keeps_its_builtin_base():
         assert issubclass(cls, UserError) and issubclass(cls, base), cls
 
 
+def test_first_line_skips_mindspores_rules_of_dashes():
+    from ddpm_dist.errors import first_line
+
+    err = RuntimeError("----------------------------------------------------\n- Kernel select failed:\n-----\nmore")
+    assert first_line(err) == "Kernel select failed:"
+    assert first_line(ValueError("  \n---\n")) == "ValueError" and first_line(OSError("x -- y")) == "x -- y"
+
+
 def test_the_non_finite_stop_carries_its_cause_for_the_launcher():
     from ddpm_dist.errors import UserError
     from ddpm_dist.train.trainer import DeviceCheckFailed, NonfiniteLossStop, ReplicasDrifted, TrainingError
