@@ -10,9 +10,11 @@ the library (a config, a checkpoint) exits 2. Nothing here is timed.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,9 @@ def seed_means(runs: list[dict]) -> dict:
 
 def _short(scores: dict) -> dict:
     return {k: round(float(scores[k]), 4) for k in ("fd", "confidence", "class_entropy")}
+
+
+def result_json(doc: dict) -> str:
+    """A bench's result as printed: ``doc`` with, first, when it was measured (UTC), the date README.md and docs/
+    quote beside its figures (tests/test_figures.py checks them against bench/results/*.json)."""
+    return json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **doc}, indent=1)

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, BenchError, env
+from benchlib import ROOT, BenchError, env, result_json
 
 from ddpm_dist.cli_util import run_main
 
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(one_mode(args)))
         return 0
-    return run_main(lambda: print(json.dumps(run(args), indent=1)), one_line_faults=(BenchError,))
+    return run_main(lambda: print(result_json(run(args))), one_line_faults=(BenchError,))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import tempfile
 import time
+
+from benchlib import result_json
 
 from ddpm_dist.cli_util import run_main
 
@@ -105,7 +106,7 @@ def run(args) -> int:
         report["cifar_synthetic"] = bench_set(
             os.path.join(tmp, "cifar"), size=32, channels=3, batch=args.batch, steps=args.steps, workers=args.workers
         )
-    print(json.dumps(report, indent=2))
+    print(result_json(report))
     return 0
 
 

@@ -8,13 +8,13 @@ Uses random weights (the speed does not depend on them). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import result_json
 
 from ddpm_dist.choices import DEVICE_CHOICES
 from ddpm_dist.cli_util import run_main
@@ -87,7 +87,7 @@ def run(args) -> int:
         "fid_rel_diff_vs_sqrtm": float(abs(fid - fid_sqrtm) / abs(fid_sqrtm)),
         "hours_for_50k_samples": round(50000 / (args.images / extract_s) / 3600, 2),
     }
-    print(json.dumps(result))
+    print(result_json(result))
     return 0
 
 

@@ -28,13 +28,12 @@ import time
 T_START = time.perf_counter()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from benchlib import BenchError, score_both, seed_means  # noqa: E402
+from benchlib import BenchError, result_json, score_both, seed_means  # noqa: E402
 
 from ddpm_dist.cli_util import run_main  # noqa: E402
 
@@ -182,7 +181,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
 
-    return run_main(lambda: print(json.dumps(run(args), indent=1)), one_line_faults=(BenchError, PeerError, EvalError))
+    return run_main(lambda: print(result_json(run(args))), one_line_faults=(BenchError, PeerError, EvalError))
 
 
 if __name__ == "__main__":

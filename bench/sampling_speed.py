@@ -19,10 +19,11 @@ and with --full ddim50_full_img_s.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from benchlib import result_json
 
 from ddpm_dist.choices import DEVICE_CHOICES
 from ddpm_dist.cli_util import fail, run_main
@@ -149,7 +150,7 @@ def run(args) -> int:
             sampler.sample(np.arange(b), seed=r + 1).asnumpy()
             full_s = min(full_s, time.perf_counter() - start)
         report["ddim50_full_img_s"] = round(b / full_s, 4)
-    print(json.dumps(report))
+    print(result_json(report))
     return 0
 
 

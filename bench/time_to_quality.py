@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import ROOT, BenchError, env, run_checked, scalars, score_both, seed_means
+from benchlib import ROOT, BenchError, env, result_json, run_checked, scalars, score_both, seed_means
 
 from ddpm_dist.cli_util import run_main
 
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ddpm_dist.eval import EvalError
 
-    return run_main(lambda: print(json.dumps(measure(args), indent=1)), one_line_faults=(BenchError, EvalError))
+    return run_main(lambda: print(result_json(measure(args))), one_line_faults=(BenchError, EvalError))
 
 
 def measure(args) -> dict:

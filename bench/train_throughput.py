@@ -22,7 +22,6 @@ is at most K (the all-reduce, Adam, EMA and the loss-scale update run once per o
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import ROOT, BenchError, env, scalars
+from benchlib import ROOT, BenchError, env, result_json, scalars
 
 from ddpm_dist.cli_util import fail, run_main
 
@@ -100,7 +99,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.grad_accum < 1 or any(args.batch % w for w in args.workers):
         return fail("--grad-accum must be >= 1 and --batch divisible by every --workers count")
-    print(json.dumps(measure(args, cfg), indent=1))
+    print(result_json(measure(args, cfg)))
     return 0
 
 

@@ -26,13 +26,14 @@ step), ``<name>_step_s`` (median of the timed steps), ``<name>_img_s``, forward 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchlib import result_json
 
 from ddpm_dist.choices import DEVICE_CHOICES
 from ddpm_dist.cli_util import fail, run_main
@@ -215,7 +216,7 @@ def run(args) -> int:
             report[key] = round(report[f"{mine}_img_s"] / report[f"{theirs}_img_s"], 3)
     else:
         report["reference"] = f"skipped ({skip_reason})"
-    print(json.dumps(report))
+    print(result_json(report))
     return 0
 
 

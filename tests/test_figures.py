@@ -105,3 +105,13 @@ def test_the_checker_finds_a_wrong_figure(tmp_path):
     figure = NUMBER.search(text[: m.start()]).group(1)
     result = json.loads((RESULTS / "unet_speed_cifar.json").read_text())
     assert figure == "2.68" and round(_value(result, m.group(2)), 2) != float(figure)
+
+
+def test_every_bench_result_says_when_it_was_measured(monkeypatch):
+    """What a bench prints starts with the date the figure test asks the quoting paragraph to give."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import benchlib
+
+    doc = json.loads(benchlib.result_json({"img_per_s": 1.5}))
+    assert list(doc) == ["measured", "img_per_s"] and re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", doc["measured"])
+    assert all("measured" in json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.name != "bad_inputs.json")
