@@ -15,7 +15,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from .schedule import Schedule
+from .schedule import Schedule, snr
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_TYPES = ("mse", "l1")
@@ -35,13 +35,12 @@ def min_snr_weights(alphas_cumprod: np.ndarray, *, objective: str, gamma: float)
     check_objective(objective)
     if not gamma > 0:
         raise ValueError(f"min_snr gamma must be > 0 (got {gamma!r})")
-    abar = np.asarray(alphas_cumprod, np.float64)
-    snr = abar / (1.0 - abar)
-    clipped = np.minimum(snr, gamma)
+    ratio = snr(alphas_cumprod)
+    clipped = np.minimum(ratio, gamma)
     if objective == "eps":
-        return clipped / snr
+        return clipped / ratio
     if objective == "v":
-        return clipped / (snr + 1.0)
+        return clipped / (ratio + 1.0)
     return clipped
 
 

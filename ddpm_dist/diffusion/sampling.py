@@ -25,7 +25,7 @@ from mindspore import Tensor, nn, ops
 from ..choices import SAMPLERS
 from .gaussian import GaussianDiffusion, table
 from .keyed_noise import X_T_STREAM, KeyedNoise, check_keyed_noise, int32_bits, seed_tensor
-from .schedule import Schedule, respace, space_timesteps, space_timesteps_logsnr
+from .schedule import Schedule, half_log_snr, respace, space_timesteps, space_timesteps_logsnr
 
 SPACINGS = ("time", "logsnr")
 
@@ -112,7 +112,7 @@ def dpmpp_2m_coefficients(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, n
     c_x = sigma_prev / sigma
     c_d = alpha_prev - sigma_prev * alpha / sigma
     n = len(abar)
-    lam = np.log(alpha / sigma)
+    lam = half_log_snr(abar)
     w = np.zeros(n)
     for i in range(1, n - 1):  # 0 < i < n - 1: a previous step exists and the target is a grid point
         h = lam[i - 1] - lam[i]

@@ -12,6 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """SNR_t = abar_t / (1 - abar_t) (Kingma et al. 2021, eq. 2): float64, the signal-to-noise ratio of x_t."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    return abar / (1.0 - abar)
+
+
+def half_log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """lambda_t = log(alpha_t / sigma_t) = log(SNR_t) / 2 with alpha = sqrt(abar), sigma = sqrt(1 - abar) (Lu et al.
+    2022a, "DPM-Solver"): float64, decreasing in t; as 0.5 (log abar - log1p(-abar)), exact near abar = 1."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    return 0.5 * (np.log(abar) - np.log1p(-abar))
+
+
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     """Ho et al. 2020, Sec. 4: betas linear from beta_start to beta_end. Returns float64 [T]."""
     return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
@@ -188,7 +201,7 @@ def space_timesteps_logsnr(base: Schedule, steps: int) -> np.ndarray:
     if steps == 1:
         return np.array([T - 1], dtype=np.int64)
     abar = base.alphas_cumprod
-    lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
+    lam = half_log_snr(abar)  # decreasing in t
     targets = np.linspace(lam[0], lam[-1], steps)  # t = 0 first
     t = np.array([int(np.argmin(np.abs(lam - target))) for target in targets], dtype=np.int64)
     t[0], t[-1] = 0, T - 1
