@@ -2,11 +2,13 @@
 
 Two steps, because MindSpore reads some variables at import time:
 
-1. :func:`prepare_env` before ``import mindspore``: silences the C++/Python log noise (``GLOG_v=3``) unless the user
-   set ``GLOG_v`` or passed ``verbose=True``.
+1. :func:`prepare_env` before ``import mindspore``, on every device: silences the C++/Python log noise
+   (``GLOG_v=3``) unless the user set ``GLOG_v`` or passed ``verbose=True``, and sets ``ONEDNN_MAX_CPU_ISA=AVX2``
+   unless the user set it. oneDNN reads it at the first CPU op; it matters on CPU, where oneDNN's default choice of
+   convolution kernel is ~70x slower on AVX-512/AMX CPUs (docs/development.md), and is harmless on Ascend and GPU,
+   whose host-side CPU ops it also caps.
 2. :func:`setup_device` after the import, before the first op: picks the device target (``auto``: Ascend, then GPU,
-   then CPU), the execution mode, and on CPU sets ``ONEDNN_MAX_CPU_ISA=AVX2`` unless the user set it (oneDNN's default
-   choice of convolution kernel is ~70x slower on AVX-512/AMX CPUs; the measurement is in docs/development.md).
+   then CPU) and the execution mode.
    On Ascend it turns off CANN's default FP32 -> HF32 convolutions (``conv_allow_hf32(False)``): FID/IS against
    pytorch-fid statistics need float32 Inception convolutions (docs/devices.md).
 
