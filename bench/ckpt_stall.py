@@ -118,7 +118,7 @@ def one_mode(args) -> dict:
     snaps = []
     for _ in range(5):  # the trainer's own reused buffers (warm after the async run's saves)
         t0 = time.perf_counter()
-        trainer._host_copy.take(trainer.step_cell)  # noqa: SLF001 - what an async save copies
+        trainer._host_copy.take(trainer.train_step)  # noqa: SLF001 - what an async save copies
         snaps.append(time.perf_counter() - t0)
     ckpts = sorted((Path(args.out) / "checkpoints").glob("step_*.ckpt"))
     writes = [float(s) for s in re.findall(r"written in the background in ([\d.]+)s", log.getvalue())]

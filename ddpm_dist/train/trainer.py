@@ -194,7 +194,7 @@ class Trainer:
             mode=train_cfg.loss_scale, value=train_cfg.loss_scale_value, window=train_cfg.loss_scale_window
         )
         self.ema = EMA(self.net.trainable_params(), decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup)
-        self.step_cell = TrainStep(
+        self.train_step = TrainStep(
             net=self.net,
             diffusion=self.diffusion,
             optimizer=self.optimizer,
@@ -203,9 +203,9 @@ class Trainer:
             grad_clip=train_cfg.grad_clip,
             grad_accum=train_cfg.grad_accum,
         )
-        self.step_cell.set_train(True)
+        self.train_step.set_train(True)
         self._device_self_checks()
-        self._read_stats = ReadStats(self.step_cell.stats)
+        self._read_stats = ReadStats(self.train_step.stats)
         self.step = 0
         self.resumed = False
         self._writer = BackgroundWriter()  # rank 0's background checkpoint writes (train.async_save)
@@ -237,7 +237,7 @@ class Trainer:
         train step always; the keyed-noise hash when sampling or evaluation is on (before the first step, not at the
         first grid hours later)."""
         try:
-            overflow = check_overflow_detection(self.step_cell.finite_check)
+            overflow = check_overflow_detection(self.train_step.finite_check)
         except OverflowCheckError as err:
             raise DeviceCheckFailed(str(err)) from None
         note = auto_fallback_note(self.cfg.run.device, self.device)
@@ -303,7 +303,7 @@ class Trainer:
             raise checkpoint.CheckpointError(why) if code == 2 else RuntimeError(why)
         if not resumed:
             return
-        params = list(self.step_cell.get_parameters())
+        params = list(self.train_step.get_parameters())
         for param, value in zip(params, parallel.broadcast_host([p.asnumpy() for p in params]), strict=True):
             param.set_data(Tensor(value))
         self.resumed, self.step, self._resumed_at = True, step, (at_step, at_images)
@@ -322,7 +322,7 @@ class Trainer:
         if meta.get("kind") != checkpoint.KIND_TRAIN:
             raise checkpoint.CheckpointError(f"{path}: not a ddpm-dist training checkpoint")
         self._check_compatible(path, meta)
-        load_into(self.step_cell, found.arrays, source=path)
+        load_into(self.train_step, found.arrays, source=path)
         images_seen = int(meta["images_seen"])
         self.step = int(meta["step"])  # the checkpoint's own step: a run never goes back (and then overwrites)
         self._resumed_at = (self.step, images_seen)
@@ -402,7 +402,7 @@ class Trainer:
             self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
             with dog.stepping():  # a wait there for a stuck peer is reported after the peer's own report
-                self.step_cell(Tensor(x0), Tensor(ts), Tensor(noise))
+                self.train_step(Tensor(x0), Tensor(ts), Tensor(noise))
             self.step += 1
             with dog.paused() if not self.profiler.done else contextlib.nullcontext():  # writing its traces
                 self.profiler.after_step(self.step)
@@ -484,7 +484,7 @@ class Trainer:
         return f" in {k} micro-batches of {self.per_rank_batch // k}" if k > 1 else ""
 
     def _check_nonfinite(self) -> None:
-        run = int(self.step_cell.nonfinite_run.asnumpy())
+        run = int(self.train_step.nonfinite_run.asnumpy())
         if run >= self.cfg.train.max_nonfinite:
             self._writer.wait()  # the index the message reads includes a checkpoint still being written
             first_bad = self.step - run + 1
@@ -559,10 +559,10 @@ class Trainer:
                 milestone_every=train_cfg.milestone_every,
             )
             if train_cfg.async_save and not final:
-                state = self._host_copy.take(self.step_cell)  # before the next step updates the parameters
+                state = self._host_copy.take(self.train_step)  # before the next step updates the parameters
                 self._writer.submit(functools.partial(write, state), step=self.step)
             else:
-                info(f"checkpoint -> {write(self.step_cell)}", rank=self.rank)
+                info(f"checkpoint -> {write(self.train_step)}", rank=self.rank)
         parallel.barrier(timeout=self.cfg.run.barrier_timeout, what=f"checkpoint of step {self.step}")
         self._last_save_time = time.monotonic()
         return self.step
@@ -572,7 +572,7 @@ class Trainer:
         and paged in now, not at the first save step (0.6 s against 0.075 s for the paper U-Net's 572 MB)."""
         train_cfg = self.cfg.train
         if self.rank == 0 and train_cfg.async_save and (train_cfg.ckpt_every or train_cfg.ckpt_every_minutes):
-            self._host_copy.take(self.step_cell)
+            self._host_copy.take(self.train_step)
 
     def _final_save(self, saved_at: int | None) -> None:
         """At the end of the run or on a stop request: write the current step unless it was just saved, and let any
