@@ -97,11 +97,13 @@ def test_two_msrun_workers_two_micro_batches_equal_one_big_batch(digits8, one_bi
 # ---------------------------------------------------------------- overflow in one micro-batch of one rank
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_inf_in_one_micro_batch_of_one_rank_skips_the_whole_step_once(digits8, tmp_path):
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_inf_in_one_micro_batch_of_one_rank_skips_the_whole_step_once(digits8, tmp_path, grad_accum):
+    """An inf in one rank's batch (K=1) or in one micro-batch of it (K=2) skips the step on every rank, once."""
     run_dir = tmp_path / "run"
     res = run_msrun(
         str(ROOT / "tests" / "workers" / "inject_nonfinite.py"), "3", "--config", TINY,
-        f"data.path={digits8}", f"run.out_dir={run_dir}", "train.grad_accum=2", "train.loss_scale=dynamic",
+        f"data.path={digits8}", f"run.out_dir={run_dir}", f"train.grad_accum={grad_accum}", "train.loss_scale=dynamic",
         "train.loss_scale_value=1024", "train.ckpt_every=0", "train.total_steps=6", "run.log_every=3",
         log_dir=tmp_path / "logs",
     )  # fmt: skip  # the inf goes into row 0 of the last rank: its first micro-batch; the second one is finite

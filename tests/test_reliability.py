@@ -229,15 +229,11 @@ def test_tensorboard_on_a_full_disk_is_one_error_and_no_traceback_at_exit(small_
     script = tmp_path / "tb_full.py"
     script.write_text(f"""
 import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})  # tests/, for train_helpers
 from ddpm_dist.logging import TensorBoard, TensorBoardError
+from train_helpers import fill_up
 tb = TensorBoard({str(small_tmpfs / "run")!r}, rank=0)
-with open({str(small_tmpfs / "filler")!r}, "wb") as f:
-    try:
-        while True:
-            f.write(bytes(1 << 16))
-            f.flush()
-    except OSError:
-        pass
+fill_up({str(small_tmpfs / "filler")!r})
 try:
     for i in range(5000):
         tb.scalars({{"a": 1.0, "b": 2.0}}, i)

@@ -267,27 +267,6 @@ def test_the_cpu_grad_reducer_is_one_all_reduce_equal_to_mindspores_per_paramete
             assert got.tobytes() == want.tobytes(), (r, i)
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_nonfinite_on_one_rank_skips_the_step_on_all_ranks(digits8, tmp_path):
-    run_dir = tmp_path / "run"
-    res = run_msrun(
-        str(ROOT / "tests" / "workers" / "inject_nonfinite.py"), "3", "--config", TINY,
-        f"data.path={digits8}", f"run.out_dir={run_dir}", "train.loss_scale=dynamic", "train.loss_scale_value=1024",
-        "train.ckpt_every=0", "train.total_steps=6", "run.log_every=3",
-        log_dir=tmp_path / "logs",
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr + worker_logs(tmp_path / "logs")
-    r0, r1 = np.load(run_dir / "rank0.npz"), np.load(run_dir / "rank1.npz")
-    assert int(r0["global_step"][0]) == int(r1["global_step"][0]) == 5  # 6 steps, one skipped on both ranks
-    np.testing.assert_array_equal(r0["fingerprint"], r1["fingerprint"])
-    np.testing.assert_array_equal(r0["ema"], r1["ema"])
-    tb = scalars(run_dir)
-    assert dict(tb["train/skipped_steps"]) == {3: 1.0, 6: 0.0}
-    assert dict(tb["train/loss_scale"])[3] == 512.0  # halved by the overflow
-    assert all(np.isfinite(v) for _, v in tb["train/loss"])
-
-
 def test_mpirun_command_is_what_run_mpi_builds():
     res = subprocess.run(
         ["bash", str(ROOT / "launch" / "run_mpi.sh"), TINY, "train.lr=1e-4"],
