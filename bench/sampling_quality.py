@@ -105,18 +105,13 @@ def make_scorer(metric: str, ref_images=None):
 
 
 def run_setting(keyed, *, num_samples: int, batch_size: int, seed: int):
-    """(uint8 images [N, H, W, C], seconds): ``num_samples`` keyed samples in batches (the last one padded)."""
-    from ddpm_dist.inference import to_uint8
+    """(uint8 images [N, H, W, C], seconds): ``num_samples`` keyed samples of ``keyed`` in batches of
+    ``batch_size`` (``inference.generate``, the last batch padded)."""
+    from ddpm_dist.inference import generate
 
-    batches = -(-num_samples // batch_size)
-    parts = []
     start = time.perf_counter()
-    for b in range(batches):
-        indices = b * batch_size + np.arange(batch_size)
-        rows = keyed.sample(np.minimum(indices, num_samples - 1), seed=seed).asnumpy()
-        parts.append(rows[: num_samples - b * batch_size])
-    seconds = time.perf_counter() - start
-    return to_uint8(np.concatenate(parts)), seconds
+    images = generate(keyed, num_samples=num_samples, batch_size=batch_size, seed=seed)
+    return images, time.perf_counter() - start
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .images import grid_image
 
 
 def info(msg: str, *, rank: int = 0) -> None:
@@ -128,7 +129,7 @@ class TensorBoard:
             self._call(lambda t, v: self.writer.add_scalar(t, float(v), step), tag, value)
 
     def images(self, tag: str, images: np.ndarray, step: int) -> None:
-        """``images``: float32 [N, C, H, W] in [-1, 1], shown as one grid (see :func:`grid_image`)."""
+        """``images``: float32 [N, C, H, W] in [-1, 1], shown as one grid (see ``images.grid_image``)."""
         self._call(lambda: self.writer.add_image(tag, grid_image(images), step, dataformats="HWC"))
 
     def text(self, tag: str, value: str, step: int = 0) -> None:
@@ -180,38 +181,3 @@ def _watch_writer_thread(board: TensorBoard) -> None:
 
     hook._ddpm_dist = True
     threading.excepthook = hook
-
-
-def grid_image(images: np.ndarray, *, nrow: int | None = None, min_cell: int = 64, border: int = 1) -> np.ndarray:
-    """One readable grid of ``images`` (float32 [N, C, H, W] in [-1, 1]): uint8 [rows, cols, C].
-
-    Each image is upscaled by nearest neighbour with the smallest integer factor that makes it at least ``min_cell``
-    pixels on its longer side (a 16x16 digit becomes 64x64; 64 px and larger stay as they are), and the cells are
-    separated and framed by ``border`` pixels of mid grey (128), which stands out on black and on white backgrounds.
-    ``nrow`` images per row (default: ceil(sqrt(N))).
-    """
-    n, c, h, w = images.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol = int(np.ceil(n / nrow))
-    scale = max(1, -(-min_cell // max(h, w)))
-    ch, cw = h * scale, w * scale
-    cells = (np.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    cells = cells.repeat(scale, axis=2).repeat(scale, axis=3)
-    grid = np.full((c, ncol * (ch + border) + border, nrow * (cw + border) + border), 128, np.uint8)
-    for k in range(n):
-        r, q = divmod(k, nrow)
-        top, left = border + r * (ch + border), border + q * (cw + border)
-        grid[:, top : top + ch, left : left + cw] = cells[k]
-    return grid.transpose(1, 2, 0)
-
-
-def save_grid_png(images: np.ndarray, path, *, nrow: int | None = None) -> None:
-    """Write ``images`` (float32 [N, C, H, W] in [-1, 1]) as one PNG grid (:func:`grid_image`), atomically."""
-    from PIL import Image
-
-    pixels = grid_image(images, nrow=nrow)
-    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)

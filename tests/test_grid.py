@@ -1,5 +1,5 @@
 """Sample grids people can read: nearest upscaling to >= 64 px per image and thin borders, in the PNGs and in
-TensorBoard (one function, ``ddpm_dist.logging.grid_image``)."""
+TensorBoard (one function, ``ddpm_dist.images.grid_image``), and the uint8 conversion of samples beside it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_dist.logging import TensorBoard, grid_image, save_grid_png
+from ddpm_dist.images import grid_image, save_grid_png, tile_grid, to_uint8
+from ddpm_dist.logging import TensorBoard
 
 
 def _images(n: int, c: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,27 @@ def test_values_are_clipped_and_rounded_like_uint8_conversion():
     images = np.array([-2.0, -1.0, 0.0, 1.0, 3.0], np.float32).reshape(1, 1, 1, 5).repeat(5, axis=2)
     grid = grid_image(images, min_cell=5)
     np.testing.assert_array_equal(grid[1, 1:6, 0], [0, 0, 128, 255, 255])
+
+
+def test_uint8_samples_tile_to_the_grid_of_the_floats_they_stand_for():
+    """tools/sample.py tiles its uint8 samples as they are: the grid it always drew from them via floats."""
+    pixels = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)  # every uint8 value
+    floats = pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_array_equal(tile_grid(pixels, nrow=3), grid_image(floats, nrow=3))
+    rgb = pixels.repeat(3, axis=3)
+    rgb[..., 1] = 255 - rgb[..., 1]
+    np.testing.assert_array_equal(tile_grid(rgb), grid_image(rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1))
+
+
+def test_samples_become_uint8_nhwc_rounded_half_to_even_and_clipped():
+    """to_uint8 (the sample files) rounds half to even, the grids round half up: float32 -0.4 scales to exactly 76.5."""
+    x = np.array([-2.0, -1.0, 0.0, 1.0, 3.0, -0.4], np.float32).reshape(1, 1, 1, 6)
+    x = np.concatenate([x, x[..., ::-1]], axis=1)  # [1, 2, 1, 6]: two channels
+    images = to_uint8(x)
+    assert images.shape == (1, 1, 6, 2) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[0, 0, :, 0], [0, 0, 128, 255, 255, 76])
+    np.testing.assert_array_equal(images[0, 0, :, 1], [76, 255, 255, 128, 0, 0])
+    assert grid_image(x[:, :1], min_cell=1, border=0)[0, 5, 0] == 77
 
 
 def test_the_png_is_the_grid(tmp_path):

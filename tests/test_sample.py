@@ -23,6 +23,7 @@ from ddpm_dist.config import from_dict
 from ddpm_dist.diffusion import build_keyed_sampler, build_schedule
 from ddpm_dist.diffusion.keyed_noise import X_T_STREAM, KeyedNoise, int32_bits, keyed_noise_reference, seed_tensor
 from ddpm_dist.diffusion.sampling import KeyedSampler, KeyedStep, build_sampler
+from ddpm_dist.images import to_uint8
 from ddpm_dist.models import build_model
 
 SAMPLE = str(ROOT / "tools" / "sample.py")
@@ -187,11 +188,46 @@ def test_samples_are_deterministic_keyed_and_independent_of_the_batch(train_ckpt
     np.testing.assert_allclose(sampler.sample([3, 0, 2], seed=7).asnumpy(), four[[3, 0, 2]], atol=1e-5)
     assert np.abs(sampler.sample([0, 1, 2, 3], seed=8).asnumpy() - four).mean() > 0.1
 
-    by4 = inference.generate(cfg, net, batch_size=4, num_samples=5, seed=3, **generate_kw)
-    by2 = inference.generate(cfg, net, batch_size=2, num_samples=5, seed=3, **generate_kw)
+    keyed = build_keyed_sampler(cfg, net, **generate_kw)
+    by4 = inference.generate(keyed, batch_size=4, num_samples=5, seed=3)
+    by2 = inference.generate(keyed, batch_size=2, num_samples=5, seed=3)
     assert by4.shape == (5, 8, 8, 1) and by4.dtype == np.uint8
     assert np.abs(by4.astype(int) - by2).max() <= 1 and (by4 != by2).mean() < 0.01
     assert len({by4[k].tobytes() for k in range(5)}) == 5
+
+
+class _FakeKeyed:
+    """A keyed sampler's interface: sample n of seed s is the constant image (n - 5 s) / 4, float32 [1, 2, 3]."""
+
+    num_steps = 3
+    shape = (1, 2, 3)
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, indices, *, seed, progress=None):
+        self.calls.append(list(indices))
+        for k in range(self.num_steps):
+            if progress is not None:
+                progress(k + 1)
+        rows = (np.asarray(indices, np.float32) - 5 * seed) / 4
+        return Tensor(np.broadcast_to(rows[:, None, None, None], (len(indices), *self.shape)).copy())
+
+
+def test_generate_draws_each_sample_once_from_its_key_in_padded_batches():
+    keyed, ticks = _FakeKeyed(), []
+    images = inference.generate(keyed, num_samples=5, batch_size=2, seed=1, progress=lambda d, t: ticks.append((d, t)))
+    assert keyed.calls == [[0, 1], [2, 3], [4, 0]]  # one batch size for one compiled graph: the last one padded
+    assert ticks == [(d, 9) for d in range(1, 10)]  # 3 batches x 3 steps
+    expected = np.array([-1.25, -1.0, -0.75, -0.5, -0.25], np.float32)
+    floats = inference.generate(keyed, num_samples=5, batch_size=4, seed=1, uint8=False)
+    assert floats.shape == (5, 1, 2, 3) and floats.dtype == np.float32
+    np.testing.assert_array_equal(floats[:, 0, 1, 2], expected)
+    assert images.shape == (5, 2, 3, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, to_uint8(floats))
+    np.testing.assert_array_equal(images[:, 1, 2, 0], [0, 0, 32, 64, 96])  # clipped, rint((x + 1) * 127.5)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        inference.generate(keyed, num_samples=0, batch_size=2, seed=1)
 
 
 @pytest.mark.slow

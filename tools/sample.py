@@ -100,7 +100,7 @@ def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: d
     import numpy as np
     from PIL import Image
 
-    from ddpm_dist.logging import save_grid_png
+    from ddpm_dist.images import tile_grid, write_png
 
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
@@ -108,8 +108,7 @@ def write_outputs(out: Path, images, *, grid: int, individual: bool, settings: d
         with open(stage / "samples.npz", "wb") as f:
             np.savez(f, arr_0=images)
         if grid:
-            nchw = images[:grid].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-            save_grid_png(nchw, stage / "grid.png")
+            write_png(tile_grid(images[:grid]), stage / "grid.png")
         if individual:
             (stage / "images").mkdir()
             for n, image in enumerate(images):
@@ -144,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_dist import parallel
     from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.device import setup_device
+    from ddpm_dist.diffusion import build_keyed_sampler
     from ddpm_dist.diffusion.sampling import default_spacing
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.inference import generate
@@ -162,11 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         info(f"sampling {args.num_samples} images ({label}, seed {args.seed}) from {args.ckpt} ({meta['weights']} "
              f"weights, step {meta.get('step')}) on {device} x {world_size} worker(s)", rank=rank)  # fmt: skip
-        images = generate(
-            cfg, net, sampler=args.sampler, steps=steps, eta=args.eta, num_samples=args.num_samples,
-            batch_size=args.batch_size, seed=args.seed, progress=_progress_bar(rank != 0 or args.no_progress),
-            all_ranks=args.eval,
-        )  # fmt: skip
+        keyed = build_keyed_sampler(cfg, net, sampler=args.sampler, steps=steps, eta=args.eta)
+        images = generate(keyed, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                          progress=_progress_bar(rank != 0 or args.no_progress), all_ranks=args.eval)  # fmt: skip
         metrics = run_eval(images, args, rank=rank, extractor=extractor) if args.eval else None
         if rank == 0:
             if args.rgb and images.shape[3] == 1:

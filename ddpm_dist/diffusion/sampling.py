@@ -258,6 +258,7 @@ class KeyedSampler:
     def __init__(self, step: nn.Cell, *, shape: tuple[int, int, int]):
         check_keyed_noise()
         self.noise = KeyedNoise(shape=shape)
+        self.shape = self.noise.shape  # (C, H, W) of one image
         self.multistep = is_multistep(step)
         self.keyed_step = step if self.multistep else KeyedStep(step=step, noise=self.noise)
         self.num_steps = num_steps(step)

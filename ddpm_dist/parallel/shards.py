@@ -4,8 +4,8 @@ Rank r takes the contiguous range :func:`rank_range` (ceil(N / world_size) rows 
 runs it in batches of at most ``batch_size`` (capped at the per-rank share). Every rank runs the same number of
 equal batches - the last one padded with row 0 - so one compiled graph and the same collectives serve them all;
 after every batch the ranks all-gather it, and each row lands at its own index. With one process it is plain
-batching. Users: EMA grids and evaluation samples during training, ``inference.generate`` and the Inception
-features of ``eval.features``.
+batching. Users: ``inference.generate`` (the EMA grids and evaluation samples during training, ``tools/sample.py``,
+``bench/sampling_quality.py``) and the Inception features of ``eval.features``.
 """
 
 from __future__ import annotations

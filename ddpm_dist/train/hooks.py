@@ -3,7 +3,8 @@
 
 Samples come from a copy of the network that receives the EMA weights before each use; sample n's noise depends only
 on (run.seed, n), so the grids of one run are comparable over time and do not depend on the number of workers.
-Every rank samples its share (``parallel.shards.sharded_map``); rank 0 writes.
+Every rank samples its share through the one generation path (``inference.generate``) with keyed samplers built once
+per (sampler, steps) and kept, so their graphs compile once per run; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 from ..config import Config, ConfigError
 from ..diffusion import build_keyed_sampler
 from ..diffusion.sampling import KeyedSampler, sampler_label
-from ..inference import to_uint8
-from ..logging import TensorBoard, info, save_grid_png
+from ..images import save_grid_png
+from ..inference import generate
+from ..logging import TensorBoard, info
 from ..models import build_model
-from ..parallel.shards import sharded_map
 from .step import CopyParams
 
 
@@ -66,9 +67,18 @@ class EMAHooks:
         return self._samplers[key]
 
     def ema_samples(
-        self, num: int, *, sampler: str | None = None, steps: int | None = None, batch: int | None = None
-    ) -> np.ndarray:
-        """``num`` samples from the EMA weights on every rank (float32 NCHW in [-1, 1]); each rank draws its share.
+        self,
+        num: int,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        batch: int | None = None,
+        uint8: bool = False,
+        all_ranks: bool = False,
+    ) -> np.ndarray | None:
+        """``num`` samples from the EMA weights (``inference.generate``; each rank draws its share): float32
+        [N, C, H, W] in [-1, 1], with ``uint8`` uint8 [N, H, W, C]; on rank 0 (None elsewhere), with ``all_ranks``
+        on every rank.
 
         ``sampler``, ``steps``: default ``run.sampler``, ``run.sample_steps`` (steps 0: full ancestral DDPM);
         ``batch``: per-rank sampler batch (default: the whole share at once)."""
@@ -76,11 +86,8 @@ class EMAHooks:
         keyed = self.keyed_sampler(run.sampler if sampler is None else sampler,
                                    run.sample_steps if steps is None else steps)  # fmt: skip
         self._load_ema()
-        c, s = self.cfg.data.channels, self.cfg.data.image_size
-        out = np.zeros((num, c, s, s), np.float32)
-        sharded_map(lambda indices, _batch: keyed.sample(indices, seed=run.seed), num_samples=num,
-                    batch_size=num if batch is None else batch, out=out)  # fmt: skip
-        return out
+        return generate(keyed, num_samples=num, batch_size=num if batch is None else batch, seed=run.seed,
+                        uint8=uint8, all_ranks=all_ranks)  # fmt: skip
 
     def sample_grid(self, step: int) -> Path | None:
         """``run.num_samples`` EMA samples to TensorBoard and ``<run dir>/samples/ema_step_<step>.png``."""
@@ -102,7 +109,9 @@ class EMAHooks:
         writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
         against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores)."""
         e = self.cfg.eval
-        images = to_uint8(self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size))
+        # FID extracts the features in shards: every rank needs the images
+        images = self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size,
+                                  uint8=True, all_ranks=e.metric == "fid")  # fmt: skip
         sampler = sampler_label(e.sampler, e.sample_steps)
         if e.metric == "digits":
             return self._write_digits_scores(images, step, sampler)
