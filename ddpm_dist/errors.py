@@ -26,7 +26,8 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message that says something (a letter or digit: MindSpore's errors open with
     a rule of dashes, and list their points as ``- ...``), or its type name when none does."""
     for line in str(err).strip().splitlines():
-        text = line.strip().lstrip("-").strip()
+        text = line.strip()
+        text = text[2:].strip() if text.startswith("- ") else text
         if any(ch.isalnum() for ch in text):
             return text
     return type(err).__name__
