@@ -172,7 +172,7 @@ def full_tmpfs(tmp_path):
 
 def test_a_full_disk_is_found_by_the_set_up_probe_and_named(full_tmpfs):
     """mkdir alone still succeeds on a full tmpfs: the old probe passed and tb/ was left behind by the run."""
-    from ddpm_dist.files import probe_writable, write_text_atomic
+    from ddpm_dist.storage import probe_writable, write_text_atomic
 
     (full_tmpfs / "made").mkdir()  # what the old probe did
     with pytest.raises(OSError, match=f"No space left on device .*into {full_tmpfs}"):

@@ -39,7 +39,7 @@ def convert(src: Path, dst: Path, *, overwrite: bool) -> int:
     """Read the PyTorch weights, write them as a MindSpore checkpoint and say so; 0."""
     from ddpm_dist.checkpoint.io import check_output
     from ddpm_dist.eval.weights import from_torch_state, save
-    from ddpm_dist.files import read_torch_state
+    from ddpm_dist.interop.torch_state import read_torch_state
 
     check_output(dst, overwrite=overwrite)
     state = read_torch_state(src)  # PyTorch before MindSpore: the converter never needs both at once

@@ -28,7 +28,7 @@ from ddpm_dist.choices import DEVICE_CHOICES
 from ddpm_dist.cli_util import Parser, fail, run_main
 from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, run_eval
-from ddpm_dist.files import probe_writable
+from ddpm_dist.storage import probe_writable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,7 +79,7 @@ def score_fid(args: argparse.Namespace) -> int:
     from ddpm_dist.device import setup_device
     from ddpm_dist.eval.evaluate import summary
     from ddpm_dist.eval.reference import load_images_npz
-    from ddpm_dist.files import write_json_atomic
+    from ddpm_dist.storage import write_json_atomic
 
     images = load_images_npz(args.samples)[: args.num_samples]
     if len(images) < args.splits:
@@ -108,7 +108,7 @@ def score_digits(args: argparse.Namespace) -> int:
     """The digits metric in this process (numpy only; no MindSpore, no workers)."""
     from ddpm_dist.eval.digits import digits_scores, resolve_reference, summary
     from ddpm_dist.eval.reference import load_images_npz
-    from ddpm_dist.files import write_json_atomic
+    from ddpm_dist.storage import write_json_atomic
 
     images = load_images_npz(args.samples)[: args.num_samples]
     result = digits_scores(images, reference=resolve_reference(args.ref or ""))

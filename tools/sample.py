@@ -26,7 +26,7 @@ from ddpm_dist.choices import DEVICE_CHOICES, SAMPLERS
 from ddpm_dist.cli_util import Parser, fail, reports_exit, run_main
 from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
-from ddpm_dist.files import probe_writable
+from ddpm_dist.storage import probe_writable
 
 OUTPUTS = ("samples.npz", "grid.png", "samples.json", "images", "metrics.json")
 DEFAULT_STEPS = {"ddpm": 0, "ddim": 50, "dpm++2m": 20}  # 0: all T

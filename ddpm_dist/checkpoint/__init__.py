@@ -46,7 +46,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import first_line
-from ..files import fsync_dir, write_json_atomic
+from ..storage import fsync_dir, write_json_atomic
 from .io import CheckpointError, CheckpointUnreadable, Contents, read
 
 KIND_TRAIN = "ddpm-dist/train"

@@ -27,7 +27,7 @@ import yaml
 
 from ..config import Config, ConfigError, from_dict
 from ..errors import UserError, first_line
-from ..files import probe_writable
+from ..storage import probe_writable
 
 SUFFIXES = (".ckpt", ".safetensors")
 EMBEDDED_SECTIONS = ("model", "diffusion", "data")  # what the weights are and what they make (see embedded_config)

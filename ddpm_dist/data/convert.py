@@ -42,7 +42,7 @@ import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
 from ddpm_dist.errors import first_line
-from ddpm_dist.files import probe_writable, sha256_file
+from ddpm_dist.storage import probe_writable, sha256_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -39,7 +39,7 @@ import numpy as np
 from ddpm_dist.config import per_worker_batch
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, DataError
 from ddpm_dist.errors import first_line
-from ddpm_dist.files import sha256_file
+from ddpm_dist.storage import sha256_file
 
 _CHUNK_SAMPLES = 1 << 16  # one MindDataset reads up to this many of the rank's samples (possibly across epochs)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import first_line
-from ..files import sha256_file
+from ..storage import sha256_file
 from . import FEATURE_DIM, EvalError
 
 PROTOCOL_VERSION = 1

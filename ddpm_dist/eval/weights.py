@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import sha256_file
+from ..storage import sha256_file
 from . import EvalError
 
 KIND_INCEPTION = "ddpm-dist/fid-inception"

@@ -1,7 +1,8 @@
 """diffusers <-> ddpm-dist: ``UNet2DModel`` + ``DDPMScheduler`` configs and weights, both ways, in numpy.
 
 Neither diffusers nor PyTorch is imported: configs are JSON, weights are read and written with the ``safetensors``
-package's numpy API. Only a ``diffusion_pytorch_model.bin`` needs PyTorch (:func:`ddpm_dist.files.read_torch_state`).
+package's numpy API. Only a ``diffusion_pytorch_model.bin`` needs PyTorch
+(:func:`ddpm_dist.interop.torch_state.read_torch_state`).
 
 What maps onto what (checked by ``tests/test_interop.py`` against diffusers itself):
 
@@ -175,7 +176,7 @@ def read_weights_file(unet_dir: Path) -> tuple[dict, Path]:
             raise InteropError(f"{safe}: not a readable safetensors file ({first_line(err)})") from None
         return {k: _float32(v, safe, k) for k, v in arrays.items()}, safe
     if binary.is_file():
-        from ..files import read_torch_state
+        from .torch_state import read_torch_state
 
         try:
             return read_torch_state(binary), binary

@@ -15,7 +15,7 @@ from ..checkpoint.convert import read_weights, write_inference
 from ..checkpoint.io import check_output
 from ..config import ConfigError, from_dict, to_dict
 from ..errors import first_line
-from ..files import fsync_dir
+from ..storage import fsync_dir
 from . import diffusers as fmt
 
 IMPORTED_WEIGHTS = "ema"  # what diffusers' released DDPM models hold (one set of weights; the EMA for Ho et al.'s)

@@ -29,10 +29,10 @@ from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
 from ..errors import UserError
-from ..files import probe_writable, write_text_atomic
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
 from ..restarts import read_records as read_restart_records
+from ..storage import probe_writable, write_text_atomic
 from .amp import LossScaler, apply_amp, resolve_amp_level
 from .ema import EMA
 from .hooks import EMAHooks
