@@ -275,6 +275,8 @@ def _check_step_timeout(cfg: Config, source: str) -> None:
 
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
+    if cfg.run.compile_cache in ("True", "False"):  # YAML's true/false: a bool, which the str field holds as 'True'
+        cfg.run.compile_cache = cfg.run.compile_cache.lower()
     for key in _float_keys():  # inf passes "> 0" and nan fails every range with a confusing message
         value = _get(cfg, key)
         if not math.isfinite(value):

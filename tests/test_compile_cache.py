@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +64,15 @@ def test_a_relaunch_reuses_the_cache_bitwise_and_another_config_gets_its_own(tmp
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     train("c", "model.ch=32")
     assert len(list(cache.iterdir())) == 2  # its own directory: the ch=16 graph is never loaded for it
+
+
+@pytest.mark.parametrize(("yaml_value", "want"), [("true", "true"), ("false", "false"), ("auto", "auto")])
+def test_yaml_booleans_are_accepted_for_the_switch(tmp_path, yaml_value, want):
+    """``compile_cache: true`` in a YAML file is a bool, which the string field would hold as 'True'."""
+    text = Path(TINY).read_text()
+    assert "\nrun:\n" in text
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(text.replace("\nrun:\n", f"\nrun:\n  compile_cache: {yaml_value}\n", 1))
+    assert load_config(str(cfg_file), []).run.compile_cache == want
+    if want != "auto":
+        assert load_config(TINY, [f"run.compile_cache={yaml_value.capitalize()}"]).run.compile_cache == want
