@@ -243,25 +243,25 @@ def test_kill_during_save_never_leaves_a_checkpoint_latest_would_pick(tmp_path):
 # ---------------------------------------------------------------- resume
 @pytest.mark.slow
 def test_exact_resume_after_sigkill_single_process(digits8, tmp_path):
-    common = ["--config", TINY, f"data.path={digits8}", "model.dropout=0", "train.total_steps=240",
-              "train.ckpt_every=120", "run.log_every=20"]  # fmt: skip
+    common = ["--config", TINY, f"data.path={digits8}", "model.dropout=0", "train.total_steps=120",
+              "train.ckpt_every=60", "run.log_every=20"]  # fmt: skip
     straight = run_train(*common, f"run.out_dir={tmp_path / 'a'}")
     assert straight.returncode == 0, straight.stderr
 
     cmd = [sys.executable, "-m", "ddpm_dist.train", *common, f"run.out_dir={tmp_path / 'b'}"]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_checkpoint(tmp_path / "b", 120, proc)
+    _wait_for_checkpoint(tmp_path / "b", 60, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [e["step"] for e in checkpoint.read_index(tmp_path / "b" / "checkpoints")] == [120]
+    assert [e["step"] for e in checkpoint.read_index(tmp_path / "b" / "checkpoints")] == [60]
     resumed = run_train(*common, f"run.out_dir={tmp_path / 'b'}")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "at step 120" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "at step 60" in resumed.stdout
 
     _assert_same_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     a, b = _events(tmp_path / "a"), _events(tmp_path / "b", newest_only=True)
     for tag in ["train/loss", "train/grad_norm", "train/loss_scale", "loss_by_t/q1"]:
-        after = {s: v for s, v in a[tag].items() if s > 120}
+        after = {s: v for s, v in a[tag].items() if s > 60}
         assert after and after == b[tag], tag
 
 
