@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from .errors import UserError, first_line
+from .errors import INPUT_ERRORS, first_line
 from .job_status import EXIT_FAULT
 
 _LAST_ERROR: list[str] = []  # the newest line ``fail`` printed, for ``reports_exit``
@@ -75,7 +75,6 @@ def reports_exit(main: Callable[..., int]) -> Callable[..., int]:
     return wrapped
 
 
-INPUT_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 """What every entry point reports as bad input (exit 2): the library's user errors and the OS's refusal of a path the
 user named (not found, no permission, a full disk)."""
 

@@ -31,3 +31,8 @@ def first_line(err: BaseException) -> str:
         if any(ch.isalnum() for ch in text):
             return text
     return type(err).__name__
+
+
+# What every entry point turns into one ``error:`` line and exit 2 (``cli_util.run_main``): the user's input, or the
+# place they chose to write (an OSError: a full disk, a read-only folder, a missing file).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)

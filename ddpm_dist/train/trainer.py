@@ -28,7 +28,7 @@ from ..config import Config, ConfigError, per_worker_batch, step_timeout_seconds
 from ..device import auto_fallback_note
 from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
-from ..errors import UserError
+from ..errors import INPUT_ERRORS, UserError
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
 from ..restarts import read_records as read_restart_records
@@ -42,7 +42,6 @@ from .profiling import build_profiler
 from .step import STAT_NAMES, ReadStats, TrainStep
 from .watchdog import Watchdog
 
-RESUME_INPUT_ERRORS = (UserError, OSError)  # rank 0's resume failures that are exit 2 (run_main's rule)
 RANK0_LINE_FIRST_S = 5.0
 
 # Sections that must match for a checkpoint to be resumed into this run.
@@ -292,7 +291,7 @@ class Trainer:
             if failed is not None:
                 raise failed
             return
-        code = 0 if failed is None else (2 if isinstance(failed, RESUME_INPUT_ERRORS) else 1)
+        code = 0 if failed is None else (2 if isinstance(failed, INPUT_ERRORS) else 1)
         head = np.array([code, self.resumed, self.step, *self._resumed_at], np.int64)
         code, resumed, step, at_step, at_images = (int(v) for v in parallel.broadcast_host([head])[0])
         if failed is not None:
