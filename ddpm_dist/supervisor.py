@@ -27,20 +27,28 @@ it leaves its ``tail -f`` helpers running. So this process:
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import json
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import job_status
+# Run as the launcher (run_8p.sh execs this process), a stop request is caught from here on: one that arrives while
+# the imports below run is kept and honoured, it does not kill the launcher with msrun never started.
+EARLY_STOPS: list[int] = []
+if __name__ == "__main__":
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, lambda signum, frame: EARLY_STOPS.append(signum))
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from . import job_status  # noqa: E402
 
 POLL_S = 0.2
 MSRUN_EXIT_GRACE_S = 60.0  # after every local worker exited 0, msrun (waiting for its scheduler) gets this long
@@ -579,9 +587,14 @@ def supervise(
     """
     from .restarts import Failure, RestartPolicy, newest_checkpoint_step
 
-    stop_signals: list[int] = []
+    stop_signals = EARLY_STOPS
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: stop_signals.append(signum))
+    if stop_signals:  # the launcher was asked to stop while this process started: nothing ran, nothing to save
+        sig = stop_signals[-1]
+        name = _signame(sig) + (" (Ctrl-C)" if sig == signal.SIGINT else "")
+        print(f"stopped by {name} before msrun started: nothing to save", flush=True)
+        return 0
     policy = RestartPolicy(max_restarts, run_dir=run_dir, log_dir=log_dir, write_record=node_rank == 0)
     if max_restarts > 0:  # a restart loads the compiled graphs (run.compile_cache=auto: train/compile_cache.py)
         os.environ.setdefault("DDPM_COMPILE_CACHE_DIR", str((log_dir / "compile_cache").resolve()))

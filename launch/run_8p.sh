@@ -16,6 +16,11 @@
 # as the worker's one "error:" line within seconds; anything else a fault (128+N: a worker killed by signal N; 1 an
 # uncaught exception or msrun's own failure). LOG_DIR/job_status.json holds the outcome, machine-readable.
 set -euo pipefail
+# A stop request while the checks below run (a few seconds): nothing has started, nothing to save - exit 0, the
+# contract's "stopped on request". From the exec at the end on, ddpm_dist/supervisor.py catches it.
+trap 'echo "stopped by SIGINT (Ctrl-C) before msrun started: nothing to save"; exit 0' INT
+trap 'echo "stopped by SIGTERM before msrun started: nothing to save"; exit 0' TERM
+trap 'echo "stopped by SIGHUP before msrun started: nothing to save"; exit 0' HUP
 if [ $# -lt 1 ]; then
   echo "usage: [DEVICE_NUM=8 NNODES=1 NODE_RANK=0 MASTER_ADDR=... MASTER_PORT=...] $0 CONFIG [key=value ...]" >&2
   echo "       ENTRY=script.py $0 [script arguments ...]" >&2

@@ -493,7 +493,7 @@ sys.exit(main())
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_a_worker_dying_during_start_up_or_sigterm_2s_in_do_not_wait_for_cluster_timeout(digits8, tmp_path):
+def test_a_worker_dying_during_start_up_or_a_stop_before_training_do_not_wait_for_cluster_timeout(digits8, tmp_path):
     script = tmp_path / "die_at_start.py"
     script.write_text(DIE_AT_START)
     args = ["--config", TINY, f"data.path={digits8}", f"run.out_dir={tmp_path / 'r'}"]
@@ -502,10 +502,20 @@ def test_a_worker_dying_during_start_up_or_sigterm_2s_in_do_not_wait_for_cluster
     assert line.startswith("error: worker rank 1 (pid ") and "was killed by SIGKILL" in line
     assert dying.elapsed < 120 and _job_status(dying.log_dir)["cause"] == "worker_killed"  # not CLUSTER_TIMEOUT
 
+    # SIGTERM while msrun starts its workers (the supervisor has made msrun.log): ended at once, exit 0
     stopped = Launch(tmp_path / "b", TINY, *args[2:], CLUSTER_TIMEOUT=300)
-    time.sleep(2)
+    deadline = time.time() + 60
+    while not (stopped.log_dir / "msrun.log").exists() and time.time() < deadline:
+        time.sleep(0.05)
     stopped.proc.send_signal(signal.SIGTERM)
     out, err = stopped.finish(timeout=120)
     assert stopped.proc.returncode == 0 and "stopped by SIGTERM before every worker was training" in out, out + err
     assert err == "" and stopped.elapsed < 60 and _no_leftovers(stopped.token) == []
+    # SIGTERM 0.3 s in, while the launcher's own checks run (before msrun): the same contract, exit 0
+    early = Launch(tmp_path / "c", TINY, *args[2:], CLUSTER_TIMEOUT=300)
+    time.sleep(0.3)
+    early.proc.send_signal(signal.SIGTERM)
+    out, err = early.finish(timeout=60)
+    assert early.proc.returncode == 0 and "stopped by SIGTERM before msrun started: nothing to save" in out, out + err
+    assert not (early.log_dir / "msrun.log").exists()
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained, nothing written
