@@ -204,9 +204,9 @@ def test_sigkill_then_sigterm_during_background_writes_then_the_run_ends_bitwise
     assert checkpoint.read_index(ckpts) == [{"file": "step_00000004.ckpt", "step": 4}]
     assert (ckpts / "step_00000004.ckpt").read_bytes() == step4 and not (ckpts / "step_00000008.ckpt").exists()
 
-    # 20 s per write: long enough that a loaded machine still reaches step 10 with the step-8 write pending (2 s was
-    # not, on CI); the stop step's write sleeps as well, so this launch takes about 40 s longer
-    proc, _ = _run_until(cmd, "step 10/", **{checkpoint.SLOW_WRITE_ENV: "20"})
+    # the step-8 write takes 20 s: long enough that a loaded machine still reaches step 10 with it pending (2 s was
+    # not, on CI); the stop step's own write is not slowed
+    proc, _ = _run_until(cmd, "step 10/", **{checkpoint.SLOW_WRITE_ENV: "20@8"})
     assert not (ckpts / "step_00000008.ckpt").exists()  # the step-8 write is still pending
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=180)

@@ -175,7 +175,8 @@ def _quiet_mindspore_log():
 
 
 # Tests only: seconds to sleep between writing a checkpoint and renaming it into place, so that a test can kill a
-# (background) write deterministically half-way. Never set in a real run.
+# (background) write deterministically half-way; "SECONDS@STEP" slows only the write of that step. Never set in a
+# real run.
 SLOW_WRITE_ENV = "DDPM_DIST_TEST_SLOW_WRITE"
 
 
@@ -218,9 +219,9 @@ def snapshot(cell) -> list[dict]:
     return HostCopy().take(cell)
 
 
-def _test_slow_write() -> None:
-    delay = os.environ.get(SLOW_WRITE_ENV, "")
-    if delay:
+def _test_slow_write(step: int) -> None:
+    delay, _, only = os.environ.get(SLOW_WRITE_ENV, "").partition("@")
+    if delay and (not only or int(only) == step):
         time.sleep(float(delay))
 
 
@@ -259,7 +260,7 @@ def save(cell, ckpt_dir: Path, *, step: int, meta: dict, keep_last: int = 3, mil
             ms.save_checkpoint(cell, str(tmp), append_dict=append, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        _test_slow_write()
+        _test_slow_write(step)
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
         entries = [e for e in entries if e["step"] != step] + [{"file": final.name, "step": int(step)}]
