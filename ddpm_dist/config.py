@@ -50,7 +50,10 @@ class DiffusionConfig:
     loss_type: str = "mse"  # mse | l1
     loss_weight: str = "none"  # none | min_snr (Hang et al. 2023: min(SNR, gamma) on the x0 error; mse only)
     min_snr_gamma: float = 5.0  # gamma of min_snr
-    var_type: str = "fixedlarge"  # fixedlarge (beta_t) | fixedsmall (posterior variance)
+    # fixedlarge (beta_t) | fixedsmall (posterior variance) | learned_range (the network outputs 2C channels, the second
+    # half interpolating log beta_t and log beta-tilde_t; trained by the hybrid loss, Nichol & Dhariwal 2021)
+    var_type: str = "fixedlarge"
+    vlb_weight: float = 0.001  # lambda of the hybrid loss L_simple + lambda L_vlb (learned_range only)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1] while sampling
 
 
@@ -147,7 +150,7 @@ _CHOICES = {
     "diffusion.objective": ("eps", "x0", "v"),
     "diffusion.loss_type": ("mse", "l1"),
     "diffusion.loss_weight": ("none", "min_snr"),
-    "diffusion.var_type": ("fixedlarge", "fixedsmall"),
+    "diffusion.var_type": ("fixedlarge", "fixedsmall", "learned_range"),
     "train.lr_decay": ("none", "cosine", "linear"),
     "train.amp_level": ("auto", "O0", "O1", "O2"),
     "train.loss_scale": ("dynamic", "static", "none"),
@@ -167,7 +170,9 @@ _AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 _OPEN_UNIT = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
 _HALF_OPEN_UNIT = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 _RANGES = {
-    **dict.fromkeys(("model.ch", "diffusion.min_snr_gamma", "train.lr", "train.adam_eps"), _POSITIVE),
+    **dict.fromkeys(
+        ("model.ch", "diffusion.min_snr_gamma", "diffusion.vlb_weight", "train.lr", "train.adam_eps"), _POSITIVE
+    ),
     **dict.fromkeys(
         (
             "train.warmup_steps",

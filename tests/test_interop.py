@@ -31,7 +31,7 @@ from ddpm_dist.diffusion.sampling import DDIMStep, DDPMStep, sample_loop
 from ddpm_dist.diffusion.schedule import make_schedule, respace
 from ddpm_dist.interop import diffusers as fmt
 from ddpm_dist.interop.transfer import export_diffusers, import_diffusers
-from ddpm_dist.models import build_model
+from ddpm_dist.models import build_model, output_channels
 from ddpm_dist.models.layers import GroupNorm32, norm_groups
 from ddpm_dist.train.trainer import Trainer
 
@@ -147,18 +147,32 @@ def test_a_checkpoint_from_before_the_norm_options_still_resumes():
          "diffusion.var_type=fixedsmall", "diffusion.objective=v", "diffusion.clip_x0=false",
          "diffusion.beta_schedule=cosine", "diffusion.timesteps=500"],
         ["model.attn_resolutions=[]", "diffusion.objective=x0", "diffusion.beta_start=2e-4", "diffusion.beta_end=0.01"],
+        ["diffusion.var_type=learned_range", "data.channels=1"],
     ],
 )  # fmt: skip
 def test_configs_translate_both_ways(overrides):
-    cfg = to_dict(load_config(None, ["data.path=unused", *overrides]))
-    unet = fmt.unet_config(cfg["model"], cfg["data"])
+    loaded = load_config(None, ["data.path=unused", *overrides])
+    cfg = to_dict(loaded)
+    unet = fmt.unet_config(cfg["model"], cfg["data"], out_channels=output_channels(loaded))
+    assert fmt.learns_variance(unet) == (cfg["diffusion"]["var_type"] == "learned_range")
     model, data, flip = fmt.unet_sections(json.loads(json.dumps(unet)), source="unet")
     assert model == {k: v for k, v in cfg["model"].items() if k != "convnext_mult"}  # the ConvNeXt U-Net's option
     assert data == {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]} and not flip
     scheduler = fmt.scheduler_config(cfg["diffusion"])
     back = fmt.diffusion_section(json.loads(json.dumps(scheduler)), source="scheduler")
-    training_only = ("loss_type", "loss_weight", "min_snr_gamma")  # a scheduler has no loss
+    training_only = ("loss_type", "loss_weight", "min_snr_gamma", "vlb_weight")  # a scheduler has no loss
     assert back == {k: v for k, v in cfg["diffusion"].items() if k not in training_only}
+    fmt.check_variance_channels(unet, back, source="unet")
+
+
+def test_a_learned_variance_unet_needs_a_learned_range_scheduler_and_back():
+    learned = CIFAR10_32 | {"out_channels": 6}
+    fixed = fmt.diffusion_section({"variance_type": "fixed_large"}, source="s")
+    with pytest.raises(fmt.InteropError, match="^config.json: out_channels 6 with in_channels 3 .* learned_range only"):
+        fmt.check_variance_channels(learned, fixed, source="config.json")
+    with pytest.raises(fmt.InteropError, match="out_channels 3 with in_channels 3"):
+        fmt.check_variance_channels(CIFAR10_32, fmt.diffusion_section({"variance_type": "learned_range"}, source="s"),
+                                    source="config.json")  # fmt: skip
 
 
 def test_the_papers_cifar10_config_is_ddpm_dists_cifar_recipe():
@@ -199,7 +213,7 @@ def test_every_parameter_has_its_own_diffusers_key():
         ("norm_num_groups", 24, "norm_num_groups = 24"),
         ("up_block_types", ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], "does not mirror"),
         ("down_block_types", ["DownBlock2D", "SkipDownBlock2D", "DownBlock2D", "DownBlock2D"], "SkipDownBlock2D"),
-        ("out_channels", 6, "in_channels 3 != out_channels 6"),
+        ("out_channels", 4, "out_channels 4 is neither in_channels 3 nor twice that"),
     ],
 )
 def test_unexpressible_unet_settings_are_refused_by_name(key, value, needle):
@@ -210,7 +224,7 @@ def test_unexpressible_unet_settings_are_refused_by_name(key, value, needle):
 
 @pytest.mark.parametrize(
     "key,value",
-    [("variance_type", "learned_range"), ("beta_schedule", "scaled_linear"), ("thresholding", True),
+    [("variance_type", "learned"), ("beta_schedule", "scaled_linear"), ("thresholding", True),
      ("trained_betas", [0.1, 0.2]), ("prediction_type", "flow"), ("clip_sample_range", 2.0),
      ("_class_name", "EulerDiscreteScheduler")],
 )  # fmt: skip
@@ -363,12 +377,16 @@ def small(tmp_path_factory):
     np.savez(tmp / "x_T.npz", x_T=np.random.default_rng(5).standard_normal((2, 1, 16, 16)).astype(np.float32))
     reference(tmp, [
         {"task": "make", "preset": "small", "dir": str(tmp / "pipe"), "seed": 0, "ref": str(tmp / "ref.npz")},
+        {"task": "make", "preset": "small_learned", "variance": "learned_range", "dir": str(tmp / "learned"),
+         "seed": 1, "ref": str(tmp / "learned_ref.npz")},
         {"task": "bin", "dir": str(tmp / "pipe"), "out": str(tmp / "bin_model")},
         {"task": "steps", "ref": str(tmp / "steps.npz")},
         {"task": "ddim", "dir": str(tmp / "pipe"), "inputs": str(tmp / "x_T.npz"), "ref": str(tmp / "ddim.npz")},
     ])  # fmt: skip
-    res = run(IMPORT, "--from", "diffusers", str(tmp / "pipe"), "--output", str(tmp / "small.ckpt"))
-    assert res.returncode == 0 and res.stdout.startswith("wrote "), res.stderr
+    for name in ("pipe", "learned"):
+        out = tmp / ("small.ckpt" if name == "pipe" else "learned.ckpt")
+        res = run(IMPORT, "--from", "diffusers", str(tmp / name), "--output", str(out))
+        assert res.returncode == 0 and res.stdout.startswith("wrote "), res.stderr
     return tmp
 
 
@@ -473,7 +491,27 @@ class Constant(nn.Cell):
 
 @pytest.mark.slow
 @needs_diffusers
-@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+def test_a_learned_variance_model_imports_and_exports_with_diffusers_parity(small, tmp_path):
+    """UNet2DModel(out_channels=2C) + DDPMScheduler(variance_type=learned_range) -> var_type learned_range and all
+    2C outputs equal diffusers'; exported again, diffusers loads it (pipeline included) and gives them too."""
+    ref = np.load(small / "learned_ref.npz")
+    cfg, net, _ = load_for_sampling(small / "learned.ckpt")
+    assert cfg.diffusion.var_type == "learned_range" and ref["eps32"].shape[1] == 2 * cfg.data.channels == 2
+    assert_eps_parity(forward(net, ref["x"], ref["t"]), ref)
+    res = run(EXPORT, "--to", "diffusers", str(small / "learned.ckpt"), str(tmp_path / "exported"))
+    assert res.returncode == 0, res.stderr
+    np.savez(tmp_path / "inputs.npz", x=ref["x"], t=ref["t"])
+    reference(tmp_path, [{"task": "run", "dir": str(tmp_path / "exported"), "inputs": str(tmp_path / "inputs.npz"),
+                          "ref": str(tmp_path / "back.npz")}])  # fmt: skip
+    back = np.load(tmp_path / "back.npz")
+    assert_eps_parity(back["eps32"], ref)  # sin-first now (the embedding's columns permuted): rounding differs
+    assert json.loads(str(back["scheduler"]))["variance_type"] == "learned_range"
+    assert np.isfinite(back["pipeline_images"]).all()  # DDPMPipeline sampled with the learned variances
+
+
+@pytest.mark.slow
+@needs_diffusers
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small", "learned_range"])
 def test_ddpm_step_equals_ddpmscheduler_step(small, variance):
     """T=1000 linear, clip on; the same model output and the same noise (drawn by diffusers' step itself).
     Bound 2e-5 * (1 + max |x|): ddpm-dist rounds float64 coefficients to float32 once; diffusers derives them in
@@ -483,7 +521,7 @@ def test_ddpm_step_equals_ddpmscheduler_step(small, variance):
     > 1e-2."""
     ref = np.load(small / "steps.npz")
     base = make_schedule("linear", 1000, beta_start=1e-4, beta_end=0.02)
-    var_type = {"fixed_large": "fixedlarge", "fixed_small": "fixedsmall"}[variance]
+    var_type = {"fixed_large": "fixedlarge", "fixed_small": "fixedsmall", "learned_range": "learned_range"}[variance]
     for t in (999, 500, 100, 1, 0):
         key = f"ddpm/{variance}/{t}"
         x, e, noise, prev = (ref[f"{key}/{k}"] for k in ("x", "eps", "noise", "prev"))

@@ -20,17 +20,26 @@ def build_schedule(cfg) -> Schedule:
 
 
 def build_diffusion(cfg):
-    """The training loss (a DiffusionLoss over the full schedule's GaussianDiffusion) for ``cfg.diffusion``."""
+    """The training loss (a DiffusionLoss over the full schedule's GaussianDiffusion) for ``cfg.diffusion``: the
+    hybrid loss for ``var_type=learned_range``."""
     from .gaussian import DiffusionLoss, GaussianDiffusion
 
     d = cfg.diffusion
     schedule = build_schedule(cfg)
+    diffusion = GaussianDiffusion(schedule=schedule, objective=d.objective)
+    bound = None
+    if d.var_type == "learned_range":  # the hybrid loss (Nichol & Dhariwal 2021)
+        from .likelihood import VariationalBound
+
+        bound = VariationalBound(diffusion=diffusion, schedule=schedule, var_type=d.var_type, clip_x0=False)
     return DiffusionLoss(
-        diffusion=GaussianDiffusion(schedule=schedule, objective=d.objective),
+        diffusion=diffusion,
         schedule=schedule,
         loss_type=d.loss_type,
         loss_weight=d.loss_weight,
         min_snr_gamma=d.min_snr_gamma,
+        bound=bound,
+        vlb_weight=d.vlb_weight,
     )
 
 

@@ -141,6 +141,11 @@ class DiffusionLoss(nn.Cell):
         loss_weight: ``none`` (every t weighs 1) or ``min_snr`` (:func:`min_snr_weights`, MSE only).
         min_snr_gamma: gamma of ``min_snr`` (ignored for ``none``).
         schedule: the same full schedule (its alphas_cumprod give the min-SNR weights).
+        bound: for a ``learned_range`` network (2C output channels), the schedule's
+            :class:`~.likelihood.VariationalBound` (without clipping): the loss becomes the hybrid loss of Nichol &
+            Dhariwal (2021, Sec. 3.1), L_simple + ``vlb_weight`` L_vlb, where L_vlb is estimated from the sampled t as
+            T L_t (bits/dim) and the prediction enters L_t through a stop-gradient, so L_vlb trains only the variance.
+        vlb_weight: lambda of the hybrid loss (the paper's 0.001).
     """
 
     def __init__(
@@ -151,6 +156,8 @@ class DiffusionLoss(nn.Cell):
         loss_type: str,
         loss_weight: str,
         min_snr_gamma: float,
+        bound: nn.Cell | None = None,
+        vlb_weight: float = 0.0,
     ):
         super().__init__(auto_prefix=False)
         if loss_type not in LOSS_TYPES:
@@ -166,19 +173,28 @@ class DiffusionLoss(nn.Cell):
         if self.weighted:
             weights = min_snr_weights(schedule.alphas_cumprod, objective=diffusion.objective, gamma=min_snr_gamma)
             self.loss_weights = table(weights)
+        self.hybrid = bound is not None
+        if self.hybrid:
+            self.bound = bound
+            self.vlb_scale = float(vlb_weight * self.num_timesteps)  # lambda x T: L_vlb = T E_t[L_t]
 
     def training_losses(self, model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Per-sample loss float32 [B]: mean over C, H, W of (target - model(x_t, t))^2 (or |.|), times the
-        timestep's loss weight if one is set.
+        timestep's loss weight if one is set; plus lambda T L_t for a learned-variance network.
 
         With ``objective='eps'``, MSE and no weight this is L_simple (Ho et al. eq. 14). The loss is computed in
         float32 whatever the network's dtype.
         """
         xt = self.diffusion.q_sample(x0, t, noise)
         out = model(xt, t).astype(ms.float32)
+        if self.hybrid:
+            channels = x0.shape[1]
+            out, var = out[:, :channels], out[:, channels:]
         err = self.diffusion.target(x0, t, noise) - out
         err = ops.abs(err) if self.use_l1 else err * err
         loss = err.mean(axis=(1, 2, 3))
         if self.weighted:
             loss = loss * ops.gather(self.loss_weights, t, 0)
+        if self.hybrid:
+            loss = loss + self.vlb_scale * self.bound.terms(x0, xt, t, ops.stop_gradient(out), var)
         return loss

@@ -62,6 +62,18 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     return ops.log(ops.clamp(prob, min=MIN_PROB))
 
 
+def interpolate_log_variance(var_out: Tensor, log_tilde: Tensor, log_beta: Tensor) -> Tensor:
+    """A ``learned_range`` network's log variance (Nichol & Dhariwal eq. 15): v in [-1, 1] (the network's variance
+    output) -> (v + 1) / 2 log beta_t + (1 - v) / 2 log beta-tilde_t."""
+    frac = (var_out + 1.0) * 0.5
+    return frac * log_beta + (1.0 - frac) * log_tilde
+
+
+def split_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """A ``learned_range`` network's output [B, 2C, H, W] -> (prediction, variance output), each [B, C, H, W]."""
+    return out[:, :channels], out[:, channels:]
+
+
 def _bits(x: Tensor) -> Tensor:
     """Mean over C, H, W, in bits."""
     return x.mean(axis=(1, 2, 3)) / LOG2
@@ -94,13 +106,11 @@ class VariationalBound(nn.Cell):
         self.prior_log_variance = math.log(1.0 - abar_last)
 
     def model_log_variance(self, t: Tensor, var_out: Tensor | None = None) -> Tensor:
-        """log sigma_t^2 of p(x_{t-1} | x_t), [B, 1, 1, 1] for fixed variances, like ``var_out`` for learned ones:
-        (v + 1) / 2 log beta_t + (1 - v) / 2 log beta-tilde_t (Nichol & Dhariwal eq. 15)."""
+        """log sigma_t^2 of p(x_{t-1} | x_t), [B, 1, 1, 1] for fixed variances, like ``var_out`` for learned ones."""
         low = GaussianDiffusion.extract(self.fixed_log_variance, t)
         if not self.learned:
             return low
-        frac = (var_out + 1.0) * 0.5
-        return frac * GaussianDiffusion.extract(self.log_betas, t) + (1.0 - frac) * low
+        return interpolate_log_variance(var_out, low, GaussianDiffusion.extract(self.log_betas, t))
 
     def terms(self, x0: Tensor, xt: Tensor, t: Tensor, out: Tensor, var_out: Tensor | None = None) -> Tensor:
         """The term of step t for each sample, bits/dim [B]: L_{t-1} for t > 0, L_0 for t = 0.
@@ -126,8 +136,3 @@ class VariationalBound(nn.Cell):
         log_var = ops.full_like(x0, self.prior_log_variance)
         zeros = ops.zeros_like(x0)
         return _bits(normal_kl(mean, log_var, zeros, zeros))
-
-
-def split_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
-    """A ``learned_range`` network's output [B, 2C, H, W] -> (prediction, variance output), each [B, C, H, W]."""
-    return out[:, :channels], out[:, channels:]

@@ -25,6 +25,7 @@ from mindspore import Tensor, nn, ops
 from ..choices import SAMPLERS
 from .gaussian import GaussianDiffusion, table
 from .keyed_noise import X_T_STREAM, KeyedNoise, check_keyed_noise, int32_bits, seed_tensor
+from .likelihood import interpolate_log_variance, split_output
 from .schedule import Schedule, half_log_snr, respace, space_timesteps, space_timesteps_logsnr
 
 SPACINGS = ("time", "logsnr")
@@ -32,39 +33,55 @@ SPACINGS = ("time", "logsnr")
 
 class _SamplerStep(nn.Cell):
     """Shared part: the network call and its conversion to (x0_hat, eps_hat) by the step schedule's
-    GaussianDiffusion."""
+    GaussianDiffusion. ``learned``: the network also outputs the variance (2C channels, ``learned_range``)."""
 
-    def __init__(self, *, model: nn.Cell, schedule: Schedule, objective: str, clip_x0: bool):
+    def __init__(self, *, model: nn.Cell, schedule: Schedule, objective: str, clip_x0: bool, learned: bool = False):
         super().__init__(auto_prefix=False)
         self.model = model
         self.clip_x0 = clip_x0
+        self.learned = learned
         self.timestep_map = Tensor(schedule.timestep_map.astype(np.int32), ms.int32)
         self.diffusion = GaussianDiffusion(schedule=schedule, objective=objective)
 
-    def predict(self, xt: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
-        """(x0_hat, eps_hat) at step i; x0_hat clipped to [-1, 1] if configured, eps_hat consistent with it."""
+    def predict(self, xt: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x0_hat, eps_hat, v) at step i; x0_hat clipped to [-1, 1] if configured, eps_hat consistent with it; v the
+        variance output of a ``learned_range`` network (the prediction itself otherwise, unused)."""
         t = ops.broadcast_to(ops.gather(self.timestep_map, i, 0), (xt.shape[0],))
         out = self.model(xt, t).astype(ms.float32)
+        var = out
+        if self.learned:
+            out, var = split_output(out, xt.shape[1])
         x0 = self.diffusion.predict_x0(xt, i, out)
         if self.clip_x0:
             x0 = ops.clamp(x0, -1.0, 1.0)
-        return x0, self.diffusion.predict_eps_from_x0(xt, i, x0)
+        return x0, self.diffusion.predict_eps_from_x0(xt, i, x0), var
 
 
 class DDPMStep(_SamplerStep):
     """x_{t-1} = mu-tilde(x_t, x0_hat) + sigma_t z, z ~ N(0, I), no noise at the last step (Ho et al. Alg. 2).
 
-    ``var_type``: ``fixedlarge`` (sigma^2 = beta_t) or ``fixedsmall`` (sigma^2 = beta-tilde_t).
+    ``var_type``: ``fixedlarge`` (sigma^2 = beta_t), ``fixedsmall`` (sigma^2 = beta-tilde_t) or ``learned_range``
+    (log sigma^2 interpolated by the network between the two, Nichol & Dhariwal eq. 15). On a respaced schedule
+    beta and beta-tilde are the respaced ones (betas recomputed from alpha-bar at the kept steps), as in
+    improved-diffusion's respaced sampler.
     """
 
     def __init__(self, *, model, schedule: Schedule, objective: str, clip_x0: bool, var_type: str):
-        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0)
-        self.sigma = table(np.exp(0.5 * schedule.model_log_variance(var_type)))
+        learned = var_type == "learned_range"
+        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0, learned=learned)
+        if learned:
+            self.log_betas = table(np.log(schedule.betas))
+            self.log_tilde = table(schedule.posterior_log_variance_clipped)
+        else:
+            self.sigma = table(np.exp(0.5 * schedule.model_log_variance(var_type)))
 
     def construct(self, xt: Tensor, i: Tensor, noise: Tensor) -> Tensor:
-        x0, _ = self.predict(xt, i)
+        x0, _, var = self.predict(xt, i)
         mean = self.diffusion.q_posterior_mean(x0, xt, i)
         nonzero = (i > 0).astype(ms.float32)
+        if self.learned:
+            log_var = interpolate_log_variance(var, ops.gather(self.log_tilde, i, 0), ops.gather(self.log_betas, i, 0))
+            return mean + nonzero * ops.exp(0.5 * log_var) * noise
         return mean + nonzero * ops.gather(self.sigma, i, 0) * noise
 
 
@@ -72,8 +89,8 @@ class DDIMStep(_SamplerStep):
     """Song et al. 2021, eq. 12: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps + s z,
     s = eta * sqrt((1 - abar_prev) / (1 - abar)) * sqrt(1 - abar / abar_prev). eta = 0 is deterministic."""
 
-    def __init__(self, *, model, schedule: Schedule, objective: str, clip_x0: bool, eta: float):
-        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0)
+    def __init__(self, *, model, schedule: Schedule, objective: str, clip_x0: bool, eta: float, learned: bool = False):
+        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0, learned=learned)
         abar = schedule.alphas_cumprod
         abar_prev = schedule.alphas_cumprod_prev
         sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar)) * np.sqrt(1 - abar / abar_prev)
@@ -82,7 +99,7 @@ class DDIMStep(_SamplerStep):
         self.sigma = table(sigma)
 
     def construct(self, xt: Tensor, i: Tensor, noise: Tensor) -> Tensor:
-        x0, eps = self.predict(xt, i)
+        x0, eps, _ = self.predict(xt, i)
         return (
             ops.gather(self.sqrt_alphas_cumprod_prev, i, 0) * x0
             + ops.gather(self.dir_coef, i, 0) * eps
@@ -132,15 +149,15 @@ class DPMSolverPP2MStep(_SamplerStep):
 
     multistep = True
 
-    def __init__(self, *, model, schedule: Schedule, objective: str, clip_x0: bool):
-        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0)
+    def __init__(self, *, model, schedule: Schedule, objective: str, clip_x0: bool, learned: bool = False):
+        super().__init__(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0, learned=learned)
         c_x, c_d, w = dpmpp_2m_coefficients(schedule)
         self.c_x = table(c_x)
         self.c_d = table(c_d)
         self.w = table(w)
 
     def construct(self, xt: Tensor, x0_prev: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
-        x0, _ = self.predict(xt, i)
+        x0, _, _ = self.predict(xt, i)
         w = ops.gather(self.w, i, 0)
         d = x0 + w * (x0 - x0_prev)
         return ops.gather(self.c_x, i, 0) * xt + ops.gather(self.c_d, i, 0) * d, x0
@@ -194,9 +211,10 @@ def build_sampler(
     common = dict(model=model, schedule=schedule, objective=objective, clip_x0=clip_x0)
     if sampler == "ddpm":
         return DDPMStep(var_type=var_type, **common)
+    learned = var_type == "learned_range"  # DDIM and DPM-Solver++ use the mean part of a learned-variance network
     if sampler == "dpm++2m":
-        return DPMSolverPP2MStep(**common)
-    return DDIMStep(eta=eta, **common)
+        return DPMSolverPP2MStep(learned=learned, **common)
+    return DDIMStep(eta=eta, learned=learned, **common)
 
 
 def sampler_label(sampler: str, steps: int) -> str:

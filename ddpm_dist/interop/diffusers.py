@@ -15,7 +15,8 @@ What maps onto what (checked by ``tests/test_interop.py`` against diffusers itse
   scale-shift time conditioning, class embeddings, ...) is refused with :class:`InteropError` naming the setting.
 - ``DDPMScheduler`` (or ``DDIMScheduler``) -> the ``diffusion`` section: ``num_train_timesteps`` = timesteps,
   ``beta_schedule`` linear (``beta_start``/``beta_end``) or ``squaredcos_cap_v2`` = cosine, ``variance_type``
-  fixed_large / fixed_small (or their ``_log`` forms) = var_type fixedlarge / fixedsmall, ``clip_sample`` = clip_x0
+  fixed_large / fixed_small (or their ``_log`` forms) = var_type fixedlarge / fixedsmall, learned_range =
+  learned_range (the U-Net's ``out_channels`` is then 2 x ``in_channels``, and only then), ``clip_sample`` = clip_x0
   (range 1 only), ``prediction_type`` epsilon / sample / v_prediction = objective eps / x0 / v.
 - Weights: ddpm-dist parameter names <-> diffusers keys by :func:`diffusers_key`; attention projections are 1x1
   convs here and Linear layers there ([C, C, 1, 1] <-> [C, C]); old diffusers files name them query / key / value /
@@ -89,7 +90,7 @@ SCHEDULER_DEFAULTS = {
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 _BETA_SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
 _VARIANCES = {"fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge", "fixed_small": "fixedsmall",
-              "fixed_small_log": "fixedsmall"}  # fmt: skip
+              "fixed_small_log": "fixedsmall", "learned_range": "learned_range"}  # fmt: skip
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 # Settings whose value must be exactly this (diffusers option -> the only value ddpm-dist's U-Net expresses).
 _FIXED = {
@@ -233,8 +234,9 @@ def unet_sections(config: dict, *, source: str) -> tuple[dict, dict, bool]:
     if c["attn_norm_num_groups"] not in (None, groups):
         raise InteropError(f"{source}: attn_norm_num_groups = {c['attn_norm_num_groups']} (needs null or "
                            f"norm_num_groups {groups})")  # fmt: skip
-    if c["in_channels"] != c["out_channels"]:
-        raise InteropError(f"{source}: in_channels {c['in_channels']} != out_channels {c['out_channels']}")
+    if c["out_channels"] not in (c["in_channels"], 2 * c["in_channels"]):
+        raise InteropError(f"{source}: out_channels {c['out_channels']} is neither in_channels {c['in_channels']} nor "
+                           "twice that (a learned-variance model)")  # fmt: skip
     size = c["sample_size"]
     if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
@@ -303,9 +305,26 @@ def diffusion_section(config: dict | None, *, source: str) -> dict:
     }
 
 
-def unet_config(model: dict, data: dict) -> dict:
+def learns_variance(unet: dict) -> bool:
+    """True for a ``UNet2DModel`` config with 2 x in_channels outputs (prediction and variance)."""
+    c = {**UNET_DEFAULTS, **unet}
+    return c["out_channels"] == 2 * c["in_channels"]
+
+
+def check_variance_channels(unet: dict, diffusion: dict, *, source: str) -> None:
+    """A U-Net with 2C output channels goes with ``variance_type`` learned_range and only with it."""
+    c = {**UNET_DEFAULTS, **unet}
+    if learns_variance(unet) != (diffusion["var_type"] == "learned_range"):
+        raise InteropError(
+            f"{source}: out_channels {c['out_channels']} with in_channels {c['in_channels']} does not fit the "
+            f"scheduler's variance_type ({diffusion['var_type']}): 2 x in_channels goes with learned_range only"
+        )
+
+
+def unet_config(model: dict, data: dict, *, out_channels: int | None = None) -> dict:
     """The ``UNet2DModel`` config.json for ddpm-dist ``model`` and ``data`` sections (plain dicts, see
-    ``config.to_dict``). Raises InteropError for a model diffusers' UNet2DModel cannot express."""
+    ``config.to_dict``); ``out_channels``: 2C for a learned-variance model (default C). Raises InteropError for a
+    model diffusers' UNet2DModel cannot express."""
     if model["arch"] != "ddpm_unet":
         raise InteropError(f"model.arch = {model['arch']!r}: only the DDPM U-Net (ddpm_unet) has a diffusers form")
     if not model["resamp_with_conv"]:
@@ -326,7 +345,7 @@ def unet_config(model: dict, data: dict) -> dict:
         **{k: v for k, v in _FIXED.items()},
         "sample_size": size,
         "in_channels": data["channels"],
-        "out_channels": data["channels"],
+        "out_channels": out_channels or data["channels"],
         "flip_sin_to_cos": False,
         "time_embedding_dim": None,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
@@ -346,7 +365,7 @@ def scheduler_config(diffusion: dict) -> dict:
     """The ``DDPMScheduler`` scheduler_config.json for a ddpm-dist ``diffusion`` section."""
     inverse = {
         "beta_schedule": {"linear": "linear", "cosine": "squaredcos_cap_v2"},
-        "variance_type": {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"},
+        "variance_type": {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small", "learned_range": "learned_range"},
         "prediction_type": {v: k for k, v in _PREDICTIONS.items()},
     }
     return {

@@ -31,6 +31,9 @@ def import_diffusers(src, dst, *, overwrite: bool = False):
     folder = fmt.read_folder(src)
     model, data, flip = fmt.unet_sections(folder.unet_config, source=str(folder.unet_config_path))
     diffusion = fmt.diffusion_section(folder.scheduler_config, source=str(folder.scheduler_config_path or src))
+    if folder.scheduler_config is None and fmt.learns_variance(folder.unet_config):
+        diffusion["var_type"] = "learned_range"  # a bare model folder: its 2C outputs say what the scheduler would
+    fmt.check_variance_channels(folder.unet_config, diffusion, source=str(folder.unet_config_path))
     try:  # data.path: no data set comes with released weights; FID references are given to tools/eval.py
         cfg = from_dict(
             {"model": model, "diffusion": diffusion, "data": {**data, "path": ""}},
@@ -58,10 +61,12 @@ def export_diffusers(ckpt, out_dir, *, weights: str | None = None, overwrite: bo
     renamed into place. Raises InteropError or CheckpointError (one line); nothing is written then."""
     from safetensors.numpy import save_file
 
+    from ..models import output_channels
+
     ckpt, out = Path(ckpt), check_output(out_dir, overwrite=overwrite, directory=True)
     loaded = read_weights(ckpt, weights=weights)
     sections = to_dict(loaded.cfg)
-    unet = fmt.unet_config(sections["model"], sections["data"])
+    unet = fmt.unet_config(sections["model"], sections["data"], out_channels=output_channels(loaded.cfg))
     scheduler = fmt.scheduler_config(sections["diffusion"])
     tensors = fmt.to_diffusers(loaded.weights, num_res_blocks=loaded.cfg.model.num_res_blocks)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"

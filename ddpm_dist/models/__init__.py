@@ -1,4 +1,5 @@
-"""Denoising networks: ``net(x, t)`` with x float32 [B, C, H, W], t int32 [B] in [0, T) -> float32 [B, C, H, W].
+"""Denoising networks: ``net(x, t)`` with x float32 [B, C, H, W], t int32 [B] in [0, T) -> float32 [B, C, H, W]
+([B, 2C, H, W] with learned variances: :func:`output_channels`).
 
 :func:`build_model` is the only code here that reads the config. :func:`fp32_cells` lists the Cell types that must
 stay in float32 under float16 mixed precision; the amp code should black-list them, e.g.::
@@ -23,7 +24,7 @@ from ddpm_dist.models.unet import DDPMUNet
 if TYPE_CHECKING:
     from ddpm_dist.config import Config
 
-__all__ = ["ConvNextUNet", "DDPMUNet", "build_model", "fp32_cells", "count_params"]
+__all__ = ["ConvNextUNet", "DDPMUNet", "build_model", "fp32_cells", "count_params", "output_channels"]
 
 
 def build_model(cfg: Config) -> nn.Cell:
@@ -34,7 +35,8 @@ def build_model(cfg: Config) -> nn.Cell:
     ``convnext_unet`` reads model.ch, ch_mult, convnext_mult.
     """
     m, d = cfg.model, cfg.data
-    shared = dict(image_size=d.image_size, in_channels=d.channels, out_channels=d.channels, ch=m.ch,
+    out_channels = output_channels(cfg)
+    shared = dict(image_size=d.image_size, in_channels=d.channels, out_channels=out_channels, ch=m.ch,
                   ch_mult=tuple(m.ch_mult))  # fmt: skip
     if m.arch == "ddpm_unet":
         return DDPMUNet(
@@ -49,6 +51,12 @@ def build_model(cfg: Config) -> nn.Cell:
     if m.arch == "convnext_unet":
         return ConvNextUNet(**shared, convnext_mult=m.convnext_mult)
     raise ValueError(f"model.arch: unknown architecture {m.arch!r} (choose ddpm_unet or convnext_unet)")
+
+
+def output_channels(cfg: Config) -> int:
+    """C for a network that predicts eps / x0 / v; 2C with ``diffusion.var_type=learned_range`` (the second half is
+    the variance output v in [-1, 1], Nichol & Dhariwal 2021 eq. 15)."""
+    return cfg.data.channels * (2 if cfg.diffusion.var_type == "learned_range" else 1)
 
 
 def fp32_cells() -> list[type]:

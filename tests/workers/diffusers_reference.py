@@ -4,20 +4,21 @@
 
 JOB.json is a list of tasks, run in order in this one process (PyTorch and diffusers load once):
 
-- ``{"task": "make", "preset": "small"|"cifar", "dir": D, "seed": S, "ref": NPZ}``: a randomly initialised
-  ``UNet2DModel`` (GroupNorm affine parameters randomised too, so a gamma/beta mix-up shows) with a
-  ``DDPMScheduler`` (T=1000 linear, fixed_large, clip), saved with ``DDPMPipeline.save_pretrained(D)``. NPZ gets
-  ``x``, ``t`` and the network's eps in eval mode (``eps32``), train mode (``eps32_train``; dropout is 0) and float64
-  (``eps64``, the same weights and inputs in double precision: the exact value the float32 runs approximate).
+- ``{"task": "make", "preset": "small"|"small_learned"|"cifar", "dir": D, "seed": S, "ref": NPZ}`` (optional
+  ``"variance"``, default fixed_large): a randomly initialised ``UNet2DModel`` (GroupNorm affine parameters
+  randomised too, so a gamma/beta mix-up shows) with a ``DDPMScheduler`` (T=1000 linear, that variance, clip),
+  saved with ``DDPMPipeline.save_pretrained(D)``. NPZ gets ``x``, ``t`` and the network's eps in eval mode
+  (``eps32``), train mode (``eps32_train``; dropout is 0) and float64 (``eps64``, the same weights and inputs in
+  double precision: the exact value the float32 runs approximate).
 - ``{"task": "run", "dir": D, "inputs": NPZ_IN, "ref": NPZ}``: loads ``DDPMPipeline.from_pretrained(D)`` and
   ``UNet2DModel.from_pretrained(D, subfolder="unet")``; NPZ gets ``eps32``/``eps64`` of both on NPZ_IN's ``x``,
   ``t`` and ``pipeline_images`` of a 2-step run of the pipeline.
 - ``{"task": "bin", "dir": D, "out": D2}``: D's U-Net saved again with ``save_pretrained(D2,
   safe_serialization=False)``, i.e. as ``diffusion_pytorch_model.bin``.
-- ``{"task": "steps", "ref": NPZ}``: single sampler steps. DDPMScheduler (T=1000 linear, clip) with fixed_large and
-  fixed_small at several t; DDIMScheduler (T=1000 linear, 20 leading steps) with eta 0 and 1, clip on (with
-  ``use_clipped_model_output``) and off. For each case ``<case>/x``, ``eps`` (the model output), ``noise`` and
-  ``prev``; ``ddim_timesteps``.
+- ``{"task": "steps", "ref": NPZ}``: single sampler steps. DDPMScheduler (T=1000 linear, clip) with fixed_large,
+  fixed_small and learned_range (the model output then holds eps and v) at several t; DDIMScheduler (T=1000
+  linear, 20 leading steps) with eta 0 and 1, clip on (with ``use_clipped_model_output``) and off. For each case
+  ``<case>/x``, ``eps`` (the model output), ``noise`` and ``prev``; ``ddim_timesteps``.
 - ``{"task": "ddim", "dir": D, "inputs": NPZ_IN, "ref": NPZ}``: a 20-step DDIM trajectory (eta 0, clip, clipped
   model output) of D's U-Net from NPZ_IN's ``x_T``, in float32 (``x0_32``) and float64 (``x0_64``), and the
   ``timesteps`` visited.
@@ -43,6 +44,8 @@ PRESETS = {
                   norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, attention_head_dim=None,
                   mid_block_scale_factor=1, center_input_sample=False, act_fn="silu", time_embedding_type="positional"),
 }  # fmt: skip
+# the small U-Net with learned variances: 2 x in_channels outputs (prediction, variance), for variance learned_range
+PRESETS["small_learned"] = PRESETS["small"] | dict(out_channels=2)
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
 
@@ -63,7 +66,7 @@ def make(job):
         for name, p in unet.named_parameters():
             if "norm" in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
-    scheduler = DDPMScheduler(**SCHEDULER, variance_type="fixed_large", clip_sample=True)
+    scheduler = DDPMScheduler(**SCHEDULER, variance_type=job.get("variance", "fixed_large"), clip_sample=True)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(job["dir"])
     rng = np.random.default_rng(job["seed"])
     c, s = unet.config.in_channels, unet.config.sample_size
@@ -96,10 +99,12 @@ def steps(job):
         x = (rng.standard_normal(shape) * 1.5).astype(np.float32)  # wide enough that the x0 clip acts
         return x, rng.standard_normal(shape).astype(np.float32)
 
-    for variance in ("fixed_large", "fixed_small"):
+    for variance in ("fixed_large", "fixed_small", "learned_range"):
         sched = DDPMScheduler(**SCHEDULER, variance_type=variance, clip_sample=True)
         for t in (999, 500, 100, 1, 0):
             x, e = case()
+            if variance == "learned_range":  # the model output: eps and the variance output v in (-1, 1)
+                e = np.concatenate([e, np.tanh(rng.standard_normal(x.shape)).astype(np.float32)], axis=1)
             gen_seed = 1000 + t
             prev = sched.step(
                 torch.from_numpy(e), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(gen_seed)
