@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metric", choices=METRICS, default="fid",
                    help="fid (FID and IS), digits, or nll (bits/dim of --data under --ckpt)")  # fmt: skip
     add_eval_args(p, required=False)
-    p.add_argument("--num-samples", type=int, help="use only the first N samples (nll: images of --data) (default: all)")
+    p.add_argument("--num-samples", type=int, help="use only the first N samples (nll: of --data) (default: all)")
     p.add_argument("--ckpt", help="nll: a training or inference checkpoint")
     p.add_argument("--data", help="nll: a prepared data set directory (tools/prepare_data.py)")
     p.add_argument("--weights", choices=WEIGHTS, help="nll: of a training checkpoint (default: ema)")
@@ -202,7 +202,8 @@ def score_nll(args: argparse.Namespace) -> int:
     cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
     images = load_images(args.data, cfg, limit=args.num_samples)
     info(f"nll of {len(images)} images of {args.data} under {args.ckpt} ({meta['weights']} weights, step "
-         f"{meta.get('step')}, T = {cfg.diffusion.timesteps}) on {device} x {world_size} worker(s)", rank=rank)  # fmt: skip
+         f"{meta.get('step')}, T = {cfg.diffusion.timesteps}) on {device} x {world_size} worker(s)",
+         rank=rank)  # fmt: skip
     terms = dataset_terms(build_likelihood(cfg, net), images, batch_size=args.batch_size, seed=args.seed)
     if rank == 0:
         result = summarize(terms)

@@ -140,7 +140,9 @@ def dataset_terms(
     n = len(images)
     c, h, w = likelihood.shape
     if images.dtype != np.uint8 or tuple(images.shape[1:]) != (h, w, c):
-        raise LikelihoodError(f"images are {images.dtype} {list(images.shape)}, the model takes uint8 [N, {h}, {w}, {c}]")
+        raise LikelihoodError(
+            f"images are {images.dtype} {list(images.shape)}, the model takes uint8 [N, {h}, {w}, {c}]"
+        )
     x0 = x0_from_uint8(images)
     T = likelihood.num_timesteps
     total = shard_plan(n, world_size(), batch_size)[1] * T
