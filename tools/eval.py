@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from ddpm_dist.choices import DEVICE_CHOICES
-from ddpm_dist.cli_util import Parser, fail, reports_exit, run_main
+from ddpm_dist.cli_util import Parser, fail, progress_bar, reports_exit, run_main
 from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, run_eval
 from ddpm_dist.storage import probe_writable
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "only on (seed, n, t)")  # fmt: skip
     p.add_argument("--out", help="write the result as JSON here")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--no-progress", action="store_true", help="nll: no progress bar")
     p.add_argument("--verbose", action="store_true", help="keep MindSpore's own warnings")
     return p.parse_args(argv)
 
@@ -204,7 +205,9 @@ def score_nll(args: argparse.Namespace) -> int:
     info(f"nll of {len(images)} images of {args.data} under {args.ckpt} ({meta['weights']} weights, step "
          f"{meta.get('step')}, T = {cfg.diffusion.timesteps}) on {device} x {world_size} worker(s)",
          rank=rank)  # fmt: skip
-    terms = dataset_terms(build_likelihood(cfg, net), images, batch_size=args.batch_size, seed=args.seed)
+    bar = progress_bar(rank != 0 or args.no_progress, desc="nll", unit="call")
+    terms = dataset_terms(build_likelihood(cfg, net), images, batch_size=args.batch_size, seed=args.seed,
+                          progress=bar)  # fmt: skip
     if rank == 0:
         result = summarize(terms)
         result.update(ckpt=str(args.ckpt), step=meta.get("step"), weights=meta["weights"], data=str(args.data),
