@@ -20,7 +20,14 @@ from train_helpers import ROOT, TINY, env, free_port, prepare_digits, run_train,
 
 from ddpm_dist.diffusion.keyed_noise import keyed_noise_reference
 from ddpm_dist.diffusion.schedule import make_schedule
-from ddpm_dist.eval.likelihood import Likelihood, LikelihoodError, dataset_terms, summarize, x0_from_uint8
+from ddpm_dist.eval.likelihood import (
+    Likelihood,
+    LikelihoodError,
+    dataset_terms,
+    strided_timesteps,
+    summarize,
+    x0_from_uint8,
+)
 
 EVAL = str(ROOT / "tools" / "eval.py")
 T_TINY = 50  # diffusion.timesteps of the tiny model (a checkpoint of T < run.sample_steps 50 does not load)
@@ -86,6 +93,39 @@ def test_the_bound_of_a_data_set_equals_a_numpy_loop_and_not_the_batch(objective
     np.testing.assert_allclose(whole, terms, rtol=1e-5, atol=1e-6)  # the batch changes rounding only
     other_seed = summarize(dataset_terms(lik, data, batch_size=5, seed=seed + 1))["per_image_bpd"]
     assert not np.allclose(other_seed, result["per_image_bpd"], rtol=1e-4)  # the seed keys the noise
+
+
+def test_strided_timesteps_cover_the_chain_in_equal_strata():
+    t, w = strided_timesteps(10, 4)  # strata {1, 2, 3}, {4, 5, 6}, {7, 8, 9}: their middle steps
+    assert t.tolist() == [0, 2, 5, 8] and w.tolist() == [1, 3, 3, 3]
+    t, w = strided_timesteps(1000, 100)
+    assert len(t) == 100 and t[0] == 0 and w.sum() == 1000 and set(w[1:]) == {10.0, 11.0}
+    t, w = strided_timesteps(7, 7)
+    assert t.tolist() == list(range(7)) and w.tolist() == [1.0] * 7  # K = T: the full bound
+    with pytest.raises(ValueError, match="2 <= steps <= T"):
+        strided_timesteps(10, 1)
+
+
+def test_the_strided_estimate_weights_the_full_bounds_own_terms():
+    T, seed = 10, 2
+    schedule = make_schedule("linear", T, beta_start=1e-3, beta_end=0.2)
+    data = images(3)
+
+    def terms(timesteps):
+        lik = Likelihood(model=Smooth(True), schedule=schedule, objective="eps", var_type="learned_range",
+                         clip_x0=True, shape=(2, 4, 4), timesteps=timesteps)  # fmt: skip
+        return dataset_terms(lik, data, batch_size=3, seed=seed)
+
+    full = terms(None)
+    t, w = strided_timesteps(T, 4)
+    strided = terms(t)
+    np.testing.assert_array_equal(strided, full[:, np.concatenate([[0], 1 + t])])  # the same noise, the same terms
+    result = summarize(strided, timesteps=t, weights=w, num_timesteps=T)
+    expect = full[:, 0].astype(np.float64) + strided[:, 1:].astype(np.float64) @ w
+    np.testing.assert_allclose(result["per_image_bpd"], expect, rtol=1e-12)
+    assert result["estimate"] == "strided 4 of 10" and result["terms_t"] == [0, 2, 5, 8]
+    every = summarize(terms(np.arange(T)), timesteps=np.arange(T), weights=np.ones(T), num_timesteps=T)
+    assert every["nll_bpd"] == pytest.approx(summarize(full)["nll_bpd"], rel=1e-12)
 
 
 def test_an_exact_denoiser_of_a_one_image_data_set_scores_far_below_a_wrong_one():
@@ -184,6 +224,15 @@ def test_training_logs_the_bound_and_the_tool_gives_the_same_number(trained, tmp
     expect = plain_loop_nll(trained["ckpt"], trained["data"], num=6, seed=5)
     np.testing.assert_allclose(result["per_image_bpd"], expect, rtol=1e-4)
     assert 0.5 < result["nll_bpd"] < 20
+    # the strided estimate evaluates the full bound's own terms at its steps
+    res = run_eval("--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]), "--num-samples", "6",
+                   "--batch-size", "5", "--seed", "5", "--nll-steps", "8",
+                   "--out", str(tmp_path / "s.json"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    strided = json.loads((tmp_path / "s.json").read_text())
+    assert "8 of 50 terms, strided estimate" in res.stdout and strided["estimate"] == "strided 8 of 50"
+    np.testing.assert_allclose(strided["terms_bpd"], np.take(result["terms_bpd"], strided["terms_t"]), rtol=1e-6)
+    assert strided["prior_bpd"] == result["prior_bpd"] and strided["decoder_bpd"] == result["decoder_bpd"]
 
 
 @pytest.mark.slow
@@ -228,6 +277,7 @@ def one_error_line(res: subprocess.CompletedProcess) -> str:
         (["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}", "--num-samples", "0"], "--num-samples must be >= 1"),
         (["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}", "--seed", "-1"], "--seed must be in [0, 2^32)"),
+        (["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}", "--nll-steps", "1"], "--nll-steps must be >= 2"),
         (["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}", "--out", "/proc/n.json"], "cannot write there"),
         pytest.param(["--ckpt", "{tmp}/text.ckpt", "--data", "{tmp}"], "text.ckpt", marks=pytest.mark.slow),
     ],
@@ -254,6 +304,8 @@ def test_data_of_another_size_and_a_bad_eval_ref_are_one_line(trained, tmp_path)
     res = run_eval("--ckpt", str(trained["ckpt"]), "--data", str(big), "--out", str(tmp_path / "o.json"))
     assert "holds 16x16x1 images, the model takes 8x8x1" in one_error_line(res)
     assert not (tmp_path / "o.json").exists()
+    res = run_eval("--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]), "--nll-steps", "51")
+    assert "--nll-steps 51 exceeds the model's 50 diffusion timesteps" in one_error_line(res)
     res = run_train("--config", TINY, f"data.path={trained['data']}", f"run.out_dir={tmp_path / 'run'}",
                     "eval.every=2", "eval.metric=nll", f"eval.ref={tmp_path / 'none'}")  # fmt: skip
     line = one_error_line(res)

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="nll: a prepared data set directory (tools/prepare_data.py)")
     p.add_argument("--weights", choices=WEIGHTS, help="nll: of a training checkpoint (default: ema)")
     p.add_argument("--batch-size", type=int, default=_NLL_BATCH, help=f"nll: images per worker (default {_NLL_BATCH})")
+    p.add_argument("--nll-steps", type=int, help="nll: a strided estimate from K of the T terms (the decoder and one "
+                   "step per stratum; docs/evaluation.md gives its measured error) (default: the full bound)")
     p.add_argument("--seed", type=int, default=0, help="nll: in [0, 2^32); the noise of image n at step t depends "
                    "only on (seed, n, t)")  # fmt: skip
     p.add_argument("--out", help="write the result as JSON here")
@@ -176,6 +178,8 @@ def check_nll_args(args: argparse.Namespace) -> str | None:
         return f"--num-samples must be >= 1 (got {args.num_samples})"
     if args.batch_size < 1:
         return f"--batch-size must be >= 1 (got {args.batch_size})"
+    if args.nll_steps is not None and args.nll_steps < 2:
+        return f"--nll-steps must be >= 2: the decoder and at least one KL step (got {args.nll_steps})"
     if not 0 <= args.seed < 2**32:
         return f"--seed must be in [0, 2^32) (got {args.seed})"
     if not Path(args.ckpt).is_file():
@@ -194,22 +198,33 @@ def score_nll(args: argparse.Namespace) -> int:
     from ddpm_dist import parallel
     from ddpm_dist.checkpoint.convert import load_for_sampling
     from ddpm_dist.device import setup_device
-    from ddpm_dist.eval.likelihood import build_likelihood, dataset_terms, load_images, summarize, summary
+    from ddpm_dist.eval.likelihood import (
+        build_likelihood,
+        dataset_terms,
+        load_images,
+        strided_timesteps,
+        summarize,
+        summary,
+    )
     from ddpm_dist.logging import info
     from ddpm_dist.storage import write_json_atomic
 
     device = setup_device(args.device, mode="graph")
     rank, world_size = parallel.init()
     cfg, net, meta = load_for_sampling(args.ckpt, weights=args.weights)
+    T = cfg.diffusion.timesteps
+    if args.nll_steps is not None and args.nll_steps > T:
+        raise ValueError(f"--nll-steps {args.nll_steps} exceeds the model's {T} diffusion timesteps")
+    t, weights = strided_timesteps(T, args.nll_steps) if args.nll_steps else (None, None)
     images = load_images(args.data, cfg, limit=args.num_samples)
     info(f"nll of {len(images)} images of {args.data} under {args.ckpt} ({meta['weights']} weights, step "
-         f"{meta.get('step')}, T = {cfg.diffusion.timesteps}) on {device} x {world_size} worker(s)",
+         f"{meta.get('step')}, T = {T}) on {device} x {world_size} worker(s)",
          rank=rank)  # fmt: skip
     bar = progress_bar(rank != 0 or args.no_progress, desc="nll", unit="call")
-    terms = dataset_terms(build_likelihood(cfg, net), images, batch_size=args.batch_size, seed=args.seed,
+    terms = dataset_terms(build_likelihood(cfg, net, timesteps=t), images, batch_size=args.batch_size, seed=args.seed,
                           progress=bar)  # fmt: skip
     if rank == 0:
-        result = summarize(terms)
+        result = summarize(terms, timesteps=t, weights=weights, num_timesteps=T)
         result.update(ckpt=str(args.ckpt), step=meta.get("step"), weights=meta["weights"], data=str(args.data),
                       var_type=cfg.diffusion.var_type, seed=args.seed, world_size=world_size,
                       batch_size=args.batch_size)  # fmt: skip

@@ -18,6 +18,11 @@ p's mean uses the network's x0, clipped to [-1, 1] when ``diffusion.clip_x0`` is
 
 Terms array (:func:`dataset_terms`): float32 [N, 1 + T], column 0 the prior L_T, column 1 + t the term of step t
 (column 1: the decoder L_0). :func:`summarize` turns it into the reported numbers.
+
+Strided estimate (``strided_timesteps``, ``tools/eval.py --nll-steps K``): the decoder (t = 0) and one t per stratum
+of K - 1 equal strata of t = 1 .. T-1 (its middle step), each KL weighted by its stratum's size, so K network calls
+per image instead of T. The terms it evaluates are the full bound's own (the noise is keyed by t), so its error is
+the quadrature error alone; K = T is the full bound. docs/evaluation.md gives the error measured on a test model.
 """
 
 from __future__ import annotations
@@ -81,6 +86,16 @@ class _Prior(nn.Cell):
         return self.bound.prior_bits(x0)
 
 
+def strided_timesteps(num_timesteps: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t int64 [steps], weights float64 [steps]) of the strided estimate: t = 0 (weight 1), then the middle step of
+    each of ``steps - 1`` near-equal strata of 1 .. T-1, weighted by the stratum's size (the weights add up to T)."""
+    if not 2 <= steps <= num_timesteps:
+        raise ValueError(f"the strided estimate needs 2 <= steps <= T = {num_timesteps} (got {steps})")
+    strata = np.array_split(np.arange(1, num_timesteps), steps - 1)
+    t = np.array([0] + [s[len(s) // 2] for s in strata], np.int64)
+    return t, np.array([1.0] + [float(len(s)) for s in strata])
+
+
 class Likelihood:
     """The bound's terms of batches of images under ``model`` (in inference mode).
 
@@ -91,12 +106,13 @@ class Likelihood:
         var_type: ``fixedlarge``, ``fixedsmall`` or ``learned_range``.
         clip_x0: clip the network's x0 to [-1, 1] before p's mean.
         shape: (C, H, W) of one image.
+        timesteps: the steps t to evaluate, ascending, starting at 0 (default: all T, the full bound).
 
     The first instance of a process runs the keyed-noise self-check on the current device.
     """
 
     def __init__(self, *, model: nn.Cell, schedule: Schedule, objective: str, var_type: str, clip_x0: bool,
-                 shape: tuple[int, int, int]):  # fmt: skip
+                 shape: tuple[int, int, int], timesteps=None):  # fmt: skip
         check_keyed_noise()
         bound = VariationalBound(diffusion=GaussianDiffusion(schedule=schedule, objective=objective),
                                  schedule=schedule, var_type=var_type, clip_x0=clip_x0)  # fmt: skip
@@ -105,13 +121,16 @@ class Likelihood:
         self.var_type = var_type
         self.step = BoundTerms(model=model, bound=bound, shape=self.shape, learned=var_type == "learned_range")
         self.prior = _Prior(bound)
-        self._t = [Tensor(t, ms.int32) for t in range(self.num_timesteps)]
+        self.timesteps = np.arange(self.num_timesteps) if timesteps is None else np.asarray(timesteps, np.int64)
+        assert self.timesteps[0] == 0 and np.all(np.diff(self.timesteps) > 0), self.timesteps
+        self._t = [Tensor(int(t), ms.int32) for t in self.timesteps]
 
     def batch_terms(self, x0: np.ndarray, indices, *, seed: int, progress: Callable[[int], None] | None = None):
-        """The terms of one batch: a device tensor float32 [B, 1 + T] (column 0 the prior, 1 + t step t).
+        """The terms of one batch: a device tensor float32 [B, 1 + K] (column 0 the prior, 1 + k step
+        ``timesteps[k]``; K = T and k = t for the full bound).
 
         x0: float32 [B, C, H, W] on the 256-level grid; indices: int [B] in [0, 2^31), the images' global indices
-        (their noise keys); ``progress(k)`` after k of the T network calls."""
+        (their noise keys); ``progress(k)`` after k of the K network calls."""
         x = Tensor(np.ascontiguousarray(x0, np.float32))
         idx = Tensor(np.asarray(indices, np.int64).astype(np.int32))
         s = seed_tensor(seed)
@@ -131,7 +150,7 @@ def dataset_terms(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray | None:
-    """The terms of ``images`` (uint8 [N, H, W, C], the same on every rank): float32 [N, 1 + T] on rank 0, None on
+    """The terms of ``images`` (uint8 [N, H, W, C], the same on every rank): float32 [N, 1 + K] on rank 0, None on
     the other ranks. Every rank must call it alike (``parallel.shards.sharded_map``); ``batch_size`` is per rank.
     ``progress(done, total)`` counts this rank's network calls."""
     from ..parallel import rank, world_size
@@ -144,7 +163,7 @@ def dataset_terms(
             f"images are {images.dtype} {list(images.shape)}, the model takes uint8 [N, {h}, {w}, {c}]"
         )
     x0 = x0_from_uint8(images)
-    T = likelihood.num_timesteps
+    T = len(likelihood.timesteps)  # network calls per batch
     total = shard_plan(n, world_size(), batch_size)[1] * T
 
     def run(indices: np.ndarray, batch: int):
@@ -156,12 +175,16 @@ def dataset_terms(
     return out
 
 
-def summarize(terms: np.ndarray) -> dict:
-    """The reported numbers of a terms array (float32 [N, 1 + T]), summed in float64: per image the total, and the
+def summarize(terms: np.ndarray, *, timesteps=None, weights=None, num_timesteps: int | None = None) -> dict:
+    """The reported numbers of a terms array (float32 [N, 1 + K]), summed in float64: per image the total, and the
     means over images of the total (``nll_bpd``), the prior, the decoder L_0 and the KL sum (t = 1 .. T-1), the
-    standard error of the mean, and the mean of every term (``terms_bpd``, [T], index t)."""
+    standard error of the mean, and the mean of every evaluated term (``terms_bpd`` [K], at the steps ``terms_t``).
+    Full bound by default; a strided estimate passes its ``timesteps``, ``weights`` (``strided_timesteps``) and T."""
     terms = np.asarray(terms, np.float64)
-    per_image = terms.sum(axis=1)
+    k = terms.shape[1] - 1
+    t = np.arange(k) if timesteps is None else np.asarray(timesteps)
+    w = np.concatenate([[1.0], np.ones(k) if weights is None else np.asarray(weights, np.float64)])
+    per_image = terms @ w
     n = len(per_image)
     return {
         "metric": "nll",
@@ -169,10 +192,12 @@ def summarize(terms: np.ndarray) -> dict:
         "nll_bpd_stderr": float(per_image.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
         "prior_bpd": float(terms[:, 0].mean()),
         "decoder_bpd": float(terms[:, 1].mean()),
-        "kl_bpd": float(terms[:, 2:].sum(axis=1).mean()),
+        "kl_bpd": float((terms[:, 2:] @ w[2:]).mean()),
         "num_images": int(n),
-        "timesteps": int(terms.shape[1] - 1),
+        "timesteps": int(num_timesteps or k),
+        "estimate": "full" if weights is None else f"strided {k} of {num_timesteps}",
         "per_image_bpd": per_image.tolist(),
+        "terms_t": t.tolist(),
         "terms_bpd": terms[:, 1:].mean(axis=0).tolist(),
     }
 
@@ -184,17 +209,23 @@ def summary(result: dict) -> str:
     pm = f" +- {stderr:.4f}" if stderr is not None else ""
     return (f"nll: {result['nll_bpd']:.4f}{pm} bits/dim over {result['num_images']} images (prior "
             f"{result['prior_bpd']:.4f}, decoder {result['decoder_bpd']:.4f}, KL {result['kl_bpd']:.4f}; "
-            f"{result['timesteps']} terms, full bound{', ' + extra if extra else ''})")  # fmt: skip
+            f"{_terms_label(result)}{', ' + extra if extra else ''})")  # fmt: skip
 
 
-def build_likelihood(cfg, net: nn.Cell) -> Likelihood:
+def _terms_label(result: dict) -> str:
+    if result.get("estimate", "full") == "full":
+        return f"{result['timesteps']} terms, full bound"
+    return f"{len(result['terms_t'])} of {result['timesteps']} terms, strided estimate"
+
+
+def build_likelihood(cfg, net: nn.Cell, *, timesteps=None) -> Likelihood:
     """The :class:`Likelihood` of ``net`` under ``cfg.diffusion`` (schedule, objective, variance, clipping) for
-    ``cfg.data``'s images."""
+    ``cfg.data``'s images; ``timesteps``: a strided estimate's steps (default: all T)."""
     from ..diffusion import build_schedule
 
     d, s = cfg.diffusion, cfg.data.image_size
     return Likelihood(model=net, schedule=build_schedule(cfg), objective=d.objective, var_type=d.var_type,
-                      clip_x0=d.clip_x0, shape=(cfg.data.channels, s, s))  # fmt: skip
+                      clip_x0=d.clip_x0, shape=(cfg.data.channels, s, s), timesteps=timesteps)  # fmt: skip
 
 
 def load_images(path: str, cfg, *, limit: int | None) -> np.ndarray:
