@@ -20,13 +20,14 @@ Terms array (:func:`dataset_terms`): float32 [N, 1 + T], column 0 the prior L_T,
 (column 1: the decoder L_0). :func:`summarize` turns it into the reported numbers.
 
 Strided estimate (``strided_timesteps``, ``tools/eval.py --nll-steps K``): the decoder (t = 0) and one t per stratum
-of K - 1 equal strata of t = 1 .. T-1 (its middle step), each KL weighted by its stratum's size, so K network calls
-per image instead of T. The terms it evaluates are the full bound's own (the noise is keyed by t), so its error is
+of K - 1 geometrically growing strata of t = 1 .. T-1, each KL weighted by its stratum's size, so K network calls per
+image instead of T. The terms it evaluates are the full bound's own (the noise is keyed by t), so its error is
 the quadrature error alone; K = T is the full bound. docs/evaluation.md gives the error measured on a test model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import mindspore as ms
@@ -87,13 +88,23 @@ class _Prior(nn.Cell):
 
 
 def strided_timesteps(num_timesteps: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(t int64 [steps], weights float64 [steps]) of the strided estimate: t = 0 (weight 1), then the middle step of
-    each of ``steps - 1`` near-equal strata of 1 .. T-1, weighted by the stratum's size (the weights add up to T)."""
+    """(t int64 [steps], weights float64 [steps]) of the strided estimate: t = 0 (weight 1), then one step per
+    stratum of ``steps - 1`` strata of 1 .. T-1 that grow geometrically (each at least one step: the first strata are
+    single steps), its geometric middle, weighted by the stratum's size (the weights add up to T).
+
+    Why geometric: the terms fall roughly like 1/t (the first KLs carry most of the bound), so equal strata
+    represented by their middle step miss the head - measured on the test model (T = 50): -18% at K = 10, -7.6% at
+    K = 25, against +0.4% and +0.5% with geometric strata (docs/evaluation.md)."""
     if not 2 <= steps <= num_timesteps:
         raise ValueError(f"the strided estimate needs 2 <= steps <= T = {num_timesteps} (got {steps})")
-    strata = np.array_split(np.arange(1, num_timesteps), steps - 1)
-    t = np.array([0] + [s[len(s) // 2] for s in strata], np.int64)
-    return t, np.array([1.0] + [float(len(s)) for s in strata])
+    start, t, weights = 1, [0], [1.0]
+    for left in range(steps - 1, 0, -1):  # strata still to place, this one included
+        end = num_timesteps if left == 1 else round(start * (num_timesteps / start) ** (1.0 / left))
+        end = min(max(end, start + 1), num_timesteps - (left - 1))  # >= 1 step here, >= 1 for each one after
+        t.append(min(max(round(math.sqrt(start * (end - 1))), start), end - 1))
+        weights.append(float(end - start))
+        start = end
+    return np.array(t, np.int64), np.array(weights)
 
 
 class Likelihood:
