@@ -173,13 +173,12 @@ def dataset_terms(
         raise LikelihoodError(
             f"images are {images.dtype} {list(images.shape)}, the model takes uint8 [N, {h}, {w}, {c}]"
         )
-    x0 = x0_from_uint8(images)
     T = len(likelihood.timesteps)  # network calls per batch
     total = shard_plan(n, world_size(), batch_size)[1] * T
 
     def run(indices: np.ndarray, batch: int):
         tick = None if progress is None else (lambda k: progress(batch * T + k, total))
-        return likelihood.batch_terms(x0[indices], indices, seed=seed, progress=tick)
+        return likelihood.batch_terms(x0_from_uint8(images[indices]), indices, seed=seed, progress=tick)
 
     out = np.zeros((n, 1 + T), np.float32) if rank() == 0 else None
     sharded_map(run, num_samples=n, batch_size=batch_size, out=out)
