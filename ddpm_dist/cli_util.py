@@ -105,3 +105,22 @@ def run_main(
     except (*INPUT_ERRORS, *also_input) as err:
         return fail(first_line(err), cause=getattr(err, "cause", ""))
     return 0 if code is None else code
+
+
+def progress_bar(disable: bool, *, desc: str, unit: str = "step") -> Callable[[int, int], None]:
+    """``update(done, total)`` drawing a tqdm bar on stderr (created on the first call, closed when done == total);
+    a no-op with ``disable`` (e.g. on ranks other than 0, or ``--no-progress``)."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if disable:
+            return
+        if "bar" not in state:
+            from tqdm import tqdm
+
+            state["bar"] = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        state["bar"].update(done - state["bar"].n)
+        if done == total:
+            state["bar"].close()
+
+    return update

@@ -102,16 +102,19 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # evaluate the EMA weights every N steps (0: never)
-    metric: str = "fid"  # fid (FID / IS, needs eval.inception) | digits (the digits metric, ddpm_dist/eval/digits.py)
+    # fid (FID / IS, needs eval.inception) | digits (the digits metric, ddpm_dist/eval/digits.py) |
+    # nll (the bound in bits/dim of the first eval.num_samples images of eval.ref, ddpm_dist/eval/likelihood.py)
+    metric: str = "fid"
     inception: str = ""  # FID Inception checkpoint made by tools/convert_inception.py
     # fid: prepared data set dir, image npz or mu/sigma npz ("": data.path, the training set);
-    # digits: heldout | train (the metric's own split of the real digits) | a data set dir or image npz ("": heldout)
+    # digits: heldout | train (the metric's own split of the real digits) | a data set dir or image npz ("": heldout);
+    # nll: a prepared data set dir, e.g. a held-out split ("": data.path, the training data)
     ref: str = ""
     ref_num: int = 0  # use the first N reference images (0: all)
-    num_samples: int = 1000  # EMA samples per evaluation (the paper's numbers use 50000)
+    num_samples: int = 1000  # EMA samples per evaluation (the paper's numbers use 50000); nll: images, T calls each
     sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of those samples (docs/sampling.md)
     sample_steps: int = 100  # its steps (0: full ancestral DDPM, whatever eval.sampler says)
-    batch_size: int = 50  # per worker, for the sampler and the Inception network
+    batch_size: int = 50  # per worker, for the sampler and the Inception network (nll: images per network call)
     splits: int = 10  # Inception Score splits
     cache_dir: str = ""  # reference statistics cache ("": $DDPM_DIST_CACHE/fid or ~/.cache/ddpm_dist/fid)
 
@@ -154,7 +157,7 @@ _CHOICES = {
     "train.lr_decay": ("none", "cosine", "linear"),
     "train.amp_level": ("auto", "O0", "O1", "O2"),
     "train.loss_scale": ("dynamic", "static", "none"),
-    "eval.metric": ("fid", "digits"),
+    "eval.metric": ("fid", "digits", "nll"),
     "run.device": DEVICE_CHOICES,
     "run.mode": ("graph", "pynative"),
     "run.profile_ranks": ("rank0", "all"),
@@ -306,7 +309,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(
             f"{source}: eval.inception: required when eval.every > 0 with eval.metric=fid (see docs/evaluation.md)"
         )
-    if cfg.eval.splits > cfg.eval.num_samples:
+    if cfg.eval.metric == "fid" and cfg.eval.splits > cfg.eval.num_samples:
         raise ConfigError(f"{source}: eval.splits: {cfg.eval.splits} exceeds eval.num_samples {cfg.eval.num_samples}")
     _check_step_timeout(cfg, source)
     try:
@@ -330,7 +333,8 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
             f"{source}: model.attn_resolutions: the network has no resolution {absent[0]} "
             f"(data.image_size {cfg.data.image_size} with {len(cfg.model.ch_mult)} levels gives {resolutions})"
         )
-    for key in ("run.sample_steps", "eval.sample_steps") if cfg.eval.every else ("run.sample_steps",):
+    sampled = cfg.eval.every and cfg.eval.metric != "nll"  # nll evaluates without sampling
+    for key in ("run.sample_steps", "eval.sample_steps") if sampled else ("run.sample_steps",):
         if _get(cfg, key) > cfg.diffusion.timesteps:
             raise ConfigError(
                 f"{source}: {key}: {_get(cfg, key)} exceeds diffusion.timesteps {cfg.diffusion.timesteps} "

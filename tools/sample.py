@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ddpm_dist.choices import DEVICE_CHOICES, SAMPLERS
-from ddpm_dist.cli_util import Parser, fail, reports_exit, run_main
+from ddpm_dist.cli_util import Parser, fail, progress_bar, reports_exit, run_main
 from ddpm_dist.errors import first_line
 from ddpm_dist.eval.options import add_eval_args, check_eval_args, make_extractor, run_eval
 from ddpm_dist.storage import probe_writable
@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         info(f"sampling {args.num_samples} images ({label}, seed {args.seed}) from {args.ckpt} ({meta['weights']} "
              f"weights, step {meta.get('step')}) on {device} x {world_size} worker(s)", rank=rank)  # fmt: skip
         keyed = build_keyed_sampler(cfg, net, sampler=args.sampler, steps=steps, eta=args.eta)
+        bar = progress_bar(rank != 0 or args.no_progress, desc="sampling")
         images = generate(keyed, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-                          progress=_progress_bar(rank != 0 or args.no_progress), all_ranks=args.eval)  # fmt: skip
+                          progress=bar, all_ranks=args.eval)  # fmt: skip
         metrics = run_eval(images, args, rank=rank, extractor=extractor) if args.eval else None
         if rank == 0:
             if args.rgb and images.shape[3] == 1:
@@ -183,23 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_main(body, also_input=(ValueError,))  # ValueError: e.g. --steps beyond the model's T
-
-
-def _progress_bar(disable: bool):
-    from tqdm import tqdm
-
-    state = {}
-
-    def update(done: int, total: int) -> None:
-        if disable:
-            return
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
-        state["bar"].update(done - state["bar"].n)
-        if done == total:
-            state["bar"].close()
-
-    return update
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Evaluation: FID and Inception Score with a MindSpore port of pytorch-fid's Inception-v3.
+"""Evaluation: FID and Inception Score with a MindSpore port of pytorch-fid's Inception-v3; the likelihood bound.
 
 - :mod:`.inception`  the network (FID variant of Inception-v3, TensorFlow 2015-12-05 graph)
 - :mod:`.weights`    pytorch-fid weights file -> MindSpore checkpoint -> ready network
@@ -6,6 +6,7 @@
 - :mod:`.features`   features of uint8 images, sharded across ranks and gathered
 - :mod:`.reference`  reference statistics from a data set or an npz, cached by protocol
 - :mod:`.evaluate`   the whole evaluation, and its one-line summary
+- :mod:`.likelihood` the negative log-likelihood bound of a data set in bits/dim (``--metric nll``), sharded
 
 Importing this package does not import MindSpore.
 """

@@ -4,7 +4,8 @@
 Samples come from a copy of the network that receives the EMA weights before each use; sample n's noise depends only
 on (run.seed, n), so the grids of one run are comparable over time and do not depend on the number of workers.
 Every rank samples its share through the one generation path (``inference.generate``) with keyed samplers built once
-per (sampler, steps) and kept, so their graphs compile once per run; rank 0 writes.
+per (sampler, steps) and kept, so their graphs compile once per run; rank 0 writes. The likelihood evaluation
+(``eval.metric=nll``) runs the same EMA network on data, not samples (``eval.likelihood``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class EMAHooks:
         self._sample_net = None
         self._extractor = None
         self._digits_ref = None
+        self._nll_images = None
+        self._likelihood = None
+        if cfg.eval.every and cfg.eval.metric == "nll":
+            self._nll_images = _nll_images(cfg)
         if cfg.eval.every and cfg.eval.metric == "fid":
             self._extractor = _feature_extractor(cfg)
         if cfg.eval.every and cfg.eval.metric == "digits" and rank == 0:
@@ -55,16 +60,21 @@ class EMAHooks:
     def keyed_sampler(self, sampler: str, steps: int) -> KeyedSampler:
         """The EMA network's keyed sampler: ``sampler`` with ``steps`` steps (0: full ancestral DDPM, whatever
         ``sampler`` says), built once per (sampler, steps)."""
+        key = sampler_label(sampler, steps)
+        if key not in self._samplers:
+            self._samplers[key] = build_keyed_sampler(
+                self.cfg, self.ema_net(), sampler=sampler if steps else "ddpm", steps=steps, eta=0.0
+            )
+        return self._samplers[key]
+
+    def ema_net(self):
+        """The network that samples and evaluates (inference mode), built once; ``self._load_ema()`` copies the
+        EMA weights into it."""
         if self._sample_net is None:
             self._sample_net = build_model(self.cfg)
             self._sample_net.set_train(False)
             self._load_ema = CopyParams(self._ema_params, self._sample_net.trainable_params())
-        key = sampler_label(sampler, steps)
-        if key not in self._samplers:
-            self._samplers[key] = build_keyed_sampler(
-                self.cfg, self._sample_net, sampler=sampler if steps else "ddpm", steps=steps, eta=0.0
-            )
-        return self._samplers[key]
+        return self._sample_net
 
     def ema_samples(
         self,
@@ -107,8 +117,12 @@ class EMAHooks:
         ``<run dir>/metrics.jsonl`` and TensorBoard scalars - ``eval/fid``, ``eval/is`` (FID and IS against
         ``eval.ref``, default the training data; every rank samples and extracts features, rank 0 computes and
         writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
-        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores)."""
+        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores), or
+        ``eval/nll_bpd`` (and its ``_prior``, ``_decoder``, ``_kl`` parts: the bound in bits/dim of the first
+        ``eval.num_samples`` images of ``eval.ref``, default the training data; no sampling)."""
         e = self.cfg.eval
+        if e.metric == "nll":
+            return self._write_nll(step)
         # FID extracts the features in shards: every rank needs the images
         images = self.ema_samples(e.num_samples, sampler=e.sampler, steps=e.sample_steps, batch=e.batch_size,
                                   uint8=True, all_ranks=e.metric == "fid")  # fmt: skip
@@ -150,11 +164,31 @@ class EMAHooks:
         self._append_metrics(result, summary(result))
         return result
 
+    def _write_nll(self, step: int) -> dict | None:
+        from ..eval.likelihood import build_likelihood, dataset_terms, summarize, summary
+
+        if self._likelihood is None:
+            self._likelihood = build_likelihood(self.cfg, self.ema_net())
+        self._load_ema()
+        terms = dataset_terms(self._likelihood, self._nll_images, batch_size=self.cfg.eval.batch_size,
+                              seed=self.cfg.run.seed)  # fmt: skip
+        if self.rank != 0:
+            return None
+        result = {"step": step, "weights": "ema", "sampler": None, **summarize(terms)}
+        result.update(data=self.cfg.eval.ref or self.cfg.data.path, var_type=self.cfg.diffusion.var_type)
+        del result["per_image_bpd"]  # metrics.jsonl keeps the means and the per-t curve
+        self.tb.scalars({"eval/nll_bpd": result["nll_bpd"], "eval/nll_prior_bpd": result["prior_bpd"],
+                         "eval/nll_decoder_bpd": result["decoder_bpd"], "eval/nll_kl_bpd": result["kl_bpd"]},
+                        step)  # fmt: skip
+        self._append_metrics(result, summary(result))
+        return result
+
     def _append_metrics(self, result: dict, line: str) -> None:
         self.tb.flush()
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
-        info(f"step {result['step']} EMA {result['sampler']}: {line}", rank=self.rank)
+        sampler = f" {result['sampler']}" if result["sampler"] else ""
+        info(f"step {result['step']} EMA{sampler}: {line}", rank=self.rank)
 
 
 def _feature_extractor(cfg: Config):
@@ -165,6 +199,18 @@ def _feature_extractor(cfg: Config):
         return FeatureExtractor(cfg.eval.inception, batch_size=cfg.eval.batch_size)
     except EvalError as err:
         raise ConfigError(f"eval.inception: {err}") from None
+
+
+def _nll_images(cfg: Config) -> np.ndarray:
+    """The first ``eval.num_samples`` images of ``eval.ref`` (default ``data.path``), read now: a missing or
+    mismatched data set fails before training."""
+    from ..eval.likelihood import LikelihoodError, load_images
+
+    key = "eval.ref" if cfg.eval.ref else "data.path"
+    try:
+        return load_images(cfg.eval.ref or cfg.data.path, cfg, limit=cfg.eval.num_samples)
+    except LikelihoodError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _digits_reference(cfg: Config):
