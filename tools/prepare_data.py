@@ -4,6 +4,7 @@
     python tools/prepare_data.py --source cifar10 --input cifar-10-python.tar.gz --output data/cifar10
     python tools/prepare_data.py --source mnist --input fashion-mnist/ --output data/fmnist --image-size 32
     python tools/prepare_data.py --source folder --input photos/ --output data/photos --image-size 64
+    python tools/prepare_data.py --source lsun --input church_outdoor_train_lmdb/ --output data/church256 --image-size 256
 
 Errors in the input print one line, ``error: <message>``, on stderr and exit with status 2; nothing is left behind.
 """
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, help="number of MindRecord files (default: about 256 MiB of pixels each)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output data set")
     p.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    p.add_argument(
+        "--limit", type=int, help="folder, lsun: convert only the first N readable images (path / key order)"
+    )
     return p.parse_args(argv)
 
 
@@ -54,12 +58,15 @@ def prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         strict=args.strict,
         upsample=args.upsample,
+        limit=args.limit,
     )
     s = manifest["image_size"]
-    skipped = manifest.get("skipped", 0)
+    skipped, upscaled = manifest.get("skipped", 0), manifest.get("upscaled", 0)
     print(
         f"wrote {manifest['count']} images ({s}x{s}x{manifest['channels']}, {manifest['source']} {manifest['split']}) "
-        f"to {args.output} in {len(manifest['files'])} file(s)" + (f"; skipped {skipped} unreadable" if skipped else "")
+        f"to {args.output} in {len(manifest['files'])} file(s)"
+        + (f"; skipped {skipped} unreadable" if skipped else "")
+        + (f"; upscaled {upscaled} smaller than {s} px" if upscaled else "")
     )
     return 0
 

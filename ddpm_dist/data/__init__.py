@@ -20,7 +20,7 @@ from ..errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-SOURCES = ("cifar10", "mnist", "folder", "digits")
+SOURCES = ("cifar10", "mnist", "folder", "lsun", "digits")
 
 
 class DataError(UserError, ValueError):

@@ -7,9 +7,22 @@ Sources:
   only reads complete 10,000-record files). The pickles are loaded with an unpickler that only builds numpy arrays.
 - ``mnist``: MNIST / Fashion-MNIST idx files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (optionally ``.gz``).
 - ``folder``: png/jpg/jpeg/webp files under a directory, recursively (hidden files and folders are ignored). The label
-  is the index of the top-level sub-folder in sorted order, 0 when the images lie directly in the directory. Images are
-  resized (shorter side, bicubic) and center-cropped to ``image_size``, then converted to ``channels``.
+  is the index of the top-level sub-folder in sorted order, 0 when the images lie directly in the directory.
+- ``lsun``: an LSUN category LMDB export (``church_outdoor_train_lmdb/``), label 0; see :mod:`ddpm_dist.data.lsun`.
 - ``digits``: scikit-learn's 1797 UCI digits, see :mod:`ddpm_dist.data.digits`.
+
+Every image that is not already ``image_size`` x ``image_size`` is fitted by one rule, :func:`fit_image`: crop the
+largest centered square (side = the shorter side, the odd pixel of the excess at the right / bottom), then resize that
+square to ``image_size`` with Lanczos (PIL's antialiasing filter), then convert to ``channels``. This is the DDPM
+paper's LSUN preprocessing: its TPU code reads LSUN from TFRecords made by StyleGAN2's ``dataset_tool.py
+create_lsun``, which crops ``img[(h - c) // 2 : (h + c) // 2, (w - c) // 2 : (w + c) // 2]`` with ``c = min(h, w)``
+and resizes with ``PIL.Image.ANTIALIAS`` (= LANCZOS). Its CelebA-HQ came from tensorflow_datasets' ``celeb_a_hq/256``
+(square images: no crop; those were box-downsampled from 1024 by the progressive-GAN tools, so a 1024 -> 256 Lanczos
+resize here differs from them by a few levels per pixel). improved-diffusion instead halves with a box filter while
+the shorter side is >= 2x the size, resizes bicubic and crops last: not what DDPM trained on. LSUN's images have a
+shorter side of 256, so at 256 px LSUN is a pure crop. An image smaller than ``image_size`` (shorter side) is upscaled
+by the same rule, as StyleGAN2's tool does; the readers count those in the manifest's ``upscaled``. CIFAR-10 / MNIST
+resizes (``--image-size`` other than 32 / 28) use the same rule (their images are square: a resize only).
 
 Output is atomic: everything is written into a hidden temporary directory next to ``output`` (the manifest last),
 which is renamed into place when complete. A failure removes it; only a killed process can leave a
@@ -234,18 +247,26 @@ def read_idx(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, s
 # --------------------------------------------------------------------------------------------------- images
 
 
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centered square of a ``width`` x ``height`` image: PIL box (left, top, right, bottom).
+
+    The side is ``min(width, height)``; the excess of the longer side is split with the extra pixel (odd excess) on the
+    right / bottom, as StyleGAN2's ``create_lsun`` slices ``[(h - c) // 2 : (h + c) // 2]``."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def fit_image(image, size: int, channels: int):
-    """PIL image -> ``size`` x ``size`` with ``channels`` (resize the shorter side, bicubic, then center crop)."""
+    """PIL image -> ``size`` x ``size`` with ``channels``: the centered square (:func:`center_square`), resized with
+    Lanczos (PIL's antialiasing filter) when its side is not ``size``; up as well as down."""
     from PIL import Image
 
     image = image.convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+    if image.size != (size, size):
+        image = image.crop(center_square(*image.size))
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.LANCZOS)
     return image
 
 
@@ -260,6 +281,57 @@ def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
         out[i] = np.asarray(fit_image(pil, size, channels)).reshape(size, size, channels)
     return out
+
+
+class ImageDecoder:
+    """Encoded images (files or bytes) -> uint8 [size, size, channels] via :func:`fit_image`, for the readers that
+    decode one image at a time (``folder``, ``lsun``).
+
+    ``info`` (the reader's manifest extras) counts ``upscaled`` images (shorter side below ``size``) and ``skipped``
+    undecodable ones with up to five ``skipped_examples``; under ``strict`` an undecodable image is a DataError."""
+
+    def __init__(self, *, size: int, channels: int, strict: bool, info: dict, origin: str) -> None:
+        self.size, self.channels, self.strict, self.info, self.origin = size, channels, strict, info, origin
+        info.update(upscaled=0, skipped=0, skipped_examples=[])
+
+    def __call__(self, file, name: str) -> np.ndarray | None:
+        """``file``: a path or a binary file object; ``name`` says which image of ``origin`` (the input) it is, in
+        messages and ``skipped_examples``. None if skipped."""
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(file) as im:
+                im = ImageOps.exif_transpose(im)
+                if min(im.size) < self.size:
+                    self.info["upscaled"] += 1
+                fitted = fit_image(im, self.size, self.channels)
+                return np.asarray(fitted).reshape(self.size, self.size, self.channels)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            if self.strict:
+                raise DataError(f"unreadable image {name} in {self.origin} ({first_line(err)})") from None
+            self.info["skipped"] += 1
+            if len(self.info["skipped_examples"]) < 5:
+                self.info["skipped_examples"].append(name)
+            return None
+
+
+def stream_chunks(images: Iterator[tuple[np.ndarray | None, int]], limit: int | None) -> Chunks:
+    """(image or None for a skipped one, label) pairs -> chunks of up to ``_ROWS_PER_WRITE`` kept images, stopping
+    after ``limit`` of them (None: all). Lazy: nothing past the limit is decoded."""
+    kept: list[tuple[np.ndarray, int]] = []
+    total = 0
+    for image, label in images:
+        if limit is not None and total >= limit:
+            break
+        if image is None:
+            continue
+        kept.append((image, label))
+        total += 1
+        if len(kept) == _ROWS_PER_WRITE:
+            yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
+            kept = []
+    if kept:
+        yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
 
 
 def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -282,36 +354,19 @@ def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, label_of[r.parts[0]] if classes else 0) for p, r in zip(found, rel, strict=True)], classes
 
 
-def read_folder(path: str, *, image_size: int, channels: int, strict: bool = False) -> Source:
-    """Stream the images of a folder (see the module docstring). Unreadable images are skipped and counted in
-    ``info['skipped']`` (raise DataError under ``strict``)."""
-    from PIL import Image, ImageOps
-
+def read_folder(
+    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None
+) -> Source:
+    """Stream the images of a folder (see the module docstring), the first ``limit`` readable ones if given.
+    Unreadable images are skipped and counted in ``info['skipped']`` (raise DataError under ``strict``)."""
     root = Path(path)
     files, classes = _scan_folder(root)
-    info = {"num_classes": max(1, len(classes)), "class_names": classes, "skipped": 0, "skipped_examples": []}
-
-    def load(file: Path) -> np.ndarray | None:
-        try:
-            with Image.open(file) as im:
-                im = ImageOps.exif_transpose(im)
-                return np.asarray(fit_image(im, image_size, channels)).reshape(image_size, image_size, channels)
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            if strict:
-                raise DataError(f"unreadable image {file} ({first_line(err)})") from None
-            info["skipped"] += 1
-            if len(info["skipped_examples"]) < 5:
-                info["skipped_examples"].append(str(file.relative_to(root)))
-            return None
-
-    def chunks() -> Chunks:
-        for start in range(0, len(files), _ROWS_PER_WRITE):
-            loaded = [(load(f), label) for f, label in files[start : start + _ROWS_PER_WRITE]]
-            kept = [(img, label) for img, label in loaded if img is not None]
-            if kept:
-                yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
-
-    return Source(count_hint=len(files), image_size=image_size, channels=channels, chunks=chunks(), info=info)
+    info: dict = {"num_classes": max(1, len(classes)), "class_names": classes}
+    decode = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root))
+    images = ((decode(file, str(file.relative_to(root))), label) for file, label in files)
+    count = len(files) if limit is None else min(limit, len(files))
+    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=stream_chunks(images, limit),
+                  info=info)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -506,7 +561,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------- entry point
 
-_NATIVE = {"cifar10": (32, 3), "mnist": (28, 1), "digits": (16, 1), "folder": (None, 3)}
+_NATIVE = {"cifar10": (32, 3), "mnist": (28, 1), "digits": (16, 1), "folder": (None, 3), "lsun": (None, 3)}
+_STREAMED = ("folder", "lsun")  # decoded one image at a time: --limit applies
 
 
 def convert(
@@ -521,14 +577,16 @@ def convert(
     overwrite: bool = False,
     strict: bool = False,
     upsample: str | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Convert ``source`` data at ``input_path`` into a prepared data set at ``output``; return its manifest.
 
-    ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders need
-    ``image_size`` and default to 3 channels); anything else is resized (shorter side, bicubic, center crop) and
-    converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file. ``upsample`` (digits only):
-    ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources, recorded in the manifest. Raises DataError on
-    bad input.
+    ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders and
+    LSUN need ``image_size`` and default to 3 channels); anything else is center-cropped to a square and resized
+    (:func:`fit_image`) and converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file.
+    ``upsample`` (digits only): ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources, recorded in the
+    manifest. ``limit`` (folder, lsun): only the first ``limit`` readable images, in path / key order, recorded in the
+    manifest. Raises DataError on bad input.
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")
@@ -545,6 +603,10 @@ def convert(
         raise DataError(f"--channels must be 1 or 3 (got {channels})")
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise DataError(f"--shards must be in 1..{MAX_SHARDS} (got {shards})")
+    if limit is not None and source not in _STREAMED:
+        raise DataError(f"--limit applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1 (got {limit})")
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
@@ -552,8 +614,10 @@ def convert(
     meta = {"source": source, "split": split, "input": input_path}
     if source == "digits":
         meta["upsample"] = upsample
+    if limit is not None:
+        meta["limit"] = limit
     src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
-                                              split=split, strict=strict, upsample=upsample)  # fmt: skip
+                                              split=split, strict=strict, upsample=upsample, limit=limit)  # fmt: skip
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
 
@@ -588,10 +652,16 @@ def _open_source(
     split: str,
     strict: bool,
     upsample: str | None,
+    limit: int | None,
 ) -> tuple[Source, str]:
     """(the reader of ``source``, its ``source_format`` for the manifest)."""
     if source == "folder":
-        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict), "image-folder"
+        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit), \
+            "image-folder"  # fmt: skip
+    if source == "lsun":
+        from ddpm_dist.data.lsun import read_lsun
+
+        return read_lsun(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit), "lmdb"
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),
