@@ -144,10 +144,14 @@ def test_random_flip_off_changes_only_x0(data):
         np.testing.assert_array_equal(a[2], b[2])
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_ranks_interleave_to_the_one_rank_batch(data, world_size):
     path, _ = data
+    counts = [f["count"] for f in read_manifest(path)["files"]]
+    assert counts == [17, 17, 16]  # the rows below come from all three shard files
+    file_of = np.repeat(np.arange(3), counts)
     steps = 6  # 4 steps per epoch: crosses an epoch boundary
+    assert len({f for s in range(steps) for f in file_of[make(path).batch_plan(s)[0]].tolist()}) == 3
     single = take(make(path, global_batch=12), steps)
     per_rank = [take(make(path, global_batch=12, rank=r, world_size=world_size), steps) for r in range(world_size)]
     for step in range(steps):

@@ -4,7 +4,7 @@
     python tools/prepare_data.py --source cifar10 --input cifar-10-python.tar.gz --output data/cifar10
     python tools/prepare_data.py --source mnist --input fashion-mnist/ --output data/fmnist --image-size 32
     python tools/prepare_data.py --source folder --input photos/ --output data/photos --image-size 64
-    python tools/prepare_data.py --source lsun --input church_outdoor_train_lmdb/ --output data/church256 --image-size 256
+    python tools/prepare_data.py --source lsun --input church_outdoor_train_lmdb/ --output data/church --image-size 256
 
 Errors in the input print one line, ``error: <message>``, on stderr and exit with status 2; nothing is left behind.
 """

@@ -11,18 +11,8 @@ Sources:
 - ``lsun``: an LSUN category LMDB export (``church_outdoor_train_lmdb/``), label 0; see :mod:`ddpm_dist.data.lsun`.
 - ``digits``: scikit-learn's 1797 UCI digits, see :mod:`ddpm_dist.data.digits`.
 
-Every image that is not already ``image_size`` x ``image_size`` is fitted by one rule, :func:`fit_image`: crop the
-largest centered square (side = the shorter side, the odd pixel of the excess at the right / bottom), then resize that
-square to ``image_size`` with Lanczos (PIL's antialiasing filter), then convert to ``channels``. This is the DDPM
-paper's LSUN preprocessing: its TPU code reads LSUN from TFRecords made by StyleGAN2's ``dataset_tool.py
-create_lsun``, which crops ``img[(h - c) // 2 : (h + c) // 2, (w - c) // 2 : (w + c) // 2]`` with ``c = min(h, w)``
-and resizes with ``PIL.Image.ANTIALIAS`` (= LANCZOS). Its CelebA-HQ came from tensorflow_datasets' ``celeb_a_hq/256``
-(square images: no crop; those were box-downsampled from 1024 by the progressive-GAN tools, so a 1024 -> 256 Lanczos
-resize here differs from them by a few levels per pixel). improved-diffusion instead halves with a box filter while
-the shorter side is >= 2x the size, resizes bicubic and crops last: not what DDPM trained on. LSUN's images have a
-shorter side of 256, so at 256 px LSUN is a pure crop. An image smaller than ``image_size`` (shorter side) is upscaled
-by the same rule, as StyleGAN2's tool does; the readers count those in the manifest's ``upscaled``. CIFAR-10 / MNIST
-resizes (``--image-size`` other than 32 / 28) use the same rule (their images are square: a resize only).
+Every image that is not already ``image_size`` x ``image_size`` is fitted by one rule, the paper's: crop the centered
+square, resize it with Lanczos (see :mod:`ddpm_dist.data.decode`).
 
 Output is atomic: everything is written into a hidden temporary directory next to ``output`` (the manifest last),
 which is renamed into place when complete. A failure removes it; only a killed process can leave a
@@ -47,13 +37,13 @@ import shutil
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
+from ddpm_dist.data.decode import ROWS_PER_WRITE, Chunks, ImageDecoder, Source, resize_array, stream_chunks
 from ddpm_dist.errors import first_line
 from ddpm_dist.storage import probe_writable, sha256_file
 
@@ -62,22 +52,6 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SHARD_TARGET_BYTES = 256 * 2**20  # automatic shard count: about this much pixel data per file
 MAX_SHARDS = 1000
 MAX_IMAGE_SIZE = 1024  # larger is a typo, not a DDPM data set (minutes of resizing, gigabytes per shard)
-_ROWS_PER_WRITE = 1000
-
-Chunks = Iterator[tuple[np.ndarray, np.ndarray]]  # (uint8 [n, H, W, C], int32 [n])
-
-
-@dataclass
-class Source:
-    """What a reader hands to the writer: chunks of images of one size, and what goes into the manifest."""
-
-    count_hint: int  # exact for arrays; for folders the number of candidate files (an upper bound)
-    image_size: int
-    channels: int
-    chunks: Chunks
-    info: dict = field(default_factory=dict)  # extra manifest keys; a reader may fill it while it is being iterated
-
-
 # --------------------------------------------------------------------------------------------------- CIFAR-10
 
 
@@ -244,94 +218,7 @@ def read_idx(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, s
     return images[..., None], labels.astype(np.int32), "idx"
 
 
-# --------------------------------------------------------------------------------------------------- images
-
-
-def center_square(width: int, height: int) -> tuple[int, int, int, int]:
-    """The largest centered square of a ``width`` x ``height`` image: PIL box (left, top, right, bottom).
-
-    The side is ``min(width, height)``; the excess of the longer side is split with the extra pixel (odd excess) on the
-    right / bottom, as StyleGAN2's ``create_lsun`` slices ``[(h - c) // 2 : (h + c) // 2]``."""
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
-
-
-def fit_image(image, size: int, channels: int):
-    """PIL image -> ``size`` x ``size`` with ``channels``: the centered square (:func:`center_square`), resized with
-    Lanczos (PIL's antialiasing filter) when its side is not ``size``; up as well as down."""
-    from PIL import Image
-
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (size, size):
-        image = image.crop(center_square(*image.size))
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.LANCZOS)
-    return image
-
-
-def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 [N, H, W, C] -> uint8 [N, size, size, channels]; returned unchanged when it already fits."""
-    if images.shape[1:] == (size, size, channels):
-        return images
-    from PIL import Image
-
-    out = np.empty((images.shape[0], size, size, channels), np.uint8)
-    for i, img in enumerate(images):
-        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        out[i] = np.asarray(fit_image(pil, size, channels)).reshape(size, size, channels)
-    return out
-
-
-class ImageDecoder:
-    """Encoded images (files or bytes) -> uint8 [size, size, channels] via :func:`fit_image`, for the readers that
-    decode one image at a time (``folder``, ``lsun``).
-
-    ``info`` (the reader's manifest extras) counts ``upscaled`` images (shorter side below ``size``) and ``skipped``
-    undecodable ones with up to five ``skipped_examples``; under ``strict`` an undecodable image is a DataError."""
-
-    def __init__(self, *, size: int, channels: int, strict: bool, info: dict, origin: str) -> None:
-        self.size, self.channels, self.strict, self.info, self.origin = size, channels, strict, info, origin
-        info.update(upscaled=0, skipped=0, skipped_examples=[])
-
-    def __call__(self, file, name: str) -> np.ndarray | None:
-        """``file``: a path or a binary file object; ``name`` says which image of ``origin`` (the input) it is, in
-        messages and ``skipped_examples``. None if skipped."""
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(file) as im:
-                im = ImageOps.exif_transpose(im)
-                if min(im.size) < self.size:
-                    self.info["upscaled"] += 1
-                fitted = fit_image(im, self.size, self.channels)
-                return np.asarray(fitted).reshape(self.size, self.size, self.channels)
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            if self.strict:
-                raise DataError(f"unreadable image {name} in {self.origin} ({first_line(err)})") from None
-            self.info["skipped"] += 1
-            if len(self.info["skipped_examples"]) < 5:
-                self.info["skipped_examples"].append(name)
-            return None
-
-
-def stream_chunks(images: Iterator[tuple[np.ndarray | None, int]], limit: int | None) -> Chunks:
-    """(image or None for a skipped one, label) pairs -> chunks of up to ``_ROWS_PER_WRITE`` kept images, stopping
-    after ``limit`` of them (None: all). Lazy: nothing past the limit is decoded."""
-    kept: list[tuple[np.ndarray, int]] = []
-    total = 0
-    for image, label in images:
-        if limit is not None and total >= limit:
-            break
-        if image is None:
-            continue
-        kept.append((image, label))
-        total += 1
-        if len(kept) == _ROWS_PER_WRITE:
-            yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
-            kept = []
-    if kept:
-        yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
+# --------------------------------------------------------------------------------------------------- folder
 
 
 def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -354,9 +241,7 @@ def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, label_of[r.parts[0]] if classes else 0) for p, r in zip(found, rel, strict=True)], classes
 
 
-def read_folder(
-    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None
-) -> Source:
+def read_folder(path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None) -> Source:
     """Stream the images of a folder (see the module docstring), the first ``limit`` readable ones if given.
     Unreadable images are skipped and counted in ``info['skipped']`` (raise DataError under ``strict``)."""
     root = Path(path)
@@ -374,9 +259,9 @@ def read_folder(
 
 def _array_source(images: np.ndarray, labels: np.ndarray, *, image_size: int, channels: int, info: dict) -> Source:
     def chunks() -> Chunks:
-        for start in range(0, images.shape[0], _ROWS_PER_WRITE):
-            part = resize_array(images[start : start + _ROWS_PER_WRITE], image_size, channels)
-            yield np.ascontiguousarray(part), labels[start : start + _ROWS_PER_WRITE].astype(np.int32)
+        for start in range(0, images.shape[0], ROWS_PER_WRITE):
+            part = resize_array(images[start : start + ROWS_PER_WRITE], image_size, channels)
+            yield np.ascontiguousarray(part), labels[start : start + ROWS_PER_WRITE].astype(np.int32)
 
     return Source(count_hint=images.shape[0], image_size=image_size, channels=channels, chunks=chunks(), info=info)
 
@@ -583,10 +468,10 @@ def convert(
 
     ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders and
     LSUN need ``image_size`` and default to 3 channels); anything else is center-cropped to a square and resized
-    (:func:`fit_image`) and converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file.
-    ``upsample`` (digits only): ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources, recorded in the
-    manifest. ``limit`` (folder, lsun): only the first ``limit`` readable images, in path / key order, recorded in the
-    manifest. Raises DataError on bad input.
+    (:func:`ddpm_dist.data.decode.fit_image`) and converted (RGB <-> L). ``shards`` defaults to about 256 MiB of
+    pixels per file. ``upsample`` (digits only): ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources,
+    recorded in the manifest. ``limit`` (folder, lsun): only the first ``limit`` readable images, in path / key order,
+    recorded in the manifest. Raises DataError on bad input.
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")

@@ -2,10 +2,10 @@
 ``download.py`` fetches as ``<category>_<split>_lmdb.zip``, e.g. ``church_outdoor_train_lmdb/``.
 
 Each entry is one image: the key is its id (a 40-character hex string), the value the encoded image (jpeg, quality 75,
-per the LSUN README; webp in some exports; Pillow decodes both), resized by LSUN so that its shorter side is 256. Entries are read in key order, which LMDB keeps sorted, so
-the sample index of an image is the same on every conversion. The images carry no class (label 0: one category per
-export). Decoding, the center crop and the resize are :class:`ddpm_dist.data.convert.ImageDecoder`'s, shared with the
-``folder`` source.
+per the LSUN README; webp in some exports; Pillow decodes both), resized by LSUN so that its shorter side is 256.
+Entries are read in key order, which LMDB keeps sorted, so the sample index of an image is the same on every
+conversion. The images carry no class (label 0: one category per export). Decoding, the center crop and the resize are
+:class:`ddpm_dist.data.decode.ImageDecoder`'s, shared with the ``folder`` source.
 
 The database is opened read-only without a lock file (``lock=False``: the export may sit on a read-only mount, and
 nothing writes it meanwhile) and without read-ahead (the 3-million-image ``bedroom`` export is tens of GB; the OS
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_dist.data import DataError
-from ddpm_dist.data.convert import ImageDecoder, Source, stream_chunks
+from ddpm_dist.data.decode import ImageDecoder, Source, stream_chunks
 from ddpm_dist.errors import first_line
 
 
@@ -45,9 +45,7 @@ def _open_env(root: Path):
         raise DataError(f"not an LMDB export: {root}/data.mdb cannot be opened ({first_line(err)})") from None
 
 
-def read_lsun(
-    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None
-) -> Source:
+def read_lsun(path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None) -> Source:
     """Stream the images of the LSUN LMDB export at ``path`` in key order, the first ``limit`` readable ones if given.
 
     Undecodable values are skipped and counted in ``info['skipped']`` (their keys in ``skipped_examples``), or are a
