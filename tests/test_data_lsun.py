@@ -192,10 +192,10 @@ def test_shard_counts(sources, tmp_path):
 
 
 def test_default_shard_counts_of_the_256_px_data_sets():
-    """The figures in docs/data.md: about 256 MiB of pixels per file, at most 1000 files."""
+    """The figures in docs/data.md: about 256 MiB of pixels per file, at most 256 files."""
     image_bytes = 256 * 256 * 3
     assert auto_shards(126_227, image_bytes) == 93  # LSUN church_outdoor train
-    assert auto_shards(3_033_042, image_bytes) == 1000  # LSUN bedroom train: capped, ~596 MB per file
+    assert auto_shards(3_033_042, image_bytes) == 256  # LSUN bedroom train: capped, ~2.3 GB per file
     assert auto_shards(30_000, image_bytes) == 22  # CelebA-HQ
     assert auto_shards(100_000, image_bytes) == 74  # a 100k-image --limit subset
 

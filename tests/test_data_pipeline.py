@@ -251,3 +251,52 @@ def test_build_train_data_reads_and_checks_the_manifest_once(data, monkeypatch):
     monkeypatch.setattr(pipeline, "check_manifest", lambda m, **kw: calls.append("check") or real_check(m, **kw))
     td = build_train_data(load_config(None, overrides), rank=0, world_size=1, verify=True)
     assert calls == ["read", "check"] and td.num_samples == N
+
+
+# ------------------------------------------------------------------------------------------------ open files
+
+
+def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root):
+    """12 files x (1 + 2 workers) descriptors do not fit a soft `ulimit -n 30`: MindSpore fails at the first batch
+    ("failed to open files for reading mindrecord files") unless the pipeline raises the soft limit first."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    write_arrays("twelve", np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), shards=12)
+    code = (
+        "import itertools, resource, sys; from ddpm_dist.data.pipeline import TrainData; "
+        "td = TrainData(path='twelve', global_batch=8, rank=0, world_size=1, seed=0, timesteps=10, random_flip=False, "
+        "image_size=8, channels=3, num_parallel_workers=2); "
+        "print(len(list(itertools.islice(iter(td), 3))), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "GLOG_v": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (30, hard)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["3", str(pipeline.open_files_needed(12, 2))]
+
+
+def test_an_open_file_limit_that_cannot_be_raised_is_one_line(monkeypatch):
+    import resource
+
+    calls = []
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: calls.append(limits))
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    pipeline.ensure_open_files(1000, 2, root="/data/bedroom")
+    assert calls == [(3256, 4096)]
+    pipeline.ensure_open_files(100, 2, root="/data/church")  # 556 fit under 1024: left alone
+    assert calls == [(3256, 4096)]
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 2048))
+    needle = r"^/data/bedroom: reading its 1000 files with data.num_parallel_workers=2 needs about 3256 open files, "
+    with pytest.raises(DataError, match=needle + r".*hard limit 2048\); lower data.num_parallel_workers"):
+        pipeline.ensure_open_files(1000, 2, root="/data/bedroom")
+    assert len(calls) == 1

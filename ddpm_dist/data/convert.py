@@ -50,7 +50,11 @@ from ddpm_dist.storage import probe_writable, sha256_file
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHARD_TARGET_BYTES = 256 * 2**20  # automatic shard count: about this much pixel data per file
-MAX_SHARDS = 1000
+MAX_SHARDS = 1000  # --shards
+# The automatic count stops at 256 files (LSUN bedroom at 256 px: 256 files of ~2.3 GB): while it reads, MindDataset
+# holds every file open 1 + num_parallel_workers times (measured), so 1000 files at 2 workers need ~3000 descriptors,
+# three times the usual `ulimit -n` of 1024 (see pipeline.ensure_open_files).
+AUTO_MAX_SHARDS = 256
 MAX_IMAGE_SIZE = 1024  # larger is a typo, not a DDPM data set (minutes of resizing, gigabytes per shard)
 # --------------------------------------------------------------------------------------------------- CIFAR-10
 
@@ -297,8 +301,8 @@ def write_arrays(
 
 
 def auto_shards(count: int, image_bytes: int) -> int:
-    """About SHARD_TARGET_BYTES of pixels per file, at most MAX_SHARDS files, at least one sample per file."""
-    return max(1, min(MAX_SHARDS, count, math.ceil(count * image_bytes / SHARD_TARGET_BYTES)))
+    """About SHARD_TARGET_BYTES of pixels per file, at most AUTO_MAX_SHARDS files, at least one sample per file."""
+    return max(1, min(AUTO_MAX_SHARDS, count, math.ceil(count * image_bytes / SHARD_TARGET_BYTES)))
 
 
 def _pow2ceil(n: int) -> int:
