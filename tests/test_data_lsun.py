@@ -274,3 +274,25 @@ def test_cli_converts_an_lsun_export(sources, repo_root, tmp_path):
     assert bad.stderr.splitlines() == [f"error: not an LMDB export: {tmp_path} holds no data.mdb "
                                        "(expected e.g. church_outdoor_train_lmdb/)"]  # fmt: skip
     assert not Path("out").exists()
+
+
+def test_decoding_threads_change_nothing(tmp_path):
+    """The same output, counts and first --strict error with 1 and 3 decoding threads (results are taken in order)."""
+    items = encoded_images() + encoded_images(seed=3)
+    values = {f"k{i:02d}".encode(): blob for i, (blob, _, _) in enumerate(items)}
+    values[b"k03"] = values[b"k09"] = b"\xff\xd8 truncated jpeg"
+    make_lmdb(tmp_path / "db", values)
+    runs = {}
+    for workers in (1, 3):
+        m = convert(source="lsun", input_path=str(tmp_path / "db"), output=f"w{workers}", image_size=20,
+                    workers=workers)  # fmt: skip
+        runs[workers] = (read_back(Path(f"w{workers}"))[0], m["skipped_examples"], m["upscaled"], m["count"])
+        with pytest.raises(DataError, match=r"unreadable image k03 in "):
+            convert(source="lsun", input_path=str(tmp_path / "db"), output="s", image_size=20, strict=True,
+                    workers=workers)  # fmt: skip
+    np.testing.assert_array_equal(runs[1][0], runs[3][0])
+    assert runs[1][1:] == runs[3][1:] == (["k03", "k09"], 2, 12)
+    with pytest.raises(DataError, match=r"--workers must be in 1\.\.256 \(got 0\)"):
+        convert(source="lsun", input_path=str(tmp_path / "db"), output="x", image_size=20, workers=0)
+    with pytest.raises(DataError, match="--workers applies to --source folder or lsun only"):
+        convert(source="mnist", input_path=str(tmp_path / "db"), output="x", workers=2)

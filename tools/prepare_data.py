@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--limit", type=int, help="folder, lsun: convert only the first N readable images (path / key order)"
     )
+    p.add_argument(
+        "--workers", type=int, help="folder, lsun: decoding threads (default: the CPUs available, at most 16)"
+    )
     return p.parse_args(argv)
 
 
@@ -59,6 +62,7 @@ def prepare(args: argparse.Namespace) -> int:
         strict=args.strict,
         upsample=args.upsample,
         limit=args.limit,
+        workers=args.workers,
     )
     s = manifest["image_size"]
     skipped, upscaled = manifest.get("skipped", 0), manifest.get("upscaled", 0)

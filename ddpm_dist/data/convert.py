@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
-from ddpm_dist.data.decode import ROWS_PER_WRITE, Chunks, ImageDecoder, Source, resize_array, stream_chunks
+from ddpm_dist.data.decode import ROWS_PER_WRITE, Chunks, ImageDecoder, Source, default_workers, resize_array
 from ddpm_dist.errors import first_line
 from ddpm_dist.storage import probe_writable, sha256_file
 
@@ -245,16 +245,20 @@ def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, label_of[r.parts[0]] if classes else 0) for p, r in zip(found, rel, strict=True)], classes
 
 
-def read_folder(path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None) -> Source:
-    """Stream the images of a folder (see the module docstring), the first ``limit`` readable ones if given.
-    Unreadable images are skipped and counted in ``info['skipped']`` (raise DataError under ``strict``)."""
+def read_folder(
+    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None, workers: int = 1
+) -> Source:
+    """Stream the images of a folder (see the module docstring), the first ``limit`` readable ones if given, decoded
+    by ``workers`` threads. Unreadable images are skipped and counted in ``info['skipped']`` (raise DataError under
+    ``strict``)."""
     root = Path(path)
     files, classes = _scan_folder(root)
     info: dict = {"num_classes": max(1, len(classes)), "class_names": classes}
-    decode = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root))
-    images = ((decode(file, str(file.relative_to(root))), label) for file, label in files)
+    decoder = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root),
+                           workers=workers)  # fmt: skip
+    items = ((file, str(file.relative_to(root)), label) for file, label in files)
     count = len(files) if limit is None else min(limit, len(files))
-    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=stream_chunks(images, limit),
+    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=decoder.chunks(items, limit),
                   info=info)  # fmt: skip
 
 
@@ -467,6 +471,7 @@ def convert(
     strict: bool = False,
     upsample: str | None = None,
     limit: int | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Convert ``source`` data at ``input_path`` into a prepared data set at ``output``; return its manifest.
 
@@ -496,6 +501,10 @@ def convert(
         raise DataError(f"--limit applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1 (got {limit})")
+    if workers is not None and source not in _STREAMED:
+        raise DataError(f"--workers applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
+    if workers is not None and not 1 <= workers <= 256:
+        raise DataError(f"--workers must be in 1..256 (got {workers})")
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
@@ -506,7 +515,8 @@ def convert(
     if limit is not None:
         meta["limit"] = limit
     src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
-                                              split=split, strict=strict, upsample=upsample, limit=limit)  # fmt: skip
+                                              split=split, strict=strict, upsample=upsample, limit=limit,
+                                              workers=workers or default_workers())  # fmt: skip
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 
 
@@ -542,15 +552,19 @@ def _open_source(
     strict: bool,
     upsample: str | None,
     limit: int | None,
+    workers: int,
 ) -> tuple[Source, str]:
     """(the reader of ``source``, its ``source_format`` for the manifest)."""
     if source == "folder":
-        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit), \
-            "image-folder"  # fmt: skip
+        folder = read_folder(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit,
+                             workers=workers)  # fmt: skip
+        return folder, "image-folder"
     if source == "lsun":
         from ddpm_dist.data.lsun import read_lsun
 
-        return read_lsun(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit), "lmdb"
+        lsun = read_lsun(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit,
+                         workers=workers)  # fmt: skip
+        return lsun, "lmdb"
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),

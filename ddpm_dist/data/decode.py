@@ -19,7 +19,11 @@ numpy and PIL only (PIL imported when an image is first fitted).
 
 from __future__ import annotations
 
+import io
+import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,52 +83,78 @@ def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return out
 
 
+def default_workers() -> int:
+    """Decoding threads when none are asked for: the CPUs this process may use, at most 16."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(16, cpus))
+
+
 class ImageDecoder:
-    """Encoded images (files or bytes) -> uint8 [size, size, channels] via :func:`fit_image`, for the readers that
-    decode one image at a time (``folder``, ``lsun``).
+    """Encoded images (paths or bytes) -> chunks of uint8 [n, size, size, channels] via :func:`fit_image`, for the
+    readers that decode one image at a time (``folder``, ``lsun``).
 
-    ``info`` (the reader's manifest extras) counts ``upscaled`` images (shorter side below ``size``) and ``skipped``
-    undecodable ones with up to five ``skipped_examples``; under ``strict`` an undecodable image is a DataError."""
+    ``workers`` threads decode (PIL releases the GIL while it decodes and resizes); the results are taken in sample
+    order, so the output and the counts do not depend on ``workers``. ``info`` (the reader's manifest extras) counts
+    ``upscaled`` images (shorter side below ``size``) and ``skipped`` undecodable ones with up to five
+    ``skipped_examples``; under ``strict`` an undecodable image is a DataError naming the first one in sample order."""
 
-    def __init__(self, *, size: int, channels: int, strict: bool, info: dict, origin: str) -> None:
+    def __init__(self, *, size: int, channels: int, strict: bool, info: dict, origin: str, workers: int = 1) -> None:
         self.size, self.channels, self.strict, self.info, self.origin = size, channels, strict, info, origin
+        self.workers = workers
         info.update(upscaled=0, skipped=0, skipped_examples=[])
 
-    def __call__(self, file, name: str) -> np.ndarray | None:
-        """``file``: a path or a binary file object; ``name`` says which image of ``origin`` (the input) it is, in
-        messages and ``skipped_examples``. None if skipped."""
+    def decode(self, file) -> tuple[np.ndarray | None, bool, str]:
+        """One image: (pixels or None, whether it was upscaled, the error or ""). ``file``: a path or bytes.
+        Touches no shared state (runs in the worker threads)."""
         from PIL import Image, ImageOps
 
         try:
-            with Image.open(file) as im:
+            with Image.open(io.BytesIO(file) if isinstance(file, bytes) else file) as im:
                 im = ImageOps.exif_transpose(im)
-                if min(im.size) < self.size:
-                    self.info["upscaled"] += 1
                 fitted = fit_image(im, self.size, self.channels)
-                return np.asarray(fitted).reshape(self.size, self.size, self.channels)
+                return np.asarray(fitted).reshape(self.size, self.size, self.channels), min(im.size) < self.size, ""
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            if self.strict:
-                raise DataError(f"unreadable image {name} in {self.origin} ({first_line(err)})") from None
-            self.info["skipped"] += 1
-            if len(self.info["skipped_examples"]) < 5:
-                self.info["skipped_examples"].append(name)
-            return None
+            return None, False, first_line(err)
 
+    def chunks(self, items: Iterator[tuple[object, str, int]], limit: int | None) -> Chunks:
+        """(path or bytes, name, label) in sample order -> chunks of up to ``ROWS_PER_WRITE`` decoded images, stopping
+        after ``limit`` of them (None: all). ``name`` says which image of ``origin`` it is in messages and
+        ``skipped_examples``. Lazy: items are read a chunk at a time, and none past the limit is decoded."""
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers > 1 else None
+        mapper = pool.map if pool is not None else map
+        kept = 0
+        try:
+            while limit is None or kept < limit:
+                want = ROWS_PER_WRITE if limit is None else min(ROWS_PER_WRITE, limit - kept)
+                batch = list(itertools.islice(items, want))
+                if not batch:
+                    return
+                images, labels = self._keep(batch, mapper(self.decode, [b[0] for b in batch]))
+                kept += len(images)
+                if images:
+                    yield np.stack(images), np.array(labels, np.int32)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
-def stream_chunks(images: Iterator[tuple[np.ndarray | None, int]], limit: int | None) -> Chunks:
-    """(image or None for a skipped one, label) pairs -> chunks of up to ``ROWS_PER_WRITE`` kept images, stopping
-    after ``limit`` of them (None: all). Lazy: nothing past the limit is decoded."""
-    kept: list[tuple[np.ndarray, int]] = []
-    total = 0
-    for image, label in images:
-        if limit is not None and total >= limit:
-            break
-        if image is None:
-            continue
-        kept.append((image, label))
-        total += 1
-        if len(kept) == ROWS_PER_WRITE:
-            yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
-            kept = []
-    if kept:
-        yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
+    def _keep(self, batch: list, results: Iterator) -> tuple[list[np.ndarray], list[int]]:
+        """The decoded images of ``batch`` and their labels, in order; counts the upscaled and the skipped ones."""
+        images, labels = [], []
+        for (_, name, label), (pixels, upscaled, error) in zip(batch, results, strict=True):
+            if error:
+                self._skip(name, error)
+            else:
+                self.info["upscaled"] += upscaled
+                images.append(pixels)
+                labels.append(label)
+        return images, labels
+
+    def _skip(self, name: str, error: str) -> None:
+        if self.strict:
+            raise DataError(f"unreadable image {name} in {self.origin} ({error})")
+        self.info["skipped"] += 1
+        if len(self.info["skipped_examples"]) < 5:
+            self.info["skipped_examples"].append(name)

@@ -16,14 +16,11 @@ need not prefetch pages we read once, in order).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from ddpm_dist.data import DataError
-from ddpm_dist.data.decode import ImageDecoder, Source, stream_chunks
+from ddpm_dist.data.decode import ImageDecoder, Source
 from ddpm_dist.errors import first_line
 
 
@@ -45,8 +42,11 @@ def _open_env(root: Path):
         raise DataError(f"not an LMDB export: {root}/data.mdb cannot be opened ({first_line(err)})") from None
 
 
-def read_lsun(path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None) -> Source:
-    """Stream the images of the LSUN LMDB export at ``path`` in key order, the first ``limit`` readable ones if given.
+def read_lsun(
+    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None, workers: int = 1
+) -> Source:
+    """Stream the images of the LSUN LMDB export at ``path`` in key order, the first ``limit`` readable ones if given,
+    decoded by ``workers`` threads (the LMDB is read by the calling thread only).
 
     Undecodable values are skipped and counted in ``info['skipped']`` (their keys in ``skipped_examples``), or are a
     DataError under ``strict``. DataError if ``path`` is not an LMDB directory or holds no entries."""
@@ -57,16 +57,17 @@ def read_lsun(path: str, *, image_size: int, channels: int, strict: bool = False
         env.close()
         raise DataError(f"empty LMDB: {root} holds no images")
     info: dict = {"num_classes": 1, "class_names": [], "lmdb_entries": entries}
-    decode = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root))
+    decoder = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root),
+                           workers=workers)  # fmt: skip
 
-    def images() -> Iterator[tuple[np.ndarray | None, int]]:
+    def items() -> Iterator[tuple[bytes, str, int]]:
         try:
             with env.begin(buffers=False) as txn:
                 for key, value in txn.cursor():
-                    yield decode(io.BytesIO(value), key.decode("ascii", "backslashreplace")), 0
+                    yield value, key.decode("ascii", "backslashreplace"), 0
         finally:
             env.close()
 
     count = entries if limit is None else min(limit, entries)
-    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=stream_chunks(images(), limit),
+    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=decoder.chunks(items(), limit),
                   info=info)  # fmt: skip
