@@ -122,18 +122,23 @@ class ImageDecoder:
     def chunks(self, items: Iterator[tuple[object, str, int]], limit: int | None) -> Chunks:
         """(path or bytes, name, label) in sample order -> chunks of up to ``ROWS_PER_WRITE`` decoded images, stopping
         after ``limit`` of them (None: all). ``name`` says which image of ``origin`` it is in messages and
-        ``skipped_examples``. Lazy: items are read a chunk at a time, and none past the limit is decoded."""
+        ``skipped_examples``. Items are read a chunk at a time, none past the limit; with threads the next chunk is
+        decoded while the caller writes this one."""
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers > 1 else None
-        mapper = pool.map if pool is not None else map
+        mapper = pool.map if pool is not None else map  # pool.map submits at once; map decodes when iterated
         kept = 0
+
+        def start() -> tuple[list, Iterator] | None:
+            want = ROWS_PER_WRITE if limit is None else min(ROWS_PER_WRITE, limit - kept)
+            batch = list(itertools.islice(items, want)) if want > 0 else []
+            return (batch, mapper(self.decode, [b[0] for b in batch])) if batch else None
+
         try:
-            while limit is None or kept < limit:
-                want = ROWS_PER_WRITE if limit is None else min(ROWS_PER_WRITE, limit - kept)
-                batch = list(itertools.islice(items, want))
-                if not batch:
-                    return
-                images, labels = self._keep(batch, mapper(self.decode, [b[0] for b in batch]))
+            pending = start()
+            while pending is not None:
+                images, labels = self._keep(*pending)
                 kept += len(images)
+                pending = start()
                 if images:
                     yield np.stack(images), np.array(labels, np.int32)
         finally:
