@@ -256,9 +256,20 @@ def test_build_train_data_reads_and_checks_the_manifest_once(data, monkeypatch):
 # ------------------------------------------------------------------------------------------------ open files
 
 
-def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root):
+_LOW_FD_READERS = {
+    "train": "from ddpm_dist.data.pipeline import TrainData; "
+    "td = TrainData(path='twelve', global_batch=8, rank=0, world_size=1, seed=0, timesteps=10, random_flip=False, "
+    "image_size=8, channels=3, num_parallel_workers=2); n = len(list(itertools.islice(iter(td), 3))); workers = 2",
+    "eval": "import mindspore.dataset as ds; from ddpm_dist.data.pipeline import read_images, read_manifest; "
+    "n = len(read_images(read_manifest('twelve'))); workers = ds.config.get_num_parallel_workers()",
+}
+
+
+@pytest.mark.parametrize("reader", sorted(_LOW_FD_READERS))
+def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root, reader):
     """12 files x (1 + 2 workers) descriptors do not fit a soft `ulimit -n 30`: MindSpore fails at the first batch
-    ("failed to open files for reading mindrecord files") unless the pipeline raises the soft limit first."""
+    ("failed to open files for reading mindrecord files") unless the reader raises the soft limit first - for
+    training (TrainData) and for evaluation's reference images (read_images)."""
     import os
     import resource
     import subprocess
@@ -266,10 +277,9 @@ def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root):
 
     write_arrays("twelve", np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), shards=12)
     code = (
-        "import itertools, resource, sys; from ddpm_dist.data.pipeline import TrainData; "
-        "td = TrainData(path='twelve', global_batch=8, rank=0, world_size=1, seed=0, timesteps=10, random_flip=False, "
-        "image_size=8, channels=3, num_parallel_workers=2); "
-        "print(len(list(itertools.islice(iter(td), 3))), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+        "import itertools, resource; "
+        + _LOW_FD_READERS[reader]
+        + "; print(n, resource.getrlimit(resource.RLIMIT_NOFILE)[0], workers)"
     )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "GLOG_v": "3"}
@@ -282,7 +292,8 @@ def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root):
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (30, hard)),
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["3", str(pipeline.open_files_needed(12, 2))]
+    n, soft, workers = (int(v) for v in result.stdout.split())
+    assert (n, soft) == ((3 if reader == "train" else 48), pipeline.open_files_needed(12, workers))
 
 
 def test_an_open_file_limit_that_cannot_be_raised_is_one_line(monkeypatch):

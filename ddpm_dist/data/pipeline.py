@@ -199,6 +199,7 @@ def read_images(manifest: dict, *, limit: int | None = None) -> np.ndarray:
     count = manifest["count"] if limit is None else min(limit, manifest["count"])
     s, c = manifest["image_size"], manifest["channels"]
     files = [str(Path(manifest["root"]) / entry["name"]) for entry in manifest["files"]]
+    ensure_open_files(len(files), ds.config.get_num_parallel_workers(), root=manifest["root"])
     out = np.empty((count, s, s, c), np.uint8)
     dataset = ds.MindDataset(files, columns_list=["image", "index"], shuffle=False, num_samples=count)
     n = 0
