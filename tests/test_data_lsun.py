@@ -296,3 +296,13 @@ def test_decoding_threads_change_nothing(tmp_path):
         convert(source="lsun", input_path=str(tmp_path / "db"), output="x", image_size=20, workers=0)
     with pytest.raises(DataError, match="--workers applies to --source folder or lsun only"):
         convert(source="mnist", input_path=str(tmp_path / "db"), output="x", workers=2)
+
+
+def test_progress_is_reported_per_chunk(sources, monkeypatch):
+    import ddpm_dist.data.decode as decode
+
+    monkeypatch.setattr(decode, "ROWS_PER_WRITE", 4)
+    calls = []
+    m = convert(source="lsun", input_path=str(sources[0]), output="out", image_size=8, limit=10,
+                progress=lambda done, expected: calls.append((done, expected)))  # fmt: skip
+    assert m["count"] == 10 and calls == [(4, 10), (8, 10), (10, 10)]

@@ -47,23 +47,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepare(args: argparse.Namespace) -> int:
-    """Convert the data set and say what was written; 0."""
+    """Convert the data set and say what was written; 0. A progress bar on stderr when it is a terminal (so that a
+    failure in a script still leaves exactly one line there)."""
     from ddpm_dist.data.convert import convert
 
-    manifest = convert(
-        source=args.source,
-        input_path=args.input,
-        output=args.output,
-        image_size=args.image_size,
-        channels=args.channels,
-        split=args.split,
-        shards=args.shards,
-        overwrite=args.overwrite,
-        strict=args.strict,
-        upsample=args.upsample,
-        limit=args.limit,
-        workers=args.workers,
-    )
+    bar = _ProgressBar(enabled=sys.stderr.isatty())
+    try:
+        manifest = convert(
+            source=args.source,
+            input_path=args.input,
+            output=args.output,
+            image_size=args.image_size,
+            channels=args.channels,
+            split=args.split,
+            shards=args.shards,
+            overwrite=args.overwrite,
+            strict=args.strict,
+            upsample=args.upsample,
+            limit=args.limit,
+            workers=args.workers,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
     s = manifest["image_size"]
     skipped, upscaled = manifest.get("skipped", 0), manifest.get("upscaled", 0)
     print(
@@ -73,6 +79,26 @@ def prepare(args: argparse.Namespace) -> int:
         + (f"; upscaled {upscaled} smaller than {s} px" if upscaled else "")
     )
     return 0
+
+
+class _ProgressBar:
+    """tqdm over the images written (the total is an upper bound for folders and LSUN); nothing unless enabled."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def update(self, done: int, expected: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=expected, desc="converting", unit="img", dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 if __name__ == "__main__":

@@ -322,8 +322,14 @@ def _page_sizes(per_file: int, image_bytes: int) -> tuple[int, int]:
     return page, header
 
 
-def _write_shards(folder: Path, src: Source, shards: int) -> list[dict]:
-    """Write ``src`` into ``shards`` files of consecutive indices; return their manifest entries (without checksums)."""
+Progress = Callable[
+    [int, int], None
+]  # (images written so far, the count expected: an upper bound for streamed sources)
+
+
+def _write_shards(folder: Path, src: Source, shards: int, progress: Progress | None = None) -> list[dict]:
+    """Write ``src`` into ``shards`` files of consecutive indices; return their manifest entries (without checksums).
+    ``progress`` is called after every chunk."""
     from mindspore.mindrecord import FileWriter
 
     schema = {"image": {"type": "bytes"}, "label": {"type": "int32"}, "index": {"type": "int64"}}
@@ -359,6 +365,8 @@ def _write_shards(folder: Path, src: Source, shards: int) -> list[dict]:
             )
             row += take
             index += take
+        if progress is not None:
+            progress(index, src.count_hint)
     if writer is not None:
         close()
     return entries
@@ -386,8 +394,11 @@ def _check_writable(out: Path) -> None:
         raise DataError(f"output {out}: cannot write there ({err.strerror or first_line(err)})") from None
 
 
-def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bool, meta: dict) -> dict:
-    """Write ``src`` as MindRecord + manifest into ``output`` atomically; return the manifest."""
+def write_dataset(
+    output: str, src: Source, *, shards: int | None, overwrite: bool, meta: dict, progress: Progress | None = None
+) -> dict:
+    """Write ``src`` as MindRecord + manifest into ``output`` atomically; return the manifest. ``progress(done,
+    expected)`` after every chunk of images written."""
     out = Path(output).absolute()
     _check_output(out, overwrite)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
@@ -398,7 +409,7 @@ def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bo
     try:
         image_bytes = src.image_size**2 * src.channels
         nshards = auto_shards(src.count_hint, image_bytes) if shards is None else min(shards, src.count_hint)
-        entries = _write_shards(tmp, src, nshards)
+        entries = _write_shards(tmp, src, nshards, progress)
         count = sum(e["count"] for e in entries)
         if count == 0:
             raise DataError(f"no readable images in {meta.get('input')} ({src.info.get('skipped', 0)} unreadable)")
@@ -472,6 +483,7 @@ def convert(
     upsample: str | None = None,
     limit: int | None = None,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Convert ``source`` data at ``input_path`` into a prepared data set at ``output``; return its manifest.
 
@@ -480,7 +492,9 @@ def convert(
     (:func:`ddpm_dist.data.decode.fit_image`) and converted (RGB <-> L). ``shards`` defaults to about 256 MiB of
     pixels per file. ``upsample`` (digits only): ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources,
     recorded in the manifest. ``limit`` (folder, lsun): only the first ``limit`` readable images, in path / key order,
-    recorded in the manifest. Raises DataError on bad input.
+    recorded in the manifest. ``workers`` (folder, lsun): decoding threads (default: the CPUs available, at most 16);
+    the output does not depend on it. ``progress(done, expected)`` is called after every chunk written. Raises
+    DataError on bad input.
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")
@@ -517,7 +531,7 @@ def convert(
     src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
                                               split=split, strict=strict, upsample=upsample, limit=limit,
                                               workers=workers or default_workers())  # fmt: skip
-    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
+    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta, progress=progress)
 
 
 def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
