@@ -292,7 +292,7 @@ def test_decoding_threads_change_nothing(tmp_path):
                     workers=workers)  # fmt: skip
     np.testing.assert_array_equal(runs[1][0], runs[3][0])
     assert runs[1][1:] == runs[3][1:] == (["k03", "k09"], 2, 12)
-    with pytest.raises(DataError, match=r"--workers must be in 1\.\.256 \(got 0\)"):
+    with pytest.raises(DataError, match=r"--workers must be at least 1 \(got 0\)"):
         convert(source="lsun", input_path=str(tmp_path / "db"), output="x", image_size=20, workers=0)
     with pytest.raises(DataError, match="--workers applies to --source folder or lsun only"):
         convert(source="mnist", input_path=str(tmp_path / "db"), output="x", workers=2)

@@ -511,14 +511,7 @@ def convert(
         raise DataError(f"--channels must be 1 or 3 (got {channels})")
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise DataError(f"--shards must be in 1..{MAX_SHARDS} (got {shards})")
-    if limit is not None and source not in _STREAMED:
-        raise DataError(f"--limit applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit must be at least 1 (got {limit})")
-    if workers is not None and source not in _STREAMED:
-        raise DataError(f"--workers applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
-    if workers is not None and not 1 <= workers <= 256:
-        raise DataError(f"--workers must be in 1..256 (got {workers})")
+    _check_streaming(source, limit=limit, workers=workers)
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
@@ -532,6 +525,20 @@ def convert(
                                               split=split, strict=strict, upsample=upsample, limit=limit,
                                               workers=workers or default_workers())  # fmt: skip
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta, progress=progress)
+
+
+def _check_streaming(source: str, *, limit: int | None, workers: int | None) -> None:
+    """DataError for ``--limit`` / ``--workers`` out of range or given for a source that is not decoded image by
+    image."""
+    for flag, value, low in (("--limit", limit, 1), ("--workers", workers, 1)):
+        if value is None:
+            continue
+        if source not in _STREAMED:
+            raise DataError(f"{flag} applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
+        if value < low:
+            raise DataError(f"{flag} must be at least {low} (got {value})")
+    if workers is not None and workers > 256:
+        raise DataError(f"--workers must be at most 256 (got {workers})")
 
 
 def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
