@@ -20,6 +20,7 @@ setup(
         "pillow",
         "safetensors",
         "scipy",
+        "lmdb",  # tools/prepare_data.py --source lsun (imported only there)
     ],
     extras_require={
         # scikit-learn: the embedded digits; tensorboard: the README's `tensorboard --logdir runs` after the quickstart

@@ -130,3 +130,48 @@ def make_image_folder(root: Path, *, size: int = 8, seed: int = 0) -> dict[str, 
     Image.fromarray(_images(rng, 1, size, 3)[0]).save(root / ".hidden" / "skip.png")
     order = ["a/x1.png", "a/x2.jpg", "b/deep/y1.png", "b/y2.webp", "b/y3.PNG"]  # os.walk: files, then sub-folders
     return {rel: out[rel] for rel in order}
+
+
+# Non-square sizes (width, height) and formats for the LSUN / folder crop tests: even and odd excess on either side,
+# one square, one smaller than the 24 px the tests convert to (upscaled), one already 24 on its shorter side.
+CROP_CASES = [((40, 24), "WEBP"), ((24, 37), "JPEG"), ((33, 33), "WEBP"), ((50, 29), "JPEG"), ((16, 21), "WEBP"),
+              ((27, 64), "JPEG"), ((61, 48), "PNG")]  # fmt: skip
+
+
+def encoded_images(cases=CROP_CASES, seed: int = 0) -> list[tuple[bytes, np.ndarray, str]]:
+    """[(encoded bytes, RGB uint8 [H, W, 3] as PIL decodes those bytes, format)] for ``cases`` of ((w, h), format).
+
+    Smooth-ish random content (noise on a gradient) so that a crop shifted by one pixel gives other pixels."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for (w, h), fmt in cases:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), (xx + yy) * 127 // (w + h - 2)], -1)
+        pixels = np.clip(base + rng.integers(-40, 41, (h, w, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        options = {"lossless": True} if fmt == "WEBP" else {"quality": 90} if fmt == "JPEG" else {}
+        Image.fromarray(pixels).save(buf, fmt, **options)
+        blob = buf.getvalue()
+        with Image.open(io.BytesIO(blob)) as im:
+            out.append((blob, np.asarray(im.convert("RGB")), fmt))
+    return out
+
+
+def make_lmdb(root: Path, values: dict[bytes, bytes]) -> Path:
+    """An LMDB directory (data.mdb, lock.mdb) holding ``values`` (key -> value), as LSUN's exports are laid out."""
+    import lmdb
+
+    root.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(root), map_size=64 * 2**20)
+    with env.begin(write=True) as txn:
+        for key, value in values.items():
+            txn.put(key, value)
+    env.close()
+    return root
+
+
+def lsun_key(i: int) -> bytes:
+    """An LSUN-like image id: 40 hex characters (a sha1), whose sorted order is not the order of ``i``."""
+    import hashlib
+
+    return hashlib.sha1(str(i).encode()).hexdigest().encode()

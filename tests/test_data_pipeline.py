@@ -144,10 +144,14 @@ def test_random_flip_off_changes_only_x0(data):
         np.testing.assert_array_equal(a[2], b[2])
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_ranks_interleave_to_the_one_rank_batch(data, world_size):
     path, _ = data
+    counts = [f["count"] for f in read_manifest(path)["files"]]
+    assert counts == [17, 17, 16]  # the rows below come from all three shard files
+    file_of = np.repeat(np.arange(3), counts)
     steps = 6  # 4 steps per epoch: crosses an epoch boundary
+    assert len({f for s in range(steps) for f in file_of[make(path).batch_plan(s)[0]].tolist()}) == 3
     single = take(make(path, global_batch=12), steps)
     per_rank = [take(make(path, global_batch=12, rank=r, world_size=world_size), steps) for r in range(world_size)]
     for step in range(steps):
@@ -247,3 +251,63 @@ def test_build_train_data_reads_and_checks_the_manifest_once(data, monkeypatch):
     monkeypatch.setattr(pipeline, "check_manifest", lambda m, **kw: calls.append("check") or real_check(m, **kw))
     td = build_train_data(load_config(None, overrides), rank=0, world_size=1, verify=True)
     assert calls == ["read", "check"] and td.num_samples == N
+
+
+# ------------------------------------------------------------------------------------------------ open files
+
+
+_LOW_FD_READERS = {
+    "train": "from ddpm_dist.data.pipeline import TrainData; "
+    "td = TrainData(path='twelve', global_batch=8, rank=0, world_size=1, seed=0, timesteps=10, random_flip=False, "
+    "image_size=8, channels=3, num_parallel_workers=2); n = len(list(itertools.islice(iter(td), 3))); workers = 2",
+    "eval": "import mindspore.dataset as ds; from ddpm_dist.data.pipeline import read_images, read_manifest; "
+    "n = len(read_images(read_manifest('twelve'))); workers = ds.config.get_num_parallel_workers()",
+}
+
+
+@pytest.mark.parametrize("reader", sorted(_LOW_FD_READERS))
+def test_a_low_open_file_limit_is_raised_before_reading(tmp_path, repo_root, reader):
+    """12 files x (1 + 2 workers) descriptors do not fit a soft `ulimit -n 30`: MindSpore fails at the first batch
+    ("failed to open files for reading mindrecord files") unless the reader raises the soft limit first - for
+    training (TrainData) and for evaluation's reference images (read_images)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    write_arrays("twelve", np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), shards=12)
+    code = (
+        "import itertools, resource; "
+        + _LOW_FD_READERS[reader]
+        + "; print(n, resource.getrlimit(resource.RLIMIT_NOFILE)[0], workers)"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "GLOG_v": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (30, hard)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    n, soft, workers = (int(v) for v in result.stdout.split())
+    assert (n, soft) == ((3 if reader == "train" else 48), pipeline.open_files_needed(12, workers))
+
+
+def test_an_open_file_limit_that_cannot_be_raised_is_one_line(monkeypatch):
+    import resource
+
+    calls = []
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: calls.append(limits))
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    pipeline.ensure_open_files(1000, 2, root="/data/bedroom")
+    assert calls == [(3256, 4096)]
+    pipeline.ensure_open_files(100, 2, root="/data/church")  # 556 fit under 1024: left alone
+    assert calls == [(3256, 4096)]
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 2048))
+    needle = r"^/data/bedroom: reading its 1000 files with data.num_parallel_workers=2 needs about 3256 open files, "
+    with pytest.raises(DataError, match=needle + r".*hard limit 2048\); lower data.num_parallel_workers"):
+        pipeline.ensure_open_files(1000, 2, root="/data/bedroom")
+    assert len(calls) == 1

@@ -1,5 +1,6 @@
-"""Data: MindRecord conversion (:mod:`.convert`), the training input pipeline (:mod:`.pipeline`) and the embedded
-digits data set (:mod:`.digits`).
+"""Data: MindRecord conversion (:mod:`.convert`; image decoding, the center crop and resize in :mod:`.decode`, LSUN
+LMDB exports in :mod:`.lsun`), the training input pipeline (:mod:`.pipeline`) and the embedded digits data set
+(:mod:`.digits`).
 
 Importing this package is cheap: it imports neither MindSpore, PIL nor scikit-learn. The public names below are loaded
 on first use (``from ddpm_dist.data import TrainData`` imports :mod:`.pipeline` then).
@@ -20,7 +21,7 @@ from ..errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-SOURCES = ("cifar10", "mnist", "folder", "digits")
+SOURCES = ("cifar10", "mnist", "folder", "lsun", "digits")
 
 
 class DataError(UserError, ValueError):

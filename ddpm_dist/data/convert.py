@@ -7,9 +7,12 @@ Sources:
   only reads complete 10,000-record files). The pickles are loaded with an unpickler that only builds numpy arrays.
 - ``mnist``: MNIST / Fashion-MNIST idx files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (optionally ``.gz``).
 - ``folder``: png/jpg/jpeg/webp files under a directory, recursively (hidden files and folders are ignored). The label
-  is the index of the top-level sub-folder in sorted order, 0 when the images lie directly in the directory. Images are
-  resized (shorter side, bicubic) and center-cropped to ``image_size``, then converted to ``channels``.
+  is the index of the top-level sub-folder in sorted order, 0 when the images lie directly in the directory.
+- ``lsun``: an LSUN category LMDB export (``church_outdoor_train_lmdb/``), label 0; see :mod:`ddpm_dist.data.lsun`.
 - ``digits``: scikit-learn's 1797 UCI digits, see :mod:`ddpm_dist.data.digits`.
+
+Every image that is not already ``image_size`` x ``image_size`` is fitted by one rule, the paper's: crop the centered
+square, resize it with Lanczos (see :mod:`ddpm_dist.data.decode`).
 
 Output is atomic: everything is written into a hidden temporary directory next to ``output`` (the manifest last),
 which is renamed into place when complete. A failure removes it; only a killed process can leave a
@@ -34,37 +37,25 @@ import shutil
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ddpm_dist.data import FORMAT_VERSION, MANIFEST_NAME, SOURCES, DataError
+from ddpm_dist.data.decode import ROWS_PER_WRITE, Chunks, ImageDecoder, Source, default_workers, resize_array
 from ddpm_dist.errors import first_line
 from ddpm_dist.storage import probe_writable, sha256_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHARD_TARGET_BYTES = 256 * 2**20  # automatic shard count: about this much pixel data per file
-MAX_SHARDS = 1000
+MAX_SHARDS = 1000  # --shards
+# The automatic count stops at 256 files (LSUN bedroom at 256 px: 256 files of ~2.3 GB): while it reads, MindDataset
+# holds every file open 1 + num_parallel_workers times (measured), so 1000 files at 2 workers need ~3000 descriptors,
+# three times the usual `ulimit -n` of 1024 (see pipeline.ensure_open_files).
+AUTO_MAX_SHARDS = 256
 MAX_IMAGE_SIZE = 1024  # larger is a typo, not a DDPM data set (minutes of resizing, gigabytes per shard)
-_ROWS_PER_WRITE = 1000
-
-Chunks = Iterator[tuple[np.ndarray, np.ndarray]]  # (uint8 [n, H, W, C], int32 [n])
-
-
-@dataclass
-class Source:
-    """What a reader hands to the writer: chunks of images of one size, and what goes into the manifest."""
-
-    count_hint: int  # exact for arrays; for folders the number of candidate files (an upper bound)
-    image_size: int
-    channels: int
-    chunks: Chunks
-    info: dict = field(default_factory=dict)  # extra manifest keys; a reader may fill it while it is being iterated
-
-
 # --------------------------------------------------------------------------------------------------- CIFAR-10
 
 
@@ -231,35 +222,7 @@ def read_idx(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, s
     return images[..., None], labels.astype(np.int32), "idx"
 
 
-# --------------------------------------------------------------------------------------------------- images
-
-
-def fit_image(image, size: int, channels: int):
-    """PIL image -> ``size`` x ``size`` with ``channels`` (resize the shorter side, bicubic, then center crop)."""
-    from PIL import Image
-
-    image = image.convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return image
-
-
-def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 [N, H, W, C] -> uint8 [N, size, size, channels]; returned unchanged when it already fits."""
-    if images.shape[1:] == (size, size, channels):
-        return images
-    from PIL import Image
-
-    out = np.empty((images.shape[0], size, size, channels), np.uint8)
-    for i, img in enumerate(images):
-        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        out[i] = np.asarray(fit_image(pil, size, channels)).reshape(size, size, channels)
-    return out
+# --------------------------------------------------------------------------------------------------- folder
 
 
 def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -282,36 +245,21 @@ def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, label_of[r.parts[0]] if classes else 0) for p, r in zip(found, rel, strict=True)], classes
 
 
-def read_folder(path: str, *, image_size: int, channels: int, strict: bool = False) -> Source:
-    """Stream the images of a folder (see the module docstring). Unreadable images are skipped and counted in
-    ``info['skipped']`` (raise DataError under ``strict``)."""
-    from PIL import Image, ImageOps
-
+def read_folder(
+    path: str, *, image_size: int, channels: int, strict: bool = False, limit: int | None = None, workers: int = 1
+) -> Source:
+    """Stream the images of a folder (see the module docstring), the first ``limit`` readable ones if given, decoded
+    by ``workers`` threads. Unreadable images are skipped and counted in ``info['skipped']`` (raise DataError under
+    ``strict``)."""
     root = Path(path)
     files, classes = _scan_folder(root)
-    info = {"num_classes": max(1, len(classes)), "class_names": classes, "skipped": 0, "skipped_examples": []}
-
-    def load(file: Path) -> np.ndarray | None:
-        try:
-            with Image.open(file) as im:
-                im = ImageOps.exif_transpose(im)
-                return np.asarray(fit_image(im, image_size, channels)).reshape(image_size, image_size, channels)
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            if strict:
-                raise DataError(f"unreadable image {file} ({first_line(err)})") from None
-            info["skipped"] += 1
-            if len(info["skipped_examples"]) < 5:
-                info["skipped_examples"].append(str(file.relative_to(root)))
-            return None
-
-    def chunks() -> Chunks:
-        for start in range(0, len(files), _ROWS_PER_WRITE):
-            loaded = [(load(f), label) for f, label in files[start : start + _ROWS_PER_WRITE]]
-            kept = [(img, label) for img, label in loaded if img is not None]
-            if kept:
-                yield np.stack([k[0] for k in kept]), np.array([k[1] for k in kept], np.int32)
-
-    return Source(count_hint=len(files), image_size=image_size, channels=channels, chunks=chunks(), info=info)
+    info: dict = {"num_classes": max(1, len(classes)), "class_names": classes}
+    decoder = ImageDecoder(size=image_size, channels=channels, strict=strict, info=info, origin=str(root),
+                           workers=workers)  # fmt: skip
+    items = ((file, str(file.relative_to(root)), label) for file, label in files)
+    count = len(files) if limit is None else min(limit, len(files))
+    return Source(count_hint=count, image_size=image_size, channels=channels, chunks=decoder.chunks(items, limit),
+                  info=info)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -319,9 +267,9 @@ def read_folder(path: str, *, image_size: int, channels: int, strict: bool = Fal
 
 def _array_source(images: np.ndarray, labels: np.ndarray, *, image_size: int, channels: int, info: dict) -> Source:
     def chunks() -> Chunks:
-        for start in range(0, images.shape[0], _ROWS_PER_WRITE):
-            part = resize_array(images[start : start + _ROWS_PER_WRITE], image_size, channels)
-            yield np.ascontiguousarray(part), labels[start : start + _ROWS_PER_WRITE].astype(np.int32)
+        for start in range(0, images.shape[0], ROWS_PER_WRITE):
+            part = resize_array(images[start : start + ROWS_PER_WRITE], image_size, channels)
+            yield np.ascontiguousarray(part), labels[start : start + ROWS_PER_WRITE].astype(np.int32)
 
     return Source(count_hint=images.shape[0], image_size=image_size, channels=channels, chunks=chunks(), info=info)
 
@@ -357,8 +305,8 @@ def write_arrays(
 
 
 def auto_shards(count: int, image_bytes: int) -> int:
-    """About SHARD_TARGET_BYTES of pixels per file, at most MAX_SHARDS files, at least one sample per file."""
-    return max(1, min(MAX_SHARDS, count, math.ceil(count * image_bytes / SHARD_TARGET_BYTES)))
+    """About SHARD_TARGET_BYTES of pixels per file, at most AUTO_MAX_SHARDS files, at least one sample per file."""
+    return max(1, min(AUTO_MAX_SHARDS, count, math.ceil(count * image_bytes / SHARD_TARGET_BYTES)))
 
 
 def _pow2ceil(n: int) -> int:
@@ -374,8 +322,14 @@ def _page_sizes(per_file: int, image_bytes: int) -> tuple[int, int]:
     return page, header
 
 
-def _write_shards(folder: Path, src: Source, shards: int) -> list[dict]:
-    """Write ``src`` into ``shards`` files of consecutive indices; return their manifest entries (without checksums)."""
+Progress = Callable[
+    [int, int], None
+]  # (images written so far, the count expected: an upper bound for streamed sources)
+
+
+def _write_shards(folder: Path, src: Source, shards: int, progress: Progress | None = None) -> list[dict]:
+    """Write ``src`` into ``shards`` files of consecutive indices; return their manifest entries (without checksums).
+    ``progress`` is called after every chunk."""
     from mindspore.mindrecord import FileWriter
 
     schema = {"image": {"type": "bytes"}, "label": {"type": "int32"}, "index": {"type": "int64"}}
@@ -411,6 +365,8 @@ def _write_shards(folder: Path, src: Source, shards: int) -> list[dict]:
             )
             row += take
             index += take
+        if progress is not None:
+            progress(index, src.count_hint)
     if writer is not None:
         close()
     return entries
@@ -438,8 +394,11 @@ def _check_writable(out: Path) -> None:
         raise DataError(f"output {out}: cannot write there ({err.strerror or first_line(err)})") from None
 
 
-def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bool, meta: dict) -> dict:
-    """Write ``src`` as MindRecord + manifest into ``output`` atomically; return the manifest."""
+def write_dataset(
+    output: str, src: Source, *, shards: int | None, overwrite: bool, meta: dict, progress: Progress | None = None
+) -> dict:
+    """Write ``src`` as MindRecord + manifest into ``output`` atomically; return the manifest. ``progress(done,
+    expected)`` after every chunk of images written."""
     out = Path(output).absolute()
     _check_output(out, overwrite)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
@@ -450,7 +409,7 @@ def write_dataset(output: str, src: Source, *, shards: int | None, overwrite: bo
     try:
         image_bytes = src.image_size**2 * src.channels
         nshards = auto_shards(src.count_hint, image_bytes) if shards is None else min(shards, src.count_hint)
-        entries = _write_shards(tmp, src, nshards)
+        entries = _write_shards(tmp, src, nshards, progress)
         count = sum(e["count"] for e in entries)
         if count == 0:
             raise DataError(f"no readable images in {meta.get('input')} ({src.info.get('skipped', 0)} unreadable)")
@@ -506,7 +465,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------- entry point
 
-_NATIVE = {"cifar10": (32, 3), "mnist": (28, 1), "digits": (16, 1), "folder": (None, 3)}
+_NATIVE = {"cifar10": (32, 3), "mnist": (28, 1), "digits": (16, 1), "folder": (None, 3), "lsun": (None, 3)}
+_STREAMED = ("folder", "lsun")  # decoded one image at a time: --limit applies
 
 
 def convert(
@@ -521,14 +481,20 @@ def convert(
     overwrite: bool = False,
     strict: bool = False,
     upsample: str | None = None,
+    limit: int | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Convert ``source`` data at ``input_path`` into a prepared data set at ``output``; return its manifest.
 
-    ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders need
-    ``image_size`` and default to 3 channels); anything else is resized (shorter side, bicubic, center crop) and
-    converted (RGB <-> L). ``shards`` defaults to about 256 MiB of pixels per file. ``upsample`` (digits only):
-    ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources, recorded in the manifest. Raises DataError on
-    bad input.
+    ``image_size`` / ``channels`` default to the source's own (CIFAR-10 32/3, MNIST 28/1, digits 16/1; folders and
+    LSUN need ``image_size`` and default to 3 channels); anything else is center-cropped to a square and resized
+    (:func:`ddpm_dist.data.decode.fit_image`) and converted (RGB <-> L). ``shards`` defaults to about 256 MiB of
+    pixels per file. ``upsample`` (digits only): ``nearest`` (default) or ``bicubic`` resizing of the 8x8 sources,
+    recorded in the manifest. ``limit`` (folder, lsun): only the first ``limit`` readable images, in path / key order,
+    recorded in the manifest. ``workers`` (folder, lsun): decoding threads (default: the CPUs available, at most 16);
+    the output does not depend on it. ``progress(done, expected)`` is called after every chunk written. Raises
+    DataError on bad input.
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")
@@ -545,6 +511,7 @@ def convert(
         raise DataError(f"--channels must be 1 or 3 (got {channels})")
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise DataError(f"--shards must be in 1..{MAX_SHARDS} (got {shards})")
+    _check_streaming(source, limit=limit, workers=workers)
     _check_output(Path(output).absolute(), overwrite)  # fail before any slow reading
     if upsample is not None and source != "digits":
         raise DataError(f"--upsample applies to --source digits only (got --source {source})")
@@ -552,9 +519,26 @@ def convert(
     meta = {"source": source, "split": split, "input": input_path}
     if source == "digits":
         meta["upsample"] = upsample
+    if limit is not None:
+        meta["limit"] = limit
     src, meta["source_format"] = _open_source(source, input_path=input_path, image_size=image_size, channels=channels,
-                                              split=split, strict=strict, upsample=upsample)  # fmt: skip
-    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
+                                              split=split, strict=strict, upsample=upsample, limit=limit,
+                                              workers=workers or default_workers())  # fmt: skip
+    return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta, progress=progress)
+
+
+def _check_streaming(source: str, *, limit: int | None, workers: int | None) -> None:
+    """DataError for ``--limit`` / ``--workers`` out of range or given for a source that is not decoded image by
+    image."""
+    for flag, value, low in (("--limit", limit, 1), ("--workers", workers, 1)):
+        if value is None:
+            continue
+        if source not in _STREAMED:
+            raise DataError(f"{flag} applies to --source {' or '.join(_STREAMED)} only (got --source {source})")
+        if value < low:
+            raise DataError(f"{flag} must be at least {low} (got {value})")
+    if workers is not None and workers > 256:
+        raise DataError(f"--workers must be at most 256 (got {workers})")
 
 
 def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
@@ -588,10 +572,20 @@ def _open_source(
     split: str,
     strict: bool,
     upsample: str | None,
+    limit: int | None,
+    workers: int,
 ) -> tuple[Source, str]:
     """(the reader of ``source``, its ``source_format`` for the manifest)."""
     if source == "folder":
-        return read_folder(input_path, image_size=image_size, channels=channels, strict=strict), "image-folder"
+        folder = read_folder(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit,
+                             workers=workers)  # fmt: skip
+        return folder, "image-folder"
+    if source == "lsun":
+        from ddpm_dist.data.lsun import read_lsun
+
+        lsun = read_lsun(input_path, image_size=image_size, channels=channels, strict=strict, limit=limit,
+                         workers=workers)  # fmt: skip
+        return lsun, "lmdb"
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),
