@@ -281,8 +281,9 @@ def _check_step_timeout(cfg: Config, source: str) -> None:
         ) from None
 
 
-def validate(cfg: Config, source: str = "<config>") -> Config:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
+def validate(cfg: Config, source: str = "<config>", *, training: bool = True) -> Config:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``. ``training``:
+    also the rules between the run / eval sections and the model's (off for a checkpoint's embedded config)."""
     if cfg.run.compile_cache in ("True", "False"):  # YAML's true/false: a bool, which the str field holds as 'True'
         cfg.run.compile_cache = cfg.run.compile_cache.lower()
     for key in _float_keys():  # inf passes "> 0" and nan fails every range with a confusing message
@@ -334,7 +335,8 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
             f"(data.image_size {cfg.data.image_size} with {len(cfg.model.ch_mult)} levels gives {resolutions})"
         )
     sampled = cfg.eval.every and cfg.eval.metric != "nll"  # nll evaluates without sampling
-    for key in ("run.sample_steps", "eval.sample_steps") if sampled else ("run.sample_steps",):
+    keys = ("run.sample_steps", "eval.sample_steps") if sampled else ("run.sample_steps",)
+    for key in keys if training else ():
         if _get(cfg, key) > cfg.diffusion.timesteps:
             raise ConfigError(
                 f"{source}: {key}: {_get(cfg, key)} exceeds diffusion.timesteps {cfg.diffusion.timesteps} "
@@ -469,11 +471,13 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def from_dict(data: dict, source: str = "<embedded config>") -> Config:
-    """Rebuild a validated Config from ``to_dict`` output (e.g. the config embedded in a checkpoint)."""
+def from_dict(data: dict, source: str = "<embedded config>", *, training: bool = True) -> Config:
+    """Rebuild a validated Config from ``to_dict`` output (e.g. the config embedded in a checkpoint).
+    ``training=False``: the sections that say how to train (run, eval) are defaults, not checked against the
+    others (a T=20 model is not refused for the default run.sample_steps 50)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_format_omegaconf_error(err, source)) from None
-    return validate(cfg, source)
+    return validate(cfg, source, training=training)

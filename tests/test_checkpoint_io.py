@@ -18,7 +18,7 @@ from ddpm_dist.checkpoint.io import (
     read,
     write_weights,
 )
-from ddpm_dist.config import load_config, to_dict
+from ddpm_dist.config import ConfigError, load_config, to_dict
 
 
 class _Two(nn.Cell):
@@ -142,6 +142,13 @@ def test_embedded_config_errors_name_the_file_and_the_key(meta, says):
 
 def test_an_unknown_key_in_the_train_section_is_not_an_error():
     assert embedded_config(_meta(train__from_the_future=1), source="c.ckpt").model.ch == 64
+
+
+def test_a_model_with_fewer_timesteps_than_the_default_grid_steps_loads():
+    """run.sample_steps (default 50) <= T is a training rule; the embedded config's run section is defaults."""
+    assert embedded_config(_meta(diffusion__timesteps=20), source="c.ckpt").diffusion.timesteps == 20
+    with pytest.raises(ConfigError, match="run.sample_steps: 50 exceeds diffusion.timesteps 20"):
+        load_config(None, ["data.path=d", "diffusion.timesteps=20"])
 
 
 # ---------------------------------------------------------------------------------------------- check_output

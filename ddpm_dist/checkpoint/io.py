@@ -185,7 +185,9 @@ def embedded_config(meta: dict, *, source) -> Config:
     sections = _embedded_sections(meta, source=source)
     try:
         return from_dict(
-            {k: v for k, v in sections.items() if k in EMBEDDED_SECTIONS}, source=f"{source} (meta.config)"
+            {k: v for k, v in sections.items() if k in EMBEDDED_SECTIONS},
+            source=f"{source} (meta.config)",
+            training=False,
         )
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
