@@ -281,6 +281,18 @@ def _check_step_timeout(cfg: Config, source: str) -> None:
         ) from None
 
 
+def _check_sample_steps(cfg: Config, source: str) -> None:
+    """The sampling steps of the training grids (and of a sampling evaluation) are a subset of the T steps."""
+    sampled = cfg.eval.every and cfg.eval.metric != "nll"  # nll evaluates without sampling
+    keys = ("run.sample_steps", "eval.sample_steps") if sampled else ("run.sample_steps",)
+    for key in keys:
+        if _get(cfg, key) > cfg.diffusion.timesteps:
+            raise ConfigError(
+                f"{source}: {key}: {_get(cfg, key)} exceeds diffusion.timesteps {cfg.diffusion.timesteps} "
+                "(DDIM steps are a subset of the T training steps; 0 means all of them)"
+            )
+
+
 def validate(cfg: Config, source: str = "<config>", *, training: bool = True) -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``. ``training``:
     also the rules between the run / eval sections and the model's (off for a checkpoint's embedded config)."""
@@ -334,14 +346,8 @@ def validate(cfg: Config, source: str = "<config>", *, training: bool = True) ->
             f"{source}: model.attn_resolutions: the network has no resolution {absent[0]} "
             f"(data.image_size {cfg.data.image_size} with {len(cfg.model.ch_mult)} levels gives {resolutions})"
         )
-    sampled = cfg.eval.every and cfg.eval.metric != "nll"  # nll evaluates without sampling
-    keys = ("run.sample_steps", "eval.sample_steps") if sampled else ("run.sample_steps",)
-    for key in keys if training else ():
-        if _get(cfg, key) > cfg.diffusion.timesteps:
-            raise ConfigError(
-                f"{source}: {key}: {_get(cfg, key)} exceeds diffusion.timesteps {cfg.diffusion.timesteps} "
-                "(DDIM steps are a subset of the T training steps; 0 means all of them)"
-            )
+    if training:
+        _check_sample_steps(cfg, source)
     return cfg
 
 
