@@ -28,6 +28,7 @@ from interop_helpers import (
     random_weights,
     reference,
 )
+from mindspore import Tensor
 from train_helpers import ROOT, env, run_train
 
 from ddpm_dist import checkpoint
@@ -165,6 +166,15 @@ def test_imported_256_twin_gives_diffusers_eps(twin):
     assert_eps_parity(forward(net, ref["x"], ref["t"], train=True), dict(ref) | {"eps32": ref["eps32_train"]})
     print(f"import parity: max |ours - diffusers f32| = {np.abs(ours - ref['eps32']).max():.3g}, "
           f"max |eps| = {np.abs(ref['eps64']).max():.3g}")  # fmt: skip
+    # the bound has teeth: the two up-level-1 attention blocks' weights swapped (a block numbering slip) miss it
+    params = {p.name: p for p in net.get_parameters()}
+    for leaf in ("q.weight", "k.weight", "v.weight", "proj_out.weight"):
+        a, b = params[f"up_blocks.3.attn.{leaf}"], params[f"up_blocks.4.attn.{leaf}"]
+        va, vb = a.asnumpy(), b.asnumpy()
+        a.set_data(Tensor(vb))
+        b.set_data(Tensor(va))
+    wrong = forward(net, ref["x"], ref["t"])
+    assert np.abs(wrong - ref["eps32"]).max() > 100 * 1e-4 * np.abs(ref["eps64"]).max()
 
 
 @pytest.mark.slow
