@@ -8,10 +8,8 @@ bad-input tests need neither.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,13 +17,23 @@ import mindspore as ms
 import numpy as np
 import pytest
 import yaml
+from interop_helpers import (
+    HAVE_DIFFUSERS,
+    arrays_and_meta,
+    assert_eps_parity,
+    forward,
+    needs_diffusers,
+    no_data,
+    random_weights,
+    reference,
+    run,
+)
 from mindspore import Tensor, nn
 from safetensors.numpy import load_file, save_file
 from train_helpers import ROOT, env
 
 from ddpm_dist.checkpoint import CheckpointError
 from ddpm_dist.checkpoint.convert import load_for_sampling, write_inference
-from ddpm_dist.checkpoint.io import read
 from ddpm_dist.config import load_config, to_dict
 from ddpm_dist.diffusion.sampling import DDIMStep, DDPMStep, sample_loop
 from ddpm_dist.diffusion.schedule import make_schedule, respace
@@ -35,14 +43,9 @@ from ddpm_dist.models import build_model, output_channels
 from ddpm_dist.models.layers import GroupNorm32, norm_groups
 from ddpm_dist.train.trainer import Trainer
 
-WORKER = str(ROOT / "tests" / "workers" / "diffusers_reference.py")
 IMPORT = str(ROOT / "tools" / "import_weights.py")
 EXPORT = str(ROOT / "tools" / "export_weights.py")
 SAMPLE = str(ROOT / "tools" / "sample.py")
-HAVE_DIFFUSERS = all(importlib.util.find_spec(name) is not None for name in ("torch", "diffusers"))
-needs_diffusers = pytest.mark.skipif(
-    not HAVE_DIFFUSERS, reason="needs PyTorch and diffusers (pip install torch diffusers==0.42.1)"
-)
 # google/ddpm-cifar10-32's unet/config.json as published (no dropout/downsample_type keys: an older diffusers wrote it)
 CIFAR10_32 = {
     "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
@@ -54,27 +57,9 @@ CIFAR10_32 = {
 }  # fmt: skip
 
 
-def _arrays_and_meta(path) -> tuple[dict, dict]:
-    stored = read(path)
-    return stored.arrays, stored.meta
-
-
 @pytest.fixture(autouse=True)
 def _pynative(pynative):
     yield
-
-
-def run(script: str, *args: str, timeout: int = 900, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], env=env() | (extra_env or {}), capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
-
-
-def reference(tmp: Path, tasks: list[dict]) -> None:
-    """Run the diffusers worker on ``tasks`` (see its docstring)."""
-    job = tmp / f"job-{len(list(tmp.glob('job-*.json')))}.json"
-    job.write_text(json.dumps(tasks))
-    res = run(WORKER, str(job))
-    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def one_error_line(res: subprocess.CompletedProcess) -> str:
@@ -82,33 +67,6 @@ def one_error_line(res: subprocess.CompletedProcess) -> str:
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     return lines[0]
-
-
-def forward(net, x: np.ndarray, t: np.ndarray, *, train: bool = False) -> np.ndarray:
-    net.set_train(train)
-    return net(Tensor(x), Tensor(t.astype(np.int32))).asnumpy()
-
-
-def assert_eps_parity(ours: np.ndarray, ref) -> None:
-    """The bound of every network parity check, and why.
-
-    All rows: max |ours - diffusers float32| <= 1e-4 * max |eps|. Both networks do the same float32 operations in
-    other orders (~1e-6 of |eps| through ~40 layers); what dominates is the timestep embedding: sin and cos of
-    t * f for t up to 999 rad, where one float32 ulp is ~6e-5, and the two frameworks round f from differently
-    written (equal in exact arithmetic) formulas, so their embeddings differ by up to ~4e-5 at large t (measured:
-    1.6e-5 of |eps| at t = 780 on the CIFAR-10 net, 7e-6 at t = 999 on the small one). diffusers' float64 run keeps
-    its float32 embedding, so it cannot serve as the exact value there.
-    Rows with t < 20, where the embedding's rounding is negligible: within 2x diffusers' own float32 error against
-    the same network in float64, + 1e-6.
-    A wrong mapping (an unflipped embedding, a swapped GroupNorm affine) is off by far more (see the test below).
-    """
-    exact, torch32, t = ref["eps64"], ref["eps32"], ref["t"]
-    scale = np.abs(exact).max()
-    assert np.abs(ours - torch32).max() <= 1e-4 * scale, (np.abs(ours - torch32).max(), scale)
-    small = t < 20
-    assert small.any()
-    ours_err = np.abs(ours[small] - exact[small]).max()
-    assert ours_err <= 2 * np.abs(torch32[small] - exact[small]).max() + 1e-6, ours_err
 
 
 # ------------------------------------------------------------------------- the model options diffusers needs
@@ -257,23 +215,6 @@ def tiny_cfg(*extra: str):
     return no_data(load_config(None, overrides))
 
 
-def no_data(cfg):
-    cfg.data.path = ""  # as in an imported checkpoint: released weights come with no data set
-    return cfg
-
-
-def random_weights(cfg, seed: int = 0) -> dict:
-    """Every parameter of cfg's network random (no zero-initialised output), as the network's float32 arrays."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for p in build_model(cfg).get_parameters():
-        fan_in = int(np.prod(p.shape[1:])) if len(p.shape) > 1 else 1
-        out[p.name] = rng.normal(0.0, 1.0 / np.sqrt(fan_in), p.shape).astype(np.float32)
-        if p.name.endswith("gamma"):
-            out[p.name] += 1.0
-    return out
-
-
 def diffusers_folder(path: Path, cfg, weights: dict) -> Path:
     """A diffusers model folder (config.json + safetensors), written without diffusers or PyTorch."""
     sections = to_dict(cfg)
@@ -296,7 +237,7 @@ def test_import_of_a_folder_written_without_diffusers(tmp_path):
     save_file(renamed, str(folder / fmt.SAFETENSORS))
     (folder / fmt.CONFIG).write_text(json.dumps(config | {"flip_sin_to_cos": True}))
     out, imported = import_diffusers(folder, tmp_path / "m.safetensors")
-    arrays, meta = _arrays_and_meta(out)
+    arrays, meta = arrays_and_meta(out)
     assert sorted(arrays) == sorted(weights) and all(np.array_equal(arrays[k], weights[k]) for k in weights)
     assert meta["kind"] == "ddpm-dist/inference" and meta["weights"] == "ema" and meta["source_format"] == "diffusers"
     assert to_dict(imported)["model"] == to_dict(cfg)["model"]
@@ -415,8 +356,8 @@ def test_a_bin_model_folder_imports_the_same_weights(small, tmp_path):
     out = tmp_path / "from_bin.ckpt"  # through the tool: PyTorch stays out of this process
     res = run(IMPORT, "--from", "diffusers", str(small / "bin_model"), "--output", str(out))
     assert res.returncode == 0, res.stderr
-    ours, meta = _arrays_and_meta(out)
-    safe, _ = _arrays_and_meta(small / "small.ckpt")
+    ours, meta = arrays_and_meta(out)
+    safe, _ = arrays_and_meta(small / "small.ckpt")
     assert sorted(ours) == sorted(safe) and all(np.array_equal(ours[k], safe[k]) for k in safe)
     diffusion = yaml.safe_load(meta["config"])["diffusion"]
     assert diffusion["var_type"] == "fixedsmall"  # no scheduler in a bare model folder: DDPMScheduler's default
@@ -467,8 +408,8 @@ def test_export_loads_in_diffusers_and_imports_back_bitwise(tmp_path):
     assert (scheduler["num_train_timesteps"], scheduler["variance_type"]) == (200, "fixed_small")
 
     back, back_cfg = import_diffusers(tmp_path / "exported", tmp_path / "back.ckpt")
-    ours, _ = _arrays_and_meta(ckpt)
-    theirs, meta = _arrays_and_meta(back)
+    ours, _ = arrays_and_meta(ckpt)
+    theirs, meta = arrays_and_meta(back)
     assert sorted(ours) == sorted(theirs)
     for name, value in ours.items():
         assert value.dtype == theirs[name].dtype and np.array_equal(value, theirs[name]), name

@@ -4,12 +4,14 @@
 
 JOB.json is a list of tasks, run in order in this one process (PyTorch and diffusers load once):
 
-- ``{"task": "make", "preset": "small"|"small_learned"|"cifar", "dir": D, "seed": S, "ref": NPZ}`` (optional
-  ``"variance"``, default fixed_large): a randomly initialised ``UNet2DModel`` (GroupNorm affine parameters
-  randomised too, so a gamma/beta mix-up shows) with a ``DDPMScheduler`` (T=1000 linear, that variance, clip),
-  saved with ``DDPMPipeline.save_pretrained(D)``. NPZ gets ``x``, ``t`` and the network's eps in eval mode
-  (``eps32``), train mode (``eps32_train``; dropout is 0) and float64 (``eps64``, the same weights and inputs in
-  double precision: the exact value the float32 runs approximate).
+- ``{"task": "make", "preset": P, "dir": D, "seed": S, "ref": NPZ}`` (P one of PRESETS; optional ``"variance"``,
+  default fixed_large): a randomly initialised ``UNet2DModel`` (GroupNorm affine parameters randomised too, so a
+  gamma/beta mix-up shows) with a ``DDPMScheduler`` (T=1000 linear, that variance, clip), saved with
+  ``DDPMPipeline.save_pretrained(D)``. NPZ gets ``x``, ``t`` and the network's eps in eval mode (``eps32``), train
+  mode (``eps32_train``; dropout is 0) and float64 (``eps64``, the same weights and inputs in double precision: the
+  exact value the float32 runs approximate).
+- ``{"task": "shapes", "preset": P, "out": JSON}``: the shape of every tensor of a ``UNet2DModel`` built in the
+  preset's configuration (``key -> shape``), nothing saved.
 - ``{"task": "run", "dir": D, "inputs": NPZ_IN, "ref": NPZ}``: loads ``DDPMPipeline.from_pretrained(D)`` and
   ``UNet2DModel.from_pretrained(D, subfolder="unet")``; NPZ gets ``eps32``/``eps64`` of both on NPZ_IN's ``x``,
   ``t`` and ``pipeline_images`` of a 2-step run of the pipeline.
@@ -43,9 +45,18 @@ PRESETS = {
                   up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
                   norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, attention_head_dim=None,
                   mid_block_scale_factor=1, center_input_sample=False, act_fn="silu", time_embedding_type="positional"),
+    # google/ddpm-church-256's config.json: the paper's 256x256 U-Net (114M parameters)
+    "church256": dict(sample_size=256, in_channels=3, out_channels=3, block_out_channels=(128, 128, 256, 256, 512, 512),
+                      layers_per_block=2, down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4, norm_num_groups=32,
+                      norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, attention_head_dim=None,
+                      mid_block_scale_factor=1, center_input_sample=False, act_fn="silu",
+                      time_embedding_type="positional"),
 }  # fmt: skip
 # the small U-Net with learned variances: 2 x in_channels outputs (prediction, variance), for variance learned_range
 PRESETS["small_learned"] = PRESETS["small"] | dict(out_channels=2)
+# its reduced-width twin: the same levels, block types and attention layout at 256x256, a quarter of the widths
+PRESETS["church256_ch32"] = PRESETS["church256"] | dict(block_out_channels=(32, 32, 64, 64, 128, 128))
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
 
@@ -74,6 +85,12 @@ def make(job):
     t = np.array([0, 999, 500, 17] if len(x) == 4 else [3, 780], np.int64)
     np.savez(job["ref"], x=x, t=t, eps32=eps(unet, x, t), eps32_train=eps(unet, x, t, train=True),
              eps64=eps(unet, x, t, double=True))  # fmt: skip
+
+
+def shapes(job):
+    unet = UNet2DModel(**PRESETS[job["preset"]])
+    with open(job["out"], "w") as f:
+        json.dump({k: list(v.shape) for k, v in unet.state_dict().items()}, f)
 
 
 def run(job):
@@ -152,4 +169,4 @@ def ddim(job):
 if __name__ == "__main__":
     torch.set_num_threads(2)
     for task in json.loads(open(sys.argv[1]).read()):
-        {"make": make, "run": run, "bin": to_bin, "steps": steps, "ddim": ddim}[task["task"]](task)
+        {"make": make, "shapes": shapes, "run": run, "bin": to_bin, "steps": steps, "ddim": ddim}[task["task"]](task)
