@@ -38,6 +38,10 @@ class ModelConfig:
     norm_groups: int = 32  # ddpm_unet: GroupNorm groups (fewer, 16 8 4 2 1, where the channels are not divisible)
     norm_eps: float = 1e-5  # ddpm_unet: GroupNorm epsilon (the TF reference and diffusers' DDPM models use 1e-6)
     convnext_mult: int = 2  # convnext_unet only: expansion of the ConvNeXt block
+    # recompute each res/attention block's activations in the backward pass instead of keeping them (MindSpore's
+    # Cell.recompute; the same gradients, bit for bit, and the same parameter names). Meant for device memory; on
+    # CPU MindSpore 2.10 does not lower the peak (docs/benchmarks.md). PyNative only with dropout 0.
+    recompute: bool = False
 
 
 @dataclass
@@ -315,6 +319,11 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         raise ConfigError(
             f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
             f"{cfg.train.global_batch}"
+        )
+    if cfg.model.recompute and cfg.run.mode == "pynative" and cfg.model.dropout > 0:
+        raise ConfigError(
+            f"{source}: model.recompute: in run.mode=pynative a recomputed dropout can draw a new mask, so the "
+            f"gradients could be wrong with model.dropout={cfg.model.dropout}; use run.mode=graph or model.dropout=0"
         )
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
