@@ -18,8 +18,16 @@ From these, the largest per-card batch that fits a 32 GB and a 64 GB card, on pa
 ``B = floor((card * usable - static_device) / activation_per_sample_device)`` with ``usable = 0.9`` (the device
 memory pool's reserve and fragmentation), ``static_device`` = 22 bytes per parameter under O2 (float32 weights,
 gradients, two Adam moments and EMA, 20 bytes, plus a float16 weight copy) and ``activation_per_sample_device`` = the
-measured float32 (O0, CPU) activation bytes per sample, halved for O2 (float16 activations; GroupNorm and softmax stay
-float32, so halving is the optimistic end). The same for O0 (20 bytes per parameter, float32 activations).
+measured float32 (O0, CPU) activation bytes per sample (the delta when two batches ran), halved for O2 (float16
+activations; GroupNorm and softmax stay float32, so halving is the optimistic end). The same for O0 (20 bytes per
+parameter, float32 activations). Measured at a smaller ``data.image_size`` (256 x 256 does not fit a 24 GB machine),
+the activation bytes are scaled to 256 x 256 by the pixel count (``activation_mb_per_sample_256``): every feature map
+grows by it; only the attention matrices grow faster, and they are < 1% of the total here.
+
+    python bench/memory_256.py --out bench/results/memory_256.json          # the 4 cases at 256 x 256 (> 24 GB)
+    python bench/memory_256.py data.image_size=128 model.attn_resolutions=[8]   # its half-size twin (same 113.7M)
+    python bench/memory_256.py --tiny --batches 1 --steps 1                 # a seconds-long check of the script
+    python bench/memory_256.py --from-cases OLD.json --out NEW.json         # the derived figures again
 
     python bench/memory_256.py --out bench/results/memory_256.json          # the 4 cases (long: minutes per case)
     python bench/memory_256.py --tiny --batches 1 --steps 1                 # a seconds-long check of the script
@@ -42,13 +50,14 @@ from pathlib import Path
 
 from benchlib import ROOT, BenchError, env, result_json
 
-from ddpm_dist.cli_util import Parser, run_main
+from ddpm_dist.cli_util import Parser, fail, run_main
 
 CONFIG = ROOT / "configs" / "cifar.yaml"
 PAPER_256 = ["model.ch_mult=[1,1,2,2,4,4]", "data.image_size=256", "model.ch=128", "model.attn_resolutions=[16]",
              "model.num_res_blocks=2", "model.dropout=0"]  # fmt: skip
 TINY = ["model.ch_mult=[1,2,2]", "data.image_size=32", "model.ch=32", "model.attn_resolutions=[16]",
         "model.num_res_blocks=1", "model.dropout=0"]  # fmt: skip
+PAPER_SIZE = 256
 CARDS_GB = (32, 64)
 USABLE = 0.9  # share of a card's memory the pool can hand to tensors
 STATIC_BYTES_PER_PARAM = {"O2": 22, "O0": 20}  # fp32 weights + grads + Adam m, v + EMA (+ fp16 weight copy under O2)
@@ -68,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1500,
         help="stop a case when the machine's available memory falls below this (default 1500)",
     )
+    p.add_argument("--from-cases", default="", help="recompute the derived figures of an earlier result JSON")
     p.add_argument("--out", default="", help="also write the JSON document to this file")
     p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child: "<batch>,<recompute 0|1>"
     p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
@@ -76,17 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        batches = []
+    batches = parse_batches(args.batches)
     if not batches or min(batches) < 1 or args.steps < 1:
-        from ddpm_dist.cli_util import fail
-
         return fail("--batches must be positive ints (e.g. 1,2) and --steps >= 1")
     if args.case:
         return run_main(lambda: run_case(args), quiet_mindspore=True)
+    if args.from_cases:
+        return run_main(lambda: from_cases(args))
     return run_main(lambda: run_all(args, batches))
+
+
+def parse_batches(text: str) -> list[int]:
+    """``--batches`` "1,2" -> [1, 2]; [] if any item is not an int."""
+    items = text.split(",")
+    return [int(b) for b in items] if all(b.strip().lstrip("-").isdigit() for b in items) else []
 
 
 def overrides_of(args) -> list[str]:
@@ -124,9 +137,32 @@ def run_all(args, batches: list[int]) -> int:
 
 
 def document(args, cases: list[dict]) -> str:
-    doc = {"config": "configs/cifar.yaml + " + " ".join(overrides_of(args)), "steps": args.steps,
-           "device": "CPU", "cases": cases, **summary(cases)}  # fmt: skip
+    overrides = overrides_of(args)
+    size = image_size(overrides)
+    doc = {"config": "configs/cifar.yaml + " + " ".join(overrides), "image_size": size, "steps": args.steps,
+           "device": "CPU", "cases": cases, **summary(cases, size)}  # fmt: skip
     return result_json(doc)
+
+
+def image_size(overrides: list[str]) -> int:
+    from ddpm_dist.config import load_config
+
+    return load_config(str(CONFIG), ["data.path=unused", *overrides]).data.image_size
+
+
+def from_cases(args) -> int:
+    """``--from-cases FILE``: the derived figures again from the cases of an earlier result (its ``measured`` date
+    kept); print (and write) the document; 0."""
+    old = json.loads(Path(args.from_cases).read_text())
+    overrides = old["config"].split(" + ", 1)[1].split()
+    size = image_size(overrides)
+    doc = {"measured": old["measured"], "config": old["config"], "image_size": size, "steps": old["steps"],
+           "device": old["device"], "cases": old["cases"], **summary(old["cases"], size)}  # fmt: skip
+    text = json.dumps(doc, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
 
 
 def run_guarded(cmd: list[str], *, min_free_mb: float) -> tuple:
@@ -154,9 +190,10 @@ def _available_mb() -> float:
     return math.inf
 
 
-def summary(cases: list[dict]) -> dict:
-    """Derived figures: per recompute setting the activation bytes per sample and the batches that fit on paper, and
-    the recompute savings / time cost at each batch measured with both settings."""
+def summary(cases: list[dict], size: int = PAPER_SIZE) -> dict:
+    """Derived figures: per recompute setting the activation bytes per sample (measured at ``size``, and scaled to
+    256 x 256 by the pixel count when ``size`` is smaller: every feature map grows by it) and the batches that fit on
+    paper at 256 x 256, and the recompute savings / time cost at each batch measured with both settings."""
     out: dict = {}
     cases = [c for c in cases if "skipped" not in c]
     if not cases:
@@ -168,14 +205,19 @@ def summary(cases: list[dict]) -> dict:
         mine = sorted((c for c in cases if c["recompute"] == recompute), key=lambda c: c["batch"])
         if not mine:
             continue
-        act = max(c["activation_mb_per_sample"] for c in mine)  # the larger (conservative) of the batches' figures
+        # activation bytes per sample: the step peak's growth per added sample when two batches were measured (the
+        # static part, gradients and workspace cancel), else (step peak - static) / batch, which still holds them
+        act = max(c["activation_mb_per_sample"] for c in mine)
         fit = {"activation_mb_per_sample": act}
         if len(mine) >= 2 and mine[-1]["batch"] > mine[0]["batch"]:
-            delta = (mine[-1]["step_peak_mb"] - mine[0]["step_peak_mb"]) / (mine[-1]["batch"] - mine[0]["batch"])
-            fit["activation_mb_per_sample_delta"] = round(delta, 1)
+            act = (mine[-1]["step_peak_mb"] - mine[0]["step_peak_mb"]) / (mine[-1]["batch"] - mine[0]["batch"])
+            fit["activation_mb_per_sample_delta"] = round(act, 1)
+        act_256 = act * (PAPER_SIZE / size) ** 2
+        if size != PAPER_SIZE:
+            fit["activation_mb_per_sample_256"] = round(act_256, 1)
         for level in ("O2", "O0"):
             static_mb = STATIC_BYTES_PER_PARAM[level] * params / MB
-            per_sample = act * ACTIVATION_FACTOR[level]
+            per_sample = act_256 * ACTIVATION_FACTOR[level]
             for gb in CARDS_GB:
                 fit[f"max_batch_{gb}gb_{level}"] = max(0, math.floor((gb * 1024 * USABLE - static_mb) / per_sample))
             fit[f"static_mb_{level}"] = round(static_mb)

@@ -277,6 +277,15 @@ def _check_step_timeout(cfg: Config, source: str) -> None:
         ) from None
 
 
+def _check_recompute(cfg: Config, source: str) -> None:
+    """PyNative re-runs a recomputed Cell whole, dropout included (models.layers.keep_dropout_masks cannot apply)."""
+    if cfg.model.recompute and cfg.run.mode == "pynative" and cfg.model.dropout > 0:
+        raise ConfigError(
+            f"{source}: model.recompute: in run.mode=pynative a recomputed dropout can draw a new mask, so the "
+            f"gradients could be wrong with model.dropout={cfg.model.dropout}; use run.mode=graph or model.dropout=0"
+        )
+
+
 def validate(cfg: Config, source: str = "<config>") -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``."""
     if cfg.run.compile_cache in ("True", "False"):  # YAML's true/false: a bool, which the str field holds as 'True'
@@ -320,11 +329,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
             f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
             f"{cfg.train.global_batch}"
         )
-    if cfg.model.recompute and cfg.run.mode == "pynative" and cfg.model.dropout > 0:
-        raise ConfigError(
-            f"{source}: model.recompute: in run.mode=pynative a recomputed dropout can draw a new mask, so the "
-            f"gradients could be wrong with model.dropout={cfg.model.dropout}; use run.mode=graph or model.dropout=0"
-        )
+    _check_recompute(cfg, source)
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
     resolutions = [cfg.data.image_size // 2**i for i in range(len(cfg.model.ch_mult))]
