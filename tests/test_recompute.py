@@ -230,6 +230,10 @@ def test_a_recompute_checkpoint_resumes_without_it(digits8, four_plain_steps, tm
     assert set(resumed) == set(four_plain_steps)
     for k in resumed:
         np.testing.assert_array_equal(resumed[k], four_plain_steps[k], err_msg=k)
+    # only model.recompute is exempt from the same-model check: another model key is still refused
+    res = run_train("--config", TINY, f"data.path={digits8}", f"run.out_dir={run_dir}", *COMMON,
+                    "train.total_steps=6", "model.recompute=true", "model.norm_eps=1e-6")  # fmt: skip
+    assert res.returncode == 2 and "model.norm_eps" in res.stderr and "model.recompute" not in res.stderr
 
 
 # ---------------------------------------------------------------- the bench
