@@ -39,8 +39,8 @@ class ModelConfig:
     norm_eps: float = 1e-5  # ddpm_unet: GroupNorm epsilon (the TF reference and diffusers' DDPM models use 1e-6)
     convnext_mult: int = 2  # convnext_unet only: expansion of the ConvNeXt block
     # recompute each res/attention block's activations in the backward pass instead of keeping them (MindSpore's
-    # Cell.recompute; the same gradients, bit for bit, and the same parameter names). Meant for device memory; on
-    # CPU MindSpore 2.10 does not lower the peak (docs/benchmarks.md). PyNative only with dropout 0.
+    # Cell.recompute; the same gradients, bit for bit, and the same parameter names). Meant for device memory; in
+    # GRAPH mode on CPU MindSpore 2.10 does not lower the peak (docs/benchmarks.md). PyNative only with dropout 0.
     recompute: bool = False
 
 
