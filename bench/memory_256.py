@@ -7,8 +7,8 @@ Each case runs in its own child process, which builds the whole training step of
 loss scaling, finite check, clip, Adam, EMA), compiles it (``compile_s``), runs it once, then times ``--steps`` more
 steps (``step_s``: their median). Memory is the child's resident set (Linux ``/proc/self/status``):
 
-- ``static_mb``: RSS after the compile, before the first step: weights, gradients' buffers... as MindSpore holds
-  them before any activation exists (``rss_built_mb``: after building the Cells, before the compile);
+- ``static_mb``: RSS after the compile, before the first step: the runtime, weights, Adam moments and EMA, before
+  any activation or gradient exists (``rss_built_mb``: after building the Cells, before the compile);
 - ``step_peak_mb``: the peak RSS over the timed steps alone (the peak is reset after the first step, by writing 5 to
   ``/proc/self/clear_refs``), and ``peak_mb``: the whole process's ``ru_maxrss`` (compile included);
 - ``activation_mb_per_sample``: (step peak - static) / batch; ``activation_mb_per_sample_delta``: the step peak at
