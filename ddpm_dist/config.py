@@ -38,6 +38,10 @@ class ModelConfig:
     norm_groups: int = 32  # ddpm_unet: GroupNorm groups (fewer, 16 8 4 2 1, where the channels are not divisible)
     norm_eps: float = 1e-5  # ddpm_unet: GroupNorm epsilon (the TF reference and diffusers' DDPM models use 1e-6)
     convnext_mult: int = 2  # convnext_unet only: expansion of the ConvNeXt block
+    # recompute each res/attention block's activations in the backward pass instead of keeping them (MindSpore's
+    # Cell.recompute; the same gradients, bit for bit, and the same parameter names). Meant for device memory; in
+    # GRAPH mode on CPU MindSpore 2.10 does not lower the peak (docs/benchmarks.md). PyNative only with dropout 0.
+    recompute: bool = False
 
 
 @dataclass
@@ -281,6 +285,15 @@ def _check_step_timeout(cfg: Config, source: str) -> None:
         ) from None
 
 
+def _check_recompute(cfg: Config, source: str) -> None:
+    """PyNative re-runs a recomputed Cell whole, dropout included (models.layers.keep_dropout_masks cannot apply)."""
+    if cfg.model.recompute and cfg.run.mode == "pynative" and cfg.model.dropout > 0:
+        raise ConfigError(
+            f"{source}: model.recompute: in run.mode=pynative a recomputed dropout can draw a new mask, so the "
+            f"gradients could be wrong with model.dropout={cfg.model.dropout}; use run.mode=graph or model.dropout=0"
+        )
+
+
 def _check_sample_steps(cfg: Config, source: str) -> None:
     """The sampling steps of the training grids (and of a sampling evaluation) are a subset of the T steps."""
     sampled = cfg.eval.every and cfg.eval.metric != "nll"  # nll evaluates without sampling
@@ -337,6 +350,7 @@ def validate(cfg: Config, source: str = "<config>", *, training: bool = True) ->
             f"{source}: train.grad_accum: {cfg.train.grad_accum} does not divide train.global_batch "
             f"{cfg.train.global_batch}"
         )
+    _check_recompute(cfg, source)
     if cfg.model.ch % 8:
         raise ConfigError(f"{source}: model.ch: must be a multiple of 8 for GroupNorm (got {cfg.model.ch})")
     resolutions = [cfg.data.image_size // 2**i for i in range(len(cfg.model.ch_mult))]

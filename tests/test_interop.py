@@ -114,7 +114,8 @@ def test_configs_translate_both_ways(overrides):
     unet = fmt.unet_config(cfg["model"], cfg["data"], out_channels=output_channels(loaded))
     assert fmt.learns_variance(unet) == (cfg["diffusion"]["var_type"] == "learned_range")
     model, data, flip = fmt.unet_sections(json.loads(json.dumps(unet)), source="unet")
-    assert model == {k: v for k, v in cfg["model"].items() if k != "convnext_mult"}  # the ConvNeXt U-Net's option
+    # not in a diffusers config: the ConvNeXt U-Net's option and how training computes (model.recompute)
+    assert model == {k: v for k, v in cfg["model"].items() if k not in ("convnext_mult", "recompute")}
     assert data == {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]} and not flip
     scheduler = fmt.scheduler_config(cfg["diffusion"])
     back = fmt.diffusion_section(json.loads(json.dumps(scheduler)), source="scheduler")

@@ -32,12 +32,12 @@ def build_model(cfg: Config) -> nn.Cell:
 
     ``ddpm_unet`` reads model.ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, norm_groups,
     norm_eps;
-    ``convnext_unet`` reads model.ch, ch_mult, convnext_mult.
+    ``convnext_unet`` reads model.ch, ch_mult, convnext_mult; both read model.recompute (activation recomputation).
     """
     m, d = cfg.model, cfg.data
     out_channels = output_channels(cfg)
     shared = dict(image_size=d.image_size, in_channels=d.channels, out_channels=out_channels, ch=m.ch,
-                  ch_mult=tuple(m.ch_mult))  # fmt: skip
+                  ch_mult=tuple(m.ch_mult), recompute=m.recompute)  # fmt: skip
     if m.arch == "ddpm_unet":
         return DDPMUNet(
             **shared,

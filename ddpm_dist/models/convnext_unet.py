@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from mindspore import Tensor, nn, ops
 
-from ddpm_dist.models.layers import GroupNorm32, SinusoidalEmbedding, Softmax32
+from ddpm_dist.models.layers import GroupNorm32, SinusoidalEmbedding, Softmax32, recompute_cells
 
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0, group: int = 1):
@@ -161,10 +161,11 @@ class _UpLevel(nn.Cell):
 
 class ConvNextUNet(nn.Cell):
     """The tutorial U-Net. x: float32 [B, in_channels, H, W], t: int32 [B] in [0, T) -> float32 [B, out_channels, H,
-    W]; H = W = ``image_size`` divisible by 2 ** (len(ch_mult) - 1)."""
+    W]; H = W = ``image_size`` divisible by 2 ** (len(ch_mult) - 1). ``recompute``: every ConvNeXt block and
+    attention residual recomputes its activations in the backward pass (same parameters, same results)."""
 
     def __init__(self, *, image_size: int, in_channels: int, out_channels: int, ch: int, ch_mult: Sequence[int],
-                 convnext_mult: int) -> None:  # fmt: skip
+                 convnext_mult: int, recompute: bool = False) -> None:  # fmt: skip
         super().__init__()
         if image_size % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"image_size {image_size} is not divisible by 2 ** (len(ch_mult) - 1)")
@@ -192,6 +193,8 @@ class ConvNextUNet(nn.Cell):
         )
         self.final_block = ConvNextBlock(in_ch=dims[1], out_ch=dims[1], temb_ch=temb_ch, mult=convnext_mult)
         self.final_conv = _conv(dims[1], out_channels, 1)
+        if recompute:
+            recompute_cells(self, (ConvNextBlock, PreNormResidual))
 
     def construct(self, x: Tensor, t: Tensor) -> Tensor:
         temb = self.time_mlp(t)

@@ -176,3 +176,39 @@ class Downsample(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return self.op(x)
+
+
+def recompute_cells(net: nn.Cell, types: tuple[type, ...]) -> int:
+    """Mark every sub-Cell of ``net`` of one of ``types`` for activation recomputation (``Cell.recompute()``); returns
+    how many were marked.
+
+    In GRAPH_MODE the backward pass recomputes each marked Cell's intermediate activations from its inputs instead of
+    keeping them from the forward pass; a Cell's inputs and output are still kept. The weights and parameter names
+    are unchanged, so a checkpoint moves freely between networks built with and without it. MindSpore allows one
+    ``recompute()`` per Cell and none inside an already marked Cell, so ``types`` must not nest.
+
+    Dropout is kept out of the recomputation (:func:`keep_dropout_masks`): a recomputed dropout can draw a new mask
+    (measured on MindSpore 2.10, tests/test_recompute.py), and the backward pass would not be the forward's gradient.
+    """
+    marked = [cell for _, cell in net.cells_and_names() if isinstance(cell, types)]
+    for cell in marked:
+        cell.recompute()
+        keep_dropout_masks(cell)
+    return len(marked)
+
+
+def keep_dropout_masks(net: nn.Cell) -> None:
+    """Exclude every ``nn.Dropout`` primitive in ``net`` from recomputation, so its forward mask (and output) is kept
+    for the backward pass (a primitive's own ``recompute(False)`` overrides its Cell's ``recompute()``).
+
+    Needed because MindSpore 2.10 recomputes a dropout by running a duplicate of the primitive: its mask equals the
+    forward's only when both start from the same fixed seeds and run once per step (unseeded, about half the entries
+    of a p=0.5 mask disagree, GRAPH and PyNative; tests/test_recompute.py). Kept out, the duplicate does not exist:
+    the backward uses the forward's mask whatever the seeds, for the price of keeping the dropout's output and mask.
+    In PyNative mode the whole Cell is re-run and the flag has no effect (config.validate refuses model.recompute
+    with dropout > 0 there). Whoever replaces a dropout primitive (the trainer's reseed_dropout) must carry the
+    ``recompute`` attribute over.
+    """
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Dropout) and hasattr(cell, "dropout"):
+            cell.dropout.recompute(False)

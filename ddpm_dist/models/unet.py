@@ -25,6 +25,7 @@ from ddpm_dist.models.layers import (
     conv2d,
     dense,
     group_norm,
+    recompute_cells,
 )
 
 
@@ -119,6 +120,8 @@ class DDPMUNet(nn.Cell):
     H = W = ``image_size``, divisible by 2 ** (len(ch_mult) - 1). Every GroupNorm has ``norm_groups`` groups where
     they divide its channels (else see :func:`~ddpm_dist.models.layers.norm_groups`) and epsilon ``norm_eps``. The
     output is whatever the diffusion objective trains it to be (eps, x0 or v); the network only knows that it takes t.
+    ``recompute``: every ResBlock and AttnBlock recomputes its activations in the backward pass
+    (:func:`~ddpm_dist.models.layers.recompute_cells`); same parameters, same results.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class DDPMUNet(nn.Cell):
         resamp_with_conv: bool,
         norm_groups: int,
         norm_eps: float,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         norm = partial(group_norm, max_groups=norm_groups, eps=norm_eps)
@@ -163,6 +167,8 @@ class DDPMUNet(nn.Cell):
         self.norm_out = norm(cur_ch)
         self.act = nn.SiLU()
         self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
+        if recompute:
+            recompute_cells(self, (ResBlock, AttnBlock))
 
     def _build_down(self, block, *, ch: int, ch_mult: Sequence[int], image_size: int, with_conv: bool) -> list[int]:
         """``down_blocks`` and ``downsamples``; returns the channels of every tensor pushed on the skip stack, in

@@ -46,6 +46,8 @@ RANK0_LINE_FIRST_S = 5.0
 
 # Sections that must match for a checkpoint to be resumed into this run.
 COMPATIBLE_SECTIONS = ("model", "diffusion")
+# keys of those sections that change how, not what, is computed: a checkpoint resumes with either value
+COMPATIBLE_ANY_VALUE = ("model.recompute",)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -105,7 +107,10 @@ def reseed_dropout(net: nn.Cell, *, seed: int, rank: int, start_step: int) -> No
         if isinstance(cell, nn.Dropout) and hasattr(cell, "dropout"):
             keep = 1.0 - cell.p if cell.p is not None else cell.keep_prob
             s = np.random.SeedSequence([seed, rank, start_step, k]).generate_state(2)
-            cell.dropout = ops.Dropout(float(keep), int(s[0] % 2**31), int(s[1] % 2**31))
+            fresh = ops.Dropout(float(keep), int(s[0] % 2**31), int(s[1] % 2**31))
+            if "recompute" in cell.dropout.attrs:  # kept out of model.recompute: see models.layers.keep_dropout_masks
+                fresh.recompute(cell.dropout.attrs["recompute"])
+            cell.dropout = fresh
 
 
 class StopRequest:
@@ -371,7 +376,12 @@ class Trainer:
         """The checkpoint's model and diffusion sections (its embedded config, read by the one rule of
         :func:`~ddpm_dist.checkpoint.io.embedded_config`) must equal this run's; else CheckpointError naming them."""
         saved, now = to_dict(embedded_config(meta, source=path)), to_dict(self.cfg)
-        diffs = [f"{sec}.{key}" for sec in COMPATIBLE_SECTIONS for key in now[sec] if saved[sec][key] != now[sec][key]]
+        diffs = [
+            f"{sec}.{key}"
+            for sec in COMPATIBLE_SECTIONS
+            for key in now[sec]
+            if saved[sec][key] != now[sec][key] and f"{sec}.{key}" not in COMPATIBLE_ANY_VALUE
+        ]
         if diffs:
             raise checkpoint.CheckpointError(
                 f"{path}: checkpoint was trained with a different model config ({', '.join(diffs)}); "
