@@ -67,7 +67,7 @@ def test_each_recipe_holds_the_papers_256_settings(name):
     cfg = to_dict(recipe(name))
     assert cfg["model"] == {"arch": "ddpm_unet", "ch": 128, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
                             "attn_resolutions": [16], "dropout": 0.0, "resamp_with_conv": True, "norm_groups": 32,
-                            "norm_eps": 1e-6, "convnext_mult": 2}  # fmt: skip
+                            "norm_eps": 1e-6, "convnext_mult": 2, "recompute": False}  # fmt: skip
     d, t = cfg["diffusion"], cfg["train"]
     assert (d["timesteps"], d["beta_schedule"], d["beta_start"], d["beta_end"]) == (1000, "linear", 1e-4, 0.02)
     assert (d["objective"], d["loss_type"], d["loss_weight"], d["var_type"]) == ("eps", "mse", "none", "fixedsmall")
@@ -100,7 +100,7 @@ def test_the_recipes_model_is_google_ddpm_church_256_both_ways():
     model, data, flip = fmt.unet_sections(CHURCH_256, source="config.json")
     for name in RECIPES:
         sections = to_dict(recipe(name))
-        assert model == {k: v for k, v in sections["model"].items() if k != "convnext_mult"}, name
+        assert model == {k: v for k, v in sections["model"].items() if k not in ("convnext_mult", "recompute")}, name
         assert data == {"image_size": 256, "channels": 3} and not flip
         exported = fmt.unet_config(sections["model"], sections["data"])
         assert {k: exported[k] for k in CHURCH_256 if k in exported} == {
