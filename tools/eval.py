@@ -54,8 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="nll: a prepared data set directory (tools/prepare_data.py)")
     p.add_argument("--weights", choices=WEIGHTS, help="nll: of a training checkpoint (default: ema)")
     p.add_argument("--batch-size", type=int, default=_NLL_BATCH, help=f"nll: images per worker (default {_NLL_BATCH})")
-    p.add_argument("--nll-steps", type=int, help="nll: a strided estimate from K of the T terms (the decoder and one "
-                   "step per stratum; docs/evaluation.md gives its measured error) (default: the full bound)")
+    p.add_argument(
+        "--nll-steps",
+        type=int,
+        help="nll: a strided estimate from K of the T terms (the decoder and one "
+        "step per stratum; docs/evaluation.md gives its measured error) (default: the full bound)",
+    )
     p.add_argument("--seed", type=int, default=0, help="nll: in [0, 2^32); the noise of image n at step t depends "
                    "only on (seed, n, t)")  # fmt: skip
     p.add_argument("--out", help="write the result as JSON here")
