@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from data_fakes import CROP_CASES, encoded_images, lsun_key, make_lmdb
 from PIL import Image
+from test_data_convert import read_back
 
 from ddpm_dist.data import DataError
 from ddpm_dist.data.convert import auto_shards, convert
@@ -34,21 +35,6 @@ def expected_fit(rgb: np.ndarray, size: int) -> np.ndarray:
     if c == size:
         return square
     return np.asarray(Image.fromarray(square).resize((size, size), Image.LANCZOS))
-
-
-def read_back(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import mindspore.dataset as ds
-
-    m = read_manifest(str(out))
-    s, c = m["image_size"], m["channels"]
-    files = [str(out / f["name"]) for f in m["files"]]
-    rows = ds.MindDataset(files, columns_list=["image", "label", "index"], shuffle=False)
-    images, labels, index = [], [], []
-    for image, label, idx in rows.create_tuple_iterator(output_numpy=True, num_epochs=1):
-        images.append(np.frombuffer(image.tobytes(), np.uint8).reshape(s, s, c))
-        labels.append(int(label))
-        index.append(int(idx))
-    return np.stack(images), np.array(labels), np.array(index)
 
 
 def nothing_left(parent: Path, out: str = "out") -> bool:
