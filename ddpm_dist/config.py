@@ -42,6 +42,9 @@ class ModelConfig:
     # Cell.recompute; the same gradients, bit for bit, and the same parameter names). Meant for device memory; in
     # GRAPH mode on CPU MindSpore 2.10 does not lower the peak (docs/benchmarks.md). PyNative only with dropout 0.
     recompute: bool = False
+    # class-conditional: K classes (0: unconditional). A learned embedding of K + 1 rows (row K: "no label", for
+    # classifier-free guidance) is added to the timestep embedding; labels come from the data set (docs/sampling.md)
+    num_classes: int = 0
 
 
 @dataclass
@@ -101,6 +104,9 @@ class TrainConfig:
     keep_last: int = 3
     milestone_every: int = 0  # also keep every N-th step for good (0: none)
     max_nonfinite: int = 50  # stop after this many consecutive non-finite losses
+    # class-conditional models: share of samples whose label is replaced by "no label" (classifier-free guidance);
+    # which ones is keyed by (run.seed, global position), like t and the noise
+    label_dropout: float = 0.1
 
 
 @dataclass
@@ -188,6 +194,7 @@ _RANGES = {
             "train.ckpt_every",
             "train.ckpt_every_minutes",
             "train.milestone_every",
+            "model.num_classes",
             "run.sample_every",
             "run.sample_steps",
             "eval.every",
@@ -217,7 +224,10 @@ _RANGES = {
         _AT_LEAST_1,
     ),  # fmt: skip
     **dict.fromkeys(("model.norm_eps", "diffusion.beta_start", "diffusion.beta_end"), _OPEN_UNIT),
-    **dict.fromkeys(("model.dropout", "train.adam_beta1", "train.adam_beta2", "train.ema_decay"), _HALF_OPEN_UNIT),
+    **dict.fromkeys(
+        ("model.dropout", "train.label_dropout", "train.adam_beta1", "train.adam_beta2", "train.ema_decay"),
+        _HALF_OPEN_UNIT,
+    ),
     "model.ch_mult": (lambda v: len(v) > 0 and all(m > 0 for m in v), "a non-empty list of positive ints"),
     "model.attn_resolutions": (lambda v: all(r > 0 for r in v), "a list of positive ints"),
     "data.image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8, >= 8"),

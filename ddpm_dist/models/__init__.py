@@ -1,4 +1,5 @@
 """Denoising networks: ``net(x, t)`` with x float32 [B, C, H, W], t int32 [B] in [0, T) -> float32 [B, C, H, W]
+(``net(x, t, y)`` with labels y int32 [B] if class-conditional: :func:`build_model`)
 ([B, 2C, H, W] with learned variances: :func:`output_channels`).
 
 :func:`build_model` is the only code here that reads the config. :func:`fp32_cells` lists the Cell types that must
@@ -32,12 +33,13 @@ def build_model(cfg: Config) -> nn.Cell:
 
     ``ddpm_unet`` reads model.ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, norm_groups,
     norm_eps;
-    ``convnext_unet`` reads model.ch, ch_mult, convnext_mult; both read model.recompute (activation recomputation).
+    ``convnext_unet`` reads model.ch, ch_mult, convnext_mult; both read model.recompute (activation recomputation) and
+    model.num_classes (class-conditional: ``net(x, t, y)``, y in [0, K], K meaning "no label").
     """
     m, d = cfg.model, cfg.data
     out_channels = output_channels(cfg)
     shared = dict(image_size=d.image_size, in_channels=d.channels, out_channels=out_channels, ch=m.ch,
-                  ch_mult=tuple(m.ch_mult), recompute=m.recompute)  # fmt: skip
+                  ch_mult=tuple(m.ch_mult), recompute=m.recompute, num_classes=m.num_classes)  # fmt: skip
     if m.arch == "ddpm_unet":
         return DDPMUNet(
             **shared,

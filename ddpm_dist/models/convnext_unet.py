@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from mindspore import Tensor, nn, ops
 
-from ddpm_dist.models.layers import GroupNorm32, SinusoidalEmbedding, Softmax32, recompute_cells
+from ddpm_dist.models.layers import ClassEmbedding, GroupNorm32, SinusoidalEmbedding, Softmax32, recompute_cells
 
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, padding: int = 0, group: int = 1):
@@ -162,10 +162,11 @@ class _UpLevel(nn.Cell):
 class ConvNextUNet(nn.Cell):
     """The tutorial U-Net. x: float32 [B, in_channels, H, W], t: int32 [B] in [0, T) -> float32 [B, out_channels, H,
     W]; H = W = ``image_size`` divisible by 2 ** (len(ch_mult) - 1). ``recompute``: every ConvNeXt block and
-    attention residual recomputes its activations in the backward pass (same parameters, same results)."""
+    attention residual recomputes its activations in the backward pass (same parameters, same results).
+    ``num_classes`` K > 0: class-conditional, ``net(x, t, y)``, y int32 [B] in [0, K] (K: "no label"), as DDPMUNet."""
 
     def __init__(self, *, image_size: int, in_channels: int, out_channels: int, ch: int, ch_mult: Sequence[int],
-                 convnext_mult: int, recompute: bool = False) -> None:  # fmt: skip
+                 convnext_mult: int, recompute: bool = False, num_classes: int = 0) -> None:  # fmt: skip
         super().__init__()
         if image_size % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"image_size {image_size} is not divisible by 2 ** (len(ch_mult) - 1)")
@@ -193,11 +194,16 @@ class ConvNextUNet(nn.Cell):
         )
         self.final_block = ConvNextBlock(in_ch=dims[1], out_ch=dims[1], temb_ch=temb_ch, mult=convnext_mult)
         self.final_conv = _conv(dims[1], out_channels, 1)
+        self.num_classes = num_classes
+        if num_classes:  # built last: the other weights draw the same initial values as the unconditional net's
+            self.class_embed = ClassEmbedding(num_classes=num_classes, dim=temb_ch)
         if recompute:
             recompute_cells(self, (ConvNextBlock, PreNormResidual))
 
-    def construct(self, x: Tensor, t: Tensor) -> Tensor:
+    def construct(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         temb = self.time_mlp(t)
+        if self.num_classes:
+            temb = temb + self.class_embed(y)
         h = self.init_conv(x)
         skips = []
         for level in self.downs:

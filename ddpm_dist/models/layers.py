@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
-from mindspore.common.initializer import XavierUniform
+from mindspore.common.initializer import Normal, XavierUniform, initializer
 
 _GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
 
@@ -91,6 +91,21 @@ class SinusoidalEmbedding(nn.Cell):
         if self.pad_odd:
             emb = ops.pad(emb, (0, 1))
         return emb
+
+
+class ClassEmbedding(nn.Cell):
+    """Labels int32 [B] in [0, K] -> float32 [B, dim]: a learned table of K + 1 rows, row K being "no label" (the
+    unconditional model of classifier-free guidance). Initialised N(0, 1) like torch's ``nn.Embedding``."""
+
+    def __init__(self, *, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
+        self.num_classes = num_classes
+        self.embedding_table = Parameter(initializer(Normal(1.0), (num_classes + 1, dim)), name="embedding_table")
+
+    def construct(self, labels: Tensor) -> Tensor:
+        return ops.gather(self.embedding_table, labels, 0)
 
 
 class Softmax32(nn.Cell):

@@ -18,6 +18,7 @@ from functools import partial
 from mindspore import Tensor, nn, ops
 
 from ddpm_dist.models.layers import (
+    ClassEmbedding,
     Downsample,
     SinusoidalEmbedding,
     Softmax32,
@@ -139,6 +140,7 @@ class DDPMUNet(nn.Cell):
         norm_groups: int,
         norm_eps: float,
         recompute: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         norm = partial(group_norm, max_groups=norm_groups, eps=norm_eps)
@@ -167,6 +169,9 @@ class DDPMUNet(nn.Cell):
         self.norm_out = norm(cur_ch)
         self.act = nn.SiLU()
         self.conv_out = conv2d(cur_ch, out_channels, 3, zero_init=True)
+        self.num_classes = num_classes
+        if num_classes:  # built last: the other weights draw the same initial values as the unconditional net's
+            self.class_embed = ClassEmbedding(num_classes=num_classes, dim=temb_ch)
         if recompute:
             recompute_cells(self, (ResBlock, AttnBlock))
 
@@ -209,8 +214,10 @@ class DDPMUNet(nn.Cell):
         self.upsamples = nn.CellList(upsamples)
         return cur_ch
 
-    def construct(self, x: Tensor, t: Tensor) -> Tensor:
+    def construct(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         temb = self.temb(t)
+        if self.num_classes:
+            temb = temb + self.class_embed(y)
         nrb = self.num_res_blocks
         h = self.conv_in(x)
         hs = [h]
