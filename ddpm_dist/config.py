@@ -140,6 +140,9 @@ class RunConfig:
     num_samples: int = 16  # images in that grid
     sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of that grid (docs/sampling.md)
     sample_steps: int = 50  # its steps (0: full ancestral DDPM, whatever run.sampler says)
+    # class-conditional models: classifier-free guidance scale S of the grids and evaluations (1: the conditional
+    # model alone, 0: unconditional; docs/sampling.md)
+    guidance: float = 1.0
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
     step_timeout: str = "auto"  # hang watchdog: auto (50 x median step time, >= 300 s) | seconds | 0 (off)
     compile_cache: str = "auto"  # graph compile cache: auto (when the launcher may restart) | true | false
@@ -195,6 +198,7 @@ _RANGES = {
             "train.ckpt_every_minutes",
             "train.milestone_every",
             "model.num_classes",
+            "run.guidance",
             "run.sample_every",
             "run.sample_steps",
             "eval.every",

@@ -30,6 +30,7 @@ def generate(
     uint8: bool = True,
     all_ranks: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Samples ``0 .. num_samples-1`` of ``keyed`` with ``seed``: uint8 [N, H, W, C]
     (``images.to_uint8``), or with ``uint8=False`` the sampler's float32 [N, C, H, W] in [-1, 1]; on rank 0 (None
@@ -37,19 +38,24 @@ def generate(
 
     Every rank must call it alike; each draws its share in batches of ``batch_size`` (see
     ``parallel.shards.sharded_map``). ``progress(done, total)`` is called after every sampler step with this rank's
-    step counts.
+    step counts. ``labels`` (int [num_samples], class-conditional models): the class of every sample
+    (``diffusion.guidance.sample_labels``); sample n then depends on (seed, n, labels[n]).
     """
     from .parallel import rank, world_size
     from .parallel.shards import shard_plan, sharded_map
 
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+    if labels is not None:
+        labels = np.asarray(labels, np.int64)
+        if labels.shape != (num_samples,):
+            raise ValueError(f"labels must be int [num_samples={num_samples}] (got shape {labels.shape})")
     total = shard_plan(num_samples, world_size(), batch_size)[1] * keyed.num_steps
 
     def draw(indices: np.ndarray, batch: int):
         done = batch * keyed.num_steps
         tick = None if progress is None else (lambda k: progress(done + k, total))
-        return keyed.sample(indices, seed=seed, progress=tick)
+        return keyed.sample(indices, seed=seed, progress=tick, labels=None if labels is None else labels[indices])
 
     out = None
     if rank() == 0 or all_ranks:

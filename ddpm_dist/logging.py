@@ -128,9 +128,10 @@ class TensorBoard:
         for tag, value in values.items():
             self._call(lambda t, v: self.writer.add_scalar(t, float(v), step), tag, value)
 
-    def images(self, tag: str, images: np.ndarray, step: int) -> None:
-        """``images``: float32 [N, C, H, W] in [-1, 1], shown as one grid (see ``images.grid_image``)."""
-        self._call(lambda: self.writer.add_image(tag, grid_image(images), step, dataformats="HWC"))
+    def images(self, tag: str, images: np.ndarray, step: int, *, nrow: int | None = None) -> None:
+        """``images``: float32 [N, C, H, W] in [-1, 1], shown as one grid of ``nrow`` per row (see
+        ``images.grid_image``)."""
+        self._call(lambda: self.writer.add_image(tag, grid_image(images, nrow=nrow), step, dataformats="HWC"))
 
     def text(self, tag: str, value: str, step: int = 0) -> None:
         self._call(lambda: self.writer.add_text(tag, value, step))

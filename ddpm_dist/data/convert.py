@@ -296,10 +296,19 @@ def write_arrays(
         raise DataError(f"images must be uint8 [N, S, S, 1 or 3], got {images.dtype} {images.shape}")
     if images.shape[0] == 0:
         raise DataError("images: no images")
-    labels = np.zeros(images.shape[0], np.int32) if labels is None else np.asarray(labels, np.int32)
-    if labels.shape != (images.shape[0],):
-        raise DataError(f"label count mismatch: {labels.size} labels for {images.shape[0]} images")
-    src = _array_source(images, labels, image_size=images.shape[1], channels=images.shape[3], info={})
+    info: dict = {}
+    if labels is None:  # no labels: the label column holds zeros and the manifest says 0 classes
+        labels = np.zeros(images.shape[0], np.int32)
+        info["num_classes"] = 0
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != (images.shape[0],):
+            raise DataError(f"label count mismatch: {labels.size} labels for {images.shape[0]} images")
+        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= 2**31:
+            raise DataError(f"labels must be integers in [0, 2^31) (got {labels.dtype}, min {labels.min()})")
+        labels = labels.astype(np.int32)
+        info["num_classes"] = int(labels.max()) + 1
+    src = _array_source(images, labels, image_size=images.shape[1], channels=images.shape[3], info=info)
     meta = {"source": source, "split": "train", "input": None, "source_format": "arrays"}
     return write_dataset(output, src, shards=shards, overwrite=overwrite, meta=meta)
 

@@ -14,6 +14,9 @@ Sharding (identical on every rank, whatever the world size):
   ``r::world_size`` of the one-rank batch.
 - The sample at global position ``g = e * N + p`` draws its flip, ``t`` and ``noise`` from
   ``np.random.default_rng([seed, 1, g])``: identical for any world size and after a resume, different for every sample.
+  A class-conditional model (``model.num_classes`` K > 0) also gets the sample's label, replaced by K ("no label")
+  when the same generator's next uniform draw is below ``train.label_dropout`` (so an unconditional run draws exactly
+  what it always did, and the dropped samples are as independent of the world size and resumes as t and the noise).
 
 Resume: ``start_step`` is the number of global steps already done; the iterator then yields exactly the batches an
 uninterrupted run yields from that step on. A different world size resumes exactly too, as long as ``global_batch``
@@ -171,6 +174,38 @@ def verify_checksums(manifest: dict) -> None:
             raise DataError(f"{root / entry['name']}: sha256 does not match {MANIFEST_NAME} (corrupt copy?)")
 
 
+def manifest_classes(manifest: dict) -> int:
+    """The number of classes a prepared data set's labels span (labels 0..K-1), or 0 if it has no labels: a flat
+    folder, an LSUN export, or arrays written without labels (their label column holds zeros)."""
+    source = manifest.get("source")
+    if source == "folder":
+        return len(manifest.get("class_names") or [])
+    if source == "lsun":
+        return 0
+    return int(manifest.get("num_classes") or 0)
+
+
+def check_labels(manifest: dict, *, num_classes: int, source: str) -> None:
+    """A class-conditional model (``num_classes`` K > 0) needs a data set whose labels lie in 0..K-1; DataError
+    naming ``model.num_classes`` otherwise. Nothing to check for an unconditional model."""
+    if num_classes <= 0:
+        return
+    root = manifest.get("root", "the data set")
+    prefix = f"{source}: " if source else ""
+    have = manifest_classes(manifest)
+    if have == 0:
+        raise DataError(
+            f"{prefix}model.num_classes: {num_classes} needs a labelled data set, and {root} has no labels "
+            f"({manifest.get('source')} data; class folders, cifar10, mnist or digits have them); set "
+            "model.num_classes=0 for an unconditional model"
+        )
+    if have > num_classes:
+        raise DataError(
+            f"{prefix}model.num_classes: the data set {root} has labels 0..{have - 1}, outside 0..{num_classes - 1}; "
+            f"set model.num_classes={have}"
+        )
+
+
 def check_manifest(manifest: dict, *, image_size: int, channels: int, source: str) -> None:
     """Check the data settings against a manifest; DataError names ``data.image_size`` / ``data.channels``.
 
@@ -225,20 +260,28 @@ def epoch_permutation(*, seed: int, epoch: int, num_samples: int) -> np.ndarray:
     return np.random.default_rng([seed, 0, epoch]).permutation(num_samples)
 
 
-def sample_randomness(*, seed: int, g: int, timesteps: int, shape: tuple[int, ...]) -> tuple[bool, int, np.ndarray]:
-    """(flip, t in [0, timesteps), noise float32 ``shape`` ~ N(0, 1)) of the sample at global position ``g``."""
+def sample_randomness(
+    *, seed: int, g: int, timesteps: int, shape: tuple[int, ...], label_dropout: float | None = None
+) -> tuple:
+    """(flip, t in [0, timesteps), noise float32 ``shape`` ~ N(0, 1)) of the sample at global position ``g``; with
+    ``label_dropout`` (class-conditional models) also ``drop``: True if the sample's label is to be dropped."""
     rng = np.random.default_rng([seed, 1, g])
     flip = bool(rng.random() < 0.5)
     t = int(rng.integers(0, timesteps))
-    return flip, t, rng.standard_normal(shape, dtype=np.float32)
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    if label_dropout is None:
+        return flip, t, noise
+    return flip, t, noise, bool(rng.random() < label_dropout)
 
 
 class TrainData:
-    """Infinite per-rank training batches ``(x0, t, noise)``; see the module docstring for the sharding rules.
+    """Infinite per-rank training batches ``(x0, t, noise)``, ``(x0, t, noise, y)`` for a class-conditional model
+    (``num_classes`` K > 0); see the module docstring for the sharding rules.
 
     - ``x0``: float32 [B, C, H, W] in [-1, 1] (randomly flipped left-right if ``random_flip``)
     - ``t``: int32 [B] in [0, timesteps)
     - ``noise``: float32 [B, C, H, W] ~ N(0, 1)
+    - ``y``: int32 [B] in [0, K]: the labels, K ("no label") for the share ``label_dropout`` of samples
 
     with ``B = per_rank_batch = global_batch // world_size``. ``num_parallel_workers`` threads read the records and
     finish the batches in the background while the training step runs (numpy's normal draws hold the GIL, so more
@@ -260,6 +303,8 @@ class TrainData:
         num_parallel_workers: int,
         start_step: int = 0,
         source: str = "",
+        num_classes: int = 0,
+        label_dropout: float = 0.0,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
@@ -279,6 +324,11 @@ class TrainData:
             )
         self.manifest = read_manifest(path)
         check_manifest(self.manifest, image_size=image_size, channels=channels, source=source)
+        check_labels(self.manifest, num_classes=num_classes, source=source)
+        if not 0.0 <= label_dropout < 1.0:
+            raise DataError(f"train.label_dropout: must be in [0, 1) (got {label_dropout})")
+        self.num_classes = num_classes
+        self.label_dropout = label_dropout
         self.num_samples: int = self.manifest["count"]
         if global_batch > self.num_samples:
             raise DataError(
@@ -330,9 +380,9 @@ class TrainData:
         return self._permutation(epoch)[p], epoch * self.num_samples + p
 
     def _finish(
-        self, plan: tuple[np.ndarray, np.ndarray], images: np.ndarray, index: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw records of one batch -> (x0, t, noise). Runs in MindDataset's batch worker threads."""
+        self, plan: tuple[np.ndarray, np.ndarray], images: np.ndarray, index: np.ndarray, label: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """Raw records of one batch -> (x0, t, noise[, y]). Runs in MindDataset's batch worker threads."""
         sample_ids, positions = plan
         if not np.array_equal(index.reshape(-1), sample_ids):  # internal invariant: the file rows are the indices
             raise DataError(f"{self.manifest['root']}: records are not in index order; reconvert the data set")
@@ -345,19 +395,35 @@ class TrainData:
         np.subtract(x0, 1.0, out=x0)
         t = np.empty(b, np.int32)
         noise = np.empty((b, c, s, s), np.float32)
+        if not self.num_classes:
+            for i, g in enumerate(positions.tolist()):
+                flip, t[i], noise[i] = sample_randomness(seed=self.seed, g=g, timesteps=self.timesteps, shape=(c, s, s))
+                if flip and self.random_flip:
+                    x0[i] = x0[i, :, :, ::-1]
+            return x0, t, noise
+        y = label.reshape(-1).astype(np.int32)
+        if y.min() < 0 or y.max() >= self.num_classes:  # the manifest promised otherwise: a damaged or edited set
+            raise DataError(
+                f"{self.manifest['root']}: a record has label {int(y.min() if y.min() < 0 else y.max())}, outside "
+                f"0..{self.num_classes - 1} (model.num_classes); reconvert the data set"
+            )
         for i, g in enumerate(positions.tolist()):
-            flip, t[i], noise[i] = sample_randomness(seed=self.seed, g=g, timesteps=self.timesteps, shape=(c, s, s))
+            flip, t[i], noise[i], drop = sample_randomness(
+                seed=self.seed, g=g, timesteps=self.timesteps, shape=(c, s, s), label_dropout=self.label_dropout
+            )
             if flip and self.random_flip:
                 x0[i] = x0[i, :, :, ::-1]
-        return x0, t, noise
+            if drop:
+                y[i] = self.num_classes
+        return x0, t, noise, y
 
     def _batch_map(self, plans: list[tuple[np.ndarray, np.ndarray]]) -> Callable:
-        def finish(images, index, info):  # MindDataset checks that the parameters match input_columns + info
-            return self._finish(plans[info.get_batch_num()], np.stack(images), np.stack(index))
+        def finish(images, index, label, info):  # MindDataset checks that the parameters match input_columns + info
+            return self._finish(plans[info.get_batch_num()], np.stack(images), np.stack(index), np.stack(label))
 
         return finish
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         """Yield this rank's batches from global step ``start_step`` on, forever.
 
         One MindDataset per chunk of steps: SubsetSampler lists the chunk's sample indices in order, and the batch's
@@ -372,25 +438,26 @@ class TrainData:
             self._check_files_present()
             plans = [self.batch_plan(s) for s in range(step, step + steps_per_chunk)]
 
+            outputs = ["x0", "t", "noise", "y"] if self.num_classes else ["x0", "t", "noise"]
             dataset = ds.MindDataset(
                 self.files,
-                columns_list=["image", "index"],
+                columns_list=["image", "index", "label"],
                 sampler=ds.SubsetSampler(np.concatenate([p[0] for p in plans]).tolist()),
                 num_parallel_workers=self.num_parallel_workers,
             ).batch(
                 self.per_rank_batch,
                 drop_remainder=True,
                 per_batch_map=self._batch_map(plans),
-                input_columns=["image", "index"],
-                output_columns=["x0", "t", "noise"],
+                input_columns=["image", "index", "label"],
+                output_columns=outputs,
                 num_parallel_workers=self.num_parallel_workers,
             )
             batches = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1, do_copy=False)
             try:
                 count = 0
-                for x0, t, noise in _reraise_missing(batches, self._check_files_present):
+                for batch in _reraise_missing(batches, self._check_files_present):
                     count += 1
-                    yield x0, t, noise
+                    yield tuple(batch)
                 if count != steps_per_chunk:  # internal invariant
                     raise RuntimeError(f"MindDataset gave {count} batches, expected {steps_per_chunk}")
             finally:
@@ -432,6 +499,8 @@ def build_train_data(
         start_step=start_step,
         num_parallel_workers=cfg.data.num_parallel_workers,
         source=source or "config",
+        num_classes=cfg.model.num_classes,
+        label_dropout=cfg.train.label_dropout,
     )
     if verify:
         verify_checksums(data.manifest)
@@ -442,10 +511,12 @@ def build_train_data(
 __all__ = [
     "TrainData",
     "build_train_data",
+    "check_labels",
     "check_manifest",
     "check_record_counts",
     "ensure_open_files",
     "epoch_permutation",
+    "manifest_classes",
     "read_manifest",
     "sample_randomness",
     "verify_checksums",

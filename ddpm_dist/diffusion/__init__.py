@@ -43,13 +43,19 @@ def build_diffusion(cfg):
     )
 
 
-def build_keyed_sampler(cfg, net, *, sampler: str, steps: int, eta: float):
+def build_keyed_sampler(cfg, net, *, sampler: str, steps: int, eta: float, guidance: float = 1.0):
     """The one place a keyed sampler is built from a config: ``sampler`` over ``steps`` respaced steps (0: the full
     schedule) of ``cfg.diffusion``'s schedule, with its objective, clipping and variance, for ``cfg.data``'s images.
-    ``net``: the network, in inference mode."""
+    ``net``: the network, in inference mode. A class-conditional network (``model.num_classes`` > 0) is sampled
+    through classifier-free guidance with scale ``guidance`` (:class:`.guidance.Guided`; 1: the conditional model
+    alone); its sampler then takes the labels (``KeyedSampler.sample(..., labels=)``)."""
     from .sampling import KeyedSampler, build_sampler
 
     d = cfg.diffusion
+    if cfg.model.num_classes:
+        from .guidance import Guided
+
+        net = Guided(net, num_classes=cfg.model.num_classes, channels=cfg.data.channels, scale=guidance)
     step = build_sampler(
         net,
         build_schedule(cfg),

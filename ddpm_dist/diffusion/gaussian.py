@@ -178,15 +178,16 @@ class DiffusionLoss(nn.Cell):
             self.bound = bound
             self.vlb_scale = float(vlb_weight * self.num_timesteps)  # lambda x T: L_vlb = T E_t[L_t]
 
-    def training_losses(self, model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def training_losses(self, model, x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None = None) -> Tensor:
         """Per-sample loss float32 [B]: mean over C, H, W of (target - model(x_t, t))^2 (or |.|), times the
-        timestep's loss weight if one is set; plus lambda T L_t for a learned-variance network.
+        timestep's loss weight if one is set; plus lambda T L_t for a learned-variance network. ``y``: the labels of a
+        class-conditional network (``model(x_t, t, y)``).
 
         With ``objective='eps'``, MSE and no weight this is L_simple (Ho et al. eq. 14). The loss is computed in
         float32 whatever the network's dtype.
         """
         xt = self.diffusion.q_sample(x0, t, noise)
-        out = model(xt, t).astype(ms.float32)
+        out = (model(xt, t) if y is None else model(xt, t, y)).astype(ms.float32)
         if self.hybrid:
             channels = x0.shape[1]
             out, var = out[:, :channels], out[:, channels:]

@@ -24,6 +24,7 @@ from mindspore import Tensor, nn, ops
 
 from ..choices import SAMPLERS
 from .gaussian import GaussianDiffusion, table
+from .guidance import Guided
 from .keyed_noise import X_T_STREAM, KeyedNoise, check_keyed_noise, int32_bits, seed_tensor
 from .likelihood import interpolate_log_variance, split_output
 from .schedule import Schedule, half_log_snr, respace, space_timesteps, space_timesteps_logsnr
@@ -43,11 +44,12 @@ class _SamplerStep(nn.Cell):
         self.timestep_map = Tensor(schedule.timestep_map.astype(np.int32), ms.int32)
         self.diffusion = GaussianDiffusion(schedule=schedule, objective=objective)
 
-    def predict(self, xt: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def predict(self, xt: Tensor, i: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(x0_hat, eps_hat, v) at step i; x0_hat clipped to [-1, 1] if configured, eps_hat consistent with it; v the
-        variance output of a ``learned_range`` network (the prediction itself otherwise, unused)."""
+        variance output of a ``learned_range`` network (the prediction itself otherwise, unused). ``y``: the labels
+        of a class-conditional network (``model(x, t, y)``, e.g. a :class:`~.guidance.Guided` one)."""
         t = ops.broadcast_to(ops.gather(self.timestep_map, i, 0), (xt.shape[0],))
-        out = self.model(xt, t).astype(ms.float32)
+        out = (self.model(xt, t) if y is None else self.model(xt, t, y)).astype(ms.float32)
         var = out
         if self.learned:
             out, var = split_output(out, xt.shape[1])
@@ -75,8 +77,8 @@ class DDPMStep(_SamplerStep):
         else:
             self.sigma = table(np.exp(0.5 * schedule.model_log_variance(var_type)))
 
-    def construct(self, xt: Tensor, i: Tensor, noise: Tensor) -> Tensor:
-        x0, _, var = self.predict(xt, i)
+    def construct(self, xt: Tensor, i: Tensor, noise: Tensor, y: Tensor | None = None) -> Tensor:
+        x0, _, var = self.predict(xt, i, y)
         mean = self.diffusion.q_posterior_mean(x0, xt, i)
         nonzero = (i > 0).astype(ms.float32)
         if self.learned:
@@ -98,8 +100,8 @@ class DDIMStep(_SamplerStep):
         self.dir_coef = table(np.sqrt(np.maximum(1 - abar_prev - sigma**2, 0.0)))
         self.sigma = table(sigma)
 
-    def construct(self, xt: Tensor, i: Tensor, noise: Tensor) -> Tensor:
-        x0, eps, _ = self.predict(xt, i)
+    def construct(self, xt: Tensor, i: Tensor, noise: Tensor, y: Tensor | None = None) -> Tensor:
+        x0, eps, _ = self.predict(xt, i, y)
         return (
             ops.gather(self.sqrt_alphas_cumprod_prev, i, 0) * x0
             + ops.gather(self.dir_coef, i, 0) * eps
@@ -156,8 +158,8 @@ class DPMSolverPP2MStep(_SamplerStep):
         self.c_d = table(c_d)
         self.w = table(w)
 
-    def construct(self, xt: Tensor, x0_prev: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
-        x0, _, _ = self.predict(xt, i)
+    def construct(self, xt: Tensor, x0_prev: Tensor, i: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x0, _, _ = self.predict(xt, i, y)
         w = ops.gather(self.w, i, 0)
         d = x0 + w * (x0 - x0_prev)
         return ops.gather(self.c_x, i, 0) * xt + ops.gather(self.c_d, i, 0) * d, x0
@@ -233,19 +235,21 @@ def sample_loop(
     *,
     noise_fn: Callable[[tuple], Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Run ``step`` from pure noise ``x_T`` down to x_0. ``noise_fn(shape)`` draws z on the device
     (default ``ops.standard_normal``; a multistep solver draws none); ``progress(k)`` is called after each of the
-    k steps."""
+    k steps; ``labels`` int32 [B] for a class-conditional network."""
+    extra = () if labels is None else (labels,)
     draw = noise_fn or ops.standard_normal
     x = x_T
     x0 = ops.zeros_like(x_T) if is_multistep(step) else None
     n = num_steps(step)
     for k, i in enumerate(range(n - 1, -1, -1)):
         if x0 is not None:
-            x, x0 = step(x, x0, Tensor(i, ms.int32))
+            x, x0 = step(x, x0, Tensor(i, ms.int32), *extra)
         else:
-            x = step(x, Tensor(i, ms.int32), draw(x.shape))
+            x = step(x, Tensor(i, ms.int32), draw(x.shape), *extra)
         if progress is not None:
             progress(k + 1)
     return x
@@ -253,15 +257,17 @@ def sample_loop(
 
 class KeyedStep(nn.Cell):
     """One compiled sampler step with its noise drawn in the same graph:
-    ``construct(x, i, seed, indices) = step(x, i, noise(seed, indices, stream=i))``."""
+    ``construct(x, i, seed, indices[, y]) = step(x, i, noise(seed, indices, stream=i)[, y])``."""
 
     def __init__(self, *, step: nn.Cell, noise: KeyedNoise):
         super().__init__(auto_prefix=False)
         self.step = step
         self.noise = noise
 
-    def construct(self, x: Tensor, i: Tensor, seed: Tensor, indices: Tensor) -> Tensor:
-        return self.step(x, i, self.noise(seed, indices, i))
+    def construct(self, x: Tensor, i: Tensor, seed: Tensor, indices: Tensor, y: Tensor | None = None) -> Tensor:
+        if y is None:
+            return self.step(x, i, self.noise(seed, indices, i))
+        return self.step(x, i, self.noise(seed, indices, i), y)
 
 
 class KeyedSampler:
@@ -280,25 +286,30 @@ class KeyedSampler:
         self.multistep = is_multistep(step)
         self.keyed_step = step if self.multistep else KeyedStep(step=step, noise=self.noise)
         self.num_steps = num_steps(step)
+        self.conditional = isinstance(step.model, Guided)  # its step takes the labels
         self._steps = [Tensor(i, ms.int32) for i in range(self.num_steps)]
         self._x_T_stream = Tensor(int32_bits(X_T_STREAM), ms.int32)
 
-    def sample(self, indices, *, seed: int, progress: Callable[[int], None] | None = None) -> Tensor:
+    def sample(self, indices, *, seed: int, progress: Callable[[int], None] | None = None, labels=None) -> Tensor:
         """x_0 for the samples ``indices`` (int [B], each in [0, 2^31)): float32 [B, C, H, W] on the device.
 
-        One host->device copy (the indices) per call; ``progress(k)`` after each of the k steps."""
+        ``labels`` (int [B], class-conditional networks): the class of each sample. One host->device copy (the
+        indices, and the labels) per call; ``progress(k)`` after each of the k steps."""
+        if self.conditional != (labels is not None):
+            raise ValueError("labels are needed for a class-conditional model, and only for one")
         indices = np.asarray(indices, np.int64)
         if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= 2**31:
             raise ValueError("indices must be a non-empty 1-D array of ints in [0, 2^31)")
         idx = Tensor(indices.astype(np.int32))
         seed_t = seed_tensor(seed)
         x = self.noise(seed_t, idx, self._x_T_stream)
+        extra = () if labels is None else (Tensor(np.asarray(labels, np.int64).astype(np.int32)),)
         x0 = ops.zeros_like(x) if self.multistep else None
         for k, i in enumerate(range(self.num_steps - 1, -1, -1)):
             if self.multistep:
-                x, x0 = self.keyed_step(x, x0, self._steps[i])
+                x, x0 = self.keyed_step(x, x0, self._steps[i], *extra)
             else:
-                x = self.keyed_step(x, self._steps[i], seed_t, idx)
+                x = self.keyed_step(x, self._steps[i], seed_t, idx, *extra)
             if progress is not None:
                 progress(k + 1)
         return x

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import Config, ConfigError
 from ..diffusion import build_keyed_sampler
+from ..diffusion.guidance import grid_labels, sample_labels
 from ..diffusion.sampling import KeyedSampler, sampler_label
 from ..images import save_grid_png
 from ..inference import generate
@@ -62,9 +63,8 @@ class EMAHooks:
         ``sampler`` says), built once per (sampler, steps)."""
         key = sampler_label(sampler, steps)
         if key not in self._samplers:
-            self._samplers[key] = build_keyed_sampler(
-                self.cfg, self.ema_net(), sampler=sampler if steps else "ddpm", steps=steps, eta=0.0
-            )
+            self._samplers[key] = build_keyed_sampler(self.cfg, self.ema_net(), sampler=sampler if steps else "ddpm",
+                                                      steps=steps, eta=0.0, guidance=self.cfg.run.guidance)  # fmt: skip
         return self._samplers[key]
 
     def ema_net(self):
@@ -85,30 +85,38 @@ class EMAHooks:
         batch: int | None = None,
         uint8: bool = False,
         all_ranks: bool = False,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """``num`` samples from the EMA weights (``inference.generate``; each rank draws its share): float32
         [N, C, H, W] in [-1, 1], with ``uint8`` uint8 [N, H, W, C]; on rank 0 (None elsewhere), with ``all_ranks``
         on every rank.
 
         ``sampler``, ``steps``: default ``run.sampler``, ``run.sample_steps`` (steps 0: full ancestral DDPM);
-        ``batch``: per-rank sampler batch (default: the whole share at once)."""
+        ``batch``: per-rank sampler batch (default: the whole share at once); ``labels``: the class of every sample
+        (class-conditional models, with guidance ``run.guidance``; default: balanced, n mod K)."""
         run = self.cfg.run
         keyed = self.keyed_sampler(run.sampler if sampler is None else sampler,
                                    run.sample_steps if steps is None else steps)  # fmt: skip
         self._load_ema()
+        if labels is None and self.cfg.model.num_classes:
+            labels = sample_labels("balanced", num_classes=self.cfg.model.num_classes, num_samples=num)
         return generate(keyed, num_samples=num, batch_size=num if batch is None else batch, seed=run.seed,
-                        uint8=uint8, all_ranks=all_ranks)  # fmt: skip
+                        uint8=uint8, all_ranks=all_ranks, labels=labels)  # fmt: skip
 
     def sample_grid(self, step: int) -> Path | None:
-        """``run.num_samples`` EMA samples to TensorBoard and ``<run dir>/samples/ema_step_<step>.png``."""
-        images = self.ema_samples(self.cfg.run.num_samples)
+        """``run.num_samples`` EMA samples to TensorBoard and ``<run dir>/samples/ema_step_<step>.png``; for a
+        class-conditional model one row per class (row i: class i, ``run.num_samples // K`` samples each, at least
+        one)."""
+        k = self.cfg.model.num_classes
+        labels, per_row = grid_labels(k, self.cfg.run.num_samples) if k else (None, None)
+        images = self.ema_samples(self.cfg.run.num_samples if k == 0 else labels.size, labels=labels)
         if self.rank != 0:
             return None
-        self.tb.images("samples/ema", images, step)
+        self.tb.images("samples/ema", images, step, nrow=per_row)
         self.tb.flush()
         path = self.out_dir / "samples" / f"ema_step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid_png(images, path)
+        save_grid_png(images, path, nrow=per_row)
         info(f"EMA samples -> {path}", rank=self.rank)
         return path
 

@@ -51,6 +51,11 @@ def _scale_grad(factor, g):
     return g * factor.astype(g.dtype)
 
 
+def _rows(y, lo, hi):
+    """Rows lo:hi of the labels, or None (an unconditional network)."""
+    return None if y is None else y[lo:hi]
+
+
 def _finite_or_zero(x):
     """``x`` where finite, else 0 (``ops.nan_to_num`` has no GPU kernel in MindSpore 2.10 and no CANN kernel for the
     Atlas training series)."""
@@ -58,7 +63,8 @@ def _finite_or_zero(x):
 
 
 class TrainStep(nn.Cell):
-    """``step(x0, t, noise) -> loss`` (this rank's mean loss; everything else is state).
+    """``step(x0, t, noise) -> loss`` (this rank's mean loss; everything else is state); ``step(x0, t, noise, y)``
+    for a class-conditional network (labels y int32 [B]).
 
     Args:
         net: the network (possibly cast for mixed precision); its trainable params are the float32 master weights.
@@ -108,32 +114,32 @@ class TrainStep(nn.Cell):
         self.stats = Parameter(ops.zeros(NUM_STATS, ms.float32), name="stats", requires_grad=False)
         self.nonfinite_run = Parameter(Tensor(0, ms.int32), name="nonfinite_run", requires_grad=False)
 
-    def forward(self, x0, t, noise, scale):
-        per_sample = self.diffusion.training_losses(self.net, x0, t, noise)
+    def forward(self, x0, t, noise, scale, y=None):
+        per_sample = self.diffusion.training_losses(self.net, x0, t, noise, y)
         loss = per_sample.mean()
         return loss * scale, (loss, per_sample)
 
-    def accumulate(self, x0, t, noise, scale):
+    def accumulate(self, x0, t, noise, scale, y=None):
         """Grads of ``scale`` x the mean loss over the batch, summed over K micro-batches; the per-sample losses."""
         if self.grad_accum == 1:
-            (_, (_, per_sample)), grads = self.grad_fn(x0, t, noise, scale)
+            (_, (_, per_sample)), grads = self.grad_fn(x0, t, noise, scale, y)
             return grads, per_sample
         b = x0.shape[0] // self.grad_accum
         micro_scale = scale / self.grad_accum
-        (_, (_, per_sample)), grads = self.grad_fn(x0[:b], t[:b], noise[:b], micro_scale)
+        (_, (_, per_sample)), grads = self.grad_fn(x0[:b], t[:b], noise[:b], micro_scale, _rows(y, 0, b))
         losses = (per_sample,)
         for k in range(1, self.grad_accum):
             lo, hi = k * b, (k + 1) * b
             xk = ops.depend(x0[lo:hi], grads)  # start micro-batch k after k - 1's backward: one set of activations
-            (_, (_, per_sample)), gk = self.grad_fn(xk, t[lo:hi], noise[lo:hi], micro_scale)
+            (_, (_, per_sample)), gk = self.grad_fn(xk, t[lo:hi], noise[lo:hi], micro_scale, _rows(y, lo, hi))
             grads = self.hyper_map(ops.add, grads, gk)
             losses = losses + (per_sample,)
         return grads, ops.concat(losses)
 
-    def construct(self, x0, t, noise):
+    def construct(self, x0, t, noise, y=None):
         scale = self.scaler.value
         x0 = self.finite_check.begin(x0)  # the status register (where results saturate) is cleared first
-        grads, per_sample = self.accumulate(x0, t, noise, scale)
+        grads, per_sample = self.accumulate(x0, t, noise, scale, y)
         loss = per_sample.mean()
         grads = self.reducer(grads)  # mean over ranks; every rank now holds the same grads
         norm, finite = self.finite_check(grads)  # the same on every rank

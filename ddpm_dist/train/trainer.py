@@ -174,7 +174,8 @@ class Trainer:
     Args:
         cfg: the resolved config.
         device: the resolved device target (Ascend, GPU or CPU).
-        data: optional iterable of (x0, t, noise) numpy batches replacing the MindRecord pipeline (tests).
+        data: optional iterable of (x0, t, noise) numpy batches (with the labels y for a class-conditional model)
+            replacing the MindRecord pipeline (tests).
     """
 
     def __init__(self, cfg: Config, *, device: str, data: Iterable | None = None):
@@ -405,13 +406,13 @@ class Trainer:
         compile_s = None
         saved_at = self.step if self.resumed else None
         dog = self.watchdog.start()
-        for x0, ts, noise in self.data:
+        for batch in self.data:  # (x0, t, noise), and the labels y for a class-conditional model
             if self.step >= train_cfg.total_steps:
                 break
             self.profiler.before_step(self.step + 1)
             t0 = time.perf_counter()
             with dog.stepping():  # a wait there for a stuck peer is reported after the peer's own report
-                self.train_step(Tensor(x0), Tensor(ts), Tensor(noise))
+                self.train_step(*(Tensor(a) for a in batch))
             self.step += 1
             with dog.paused() if not self.profiler.done else contextlib.nullcontext():  # writing its traces
                 self.profiler.after_step(self.step)
