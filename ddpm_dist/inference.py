@@ -55,7 +55,9 @@ def generate(
     def draw(indices: np.ndarray, batch: int):
         done = batch * keyed.num_steps
         tick = None if progress is None else (lambda k: progress(done + k, total))
-        return keyed.sample(indices, seed=seed, progress=tick, labels=None if labels is None else labels[indices])
+        if labels is None:
+            return keyed.sample(indices, seed=seed, progress=tick)
+        return keyed.sample(indices, seed=seed, progress=tick, labels=labels[indices])
 
     out = None
     if rank() == 0 or all_ranks:

@@ -324,11 +324,7 @@ class TrainData:
             )
         self.manifest = read_manifest(path)
         check_manifest(self.manifest, image_size=image_size, channels=channels, source=source)
-        check_labels(self.manifest, num_classes=num_classes, source=source)
-        if not 0.0 <= label_dropout < 1.0:
-            raise DataError(f"train.label_dropout: must be in [0, 1) (got {label_dropout})")
-        self.num_classes = num_classes
-        self.label_dropout = label_dropout
+        self._init_labels(num_classes, label_dropout, source)
         self.num_samples: int = self.manifest["count"]
         if global_batch > self.num_samples:
             raise DataError(
@@ -350,6 +346,13 @@ class TrainData:
         self.files = [str(root / f["name"]) for f in self.manifest["files"]]
         ensure_open_files(len(self.files), num_parallel_workers, root=str(root))
         self._perm_cache: dict[int, np.ndarray] = {}
+
+    def _init_labels(self, num_classes: int, label_dropout: float, source: str) -> None:
+        check_labels(self.manifest, num_classes=num_classes, source=source)
+        if not 0.0 <= label_dropout < 1.0:
+            raise DataError(f"train.label_dropout: must be in [0, 1) (got {label_dropout})")
+        self.num_classes = num_classes
+        self.label_dropout = label_dropout
 
     def _check_files_present(self) -> None:
         """DataError naming the first file of the data set that is gone (deleted or moved while training ran)."""
