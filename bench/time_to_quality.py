@@ -43,6 +43,7 @@ from benchlib import ROOT, BenchError, env, result_json, run_checked, scalars, s
 
 from ddpm_dist.cli_util import run_main
 
+CONFIG = ROOT / "configs" / "digits.yaml"  # the quickstart's
 STOP_GRACE_S = 600  # after SIGTERM: the current step, the stop agreement (every 10 steps) and the checkpoint
 
 
@@ -78,7 +79,7 @@ def train(args, work: Path) -> dict:
     run_dir, logs = work / "run", work / "logs"
     cmd = ["bash", str(ROOT / "launch" / "quickstart.sh"), f"run.out_dir={run_dir}", *args.overrides]
     child_env = env(DATA=str(work / "data"), DEVICE_NUM=str(args.workers), LOG_DIR=str(logs),
-                    MASTER_PORT=str(args.master_port))  # fmt: skip
+                    MASTER_PORT=str(args.master_port), CONFIG=str(getattr(args, "config", CONFIG)))  # fmt: skip
     t0 = time.perf_counter()
     with open(work / "launcher.log", "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, cwd=work, env=child_env, stdout=out, stderr=subprocess.STDOUT)
