@@ -255,8 +255,7 @@ def unet_sections(config: dict, *, source: str) -> tuple[dict, dict, bool]:
         "norm_eps": float(c["norm_eps"]),
         "num_classes": num_classes(c["num_class_embeds"], source=source),
     }
-    data = {"image_size": size, "channels": c["in_channels"]}
-    return model, data, bool(c["flip_sin_to_cos"])
+    return model, {"image_size": size, "channels": c["in_channels"]}, bool(c["flip_sin_to_cos"])
 
 
 def num_classes(num_class_embeds, *, source: str) -> int:

@@ -86,7 +86,7 @@ def make(job):
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(job["dir"])
     rng = np.random.default_rng(job["seed"])
     c, s = unet.config.in_channels, unet.config.sample_size
-    x = rng.standard_normal((4 if job["preset"].startswith("small") else 2, c, s, s)).astype(np.float32)
+    x = rng.standard_normal((4 if job["preset"] in ("small", "small_cond") else 2, c, s, s)).astype(np.float32)
     t = np.array([0, 999, 500, 17] if len(x) == 4 else [3, 780], np.int64)
     y, labelled = None, {}
     if unet.config.num_class_embeds:  # one label per row, the last row ("no label") among them
