@@ -43,9 +43,11 @@ def reference(tmp: Path, tasks: list[dict]) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def forward(net, x: np.ndarray, t: np.ndarray, *, train: bool = False) -> np.ndarray:
+def forward(net, x: np.ndarray, t: np.ndarray, *, train: bool = False, y: np.ndarray | None = None) -> np.ndarray:
+    """eps of ``net`` at (x, t), and class labels y (int [B]) for a class-conditional net."""
     net.set_train(train)
-    return net(Tensor(x), Tensor(t.astype(np.int32))).asnumpy()
+    labels = () if y is None else (Tensor(y.astype(np.int32)),)
+    return net(Tensor(x), Tensor(t.astype(np.int32)), *labels).asnumpy()
 
 
 def assert_eps_parity(ours: np.ndarray, ref) -> None:

@@ -112,6 +112,85 @@ def test_a_set_of_one_class_has_low_class_entropy(parts):
     assert result["class_entropy"] < 0.5 and result["fd"] > D.digits_scores(parts["heldout"], reference="train")["fd"]
 
 
+# ---------------------------------------------------------------- labelled samples (class-conditional models)
+def class_fds(features, labels, ref_features, ref_labels) -> dict:
+    """Per-class FD by the eigenvalue formula, from the features' own mean and covariance."""
+    return {
+        str(k): frechet_by_eigenvalues(features[labels == k].mean(0), np.cov(features[labels == k].T),
+                                       ref_features[ref_labels == k].mean(0), np.cov(ref_features[ref_labels == k].T))
+        for k in np.unique(labels)
+    }  # fmt: skip
+
+
+def test_class_accuracy_and_per_class_fd_match_an_independent_computation_on_real_digits(parts):
+    """The held-out digits with their true labels, against the classifier's training part: the accuracy is the
+    classifier's held-out accuracy, and each class's FD is that of the real class-k digits vs the real class-k
+    reference, computed here from the features with scipy's softmax and the eigenvalue formula."""
+    images, labels = nearest(parts["heldout"], 2)[..., None], parts["heldout_labels"]
+    result = D.digits_scores(images, reference="train", labels=labels)
+    net = D.classifier()
+    f, g = net.features(D.to_8x8(images)), net.features(D.to_8x8(parts["train"]))
+    pred = special.softmax(f @ net.w2 + net.b2, axis=1).argmax(axis=1)
+    assert result["class_accuracy"] == pytest.approx((pred == labels).mean(), abs=1e-15)
+    assert result["class_accuracy"] == pytest.approx(D.heldout_accuracy(), abs=1e-15)
+    assert result["class_accuracy"] > 0.95
+    expect = class_fds(f, labels, g, parts["train_labels"])
+    assert sorted(result["fd_per_class"]) == [str(k) for k in range(10)]
+    for k, fd in expect.items():
+        assert result["fd_per_class"][k] == pytest.approx(fd, rel=1e-6, abs=1e-9), k
+    assert result["fd_class_mean"] == pytest.approx(np.mean(list(expect.values())), rel=1e-6)
+    assert result["per_class_reference"] == "train"
+    # the unlabelled numbers are the same with or without labels
+    plain = D.digits_scores(images, reference="train")
+    assert {k: result[k] for k in plain} == plain
+    # the scale: real class-k digits sit well below 1.5 from their class (the small-sample floor, ~0.7), the
+    # digits of another class far away; against the held-out split the held-out digits are their own reference
+    assert all(fd < 1.5 for fd in result["fd_per_class"].values())
+    train_images, train_labels = parts["train"], parts["train_labels"]
+    moved = D.digits_scores(train_images, labels=(train_labels + 1) % 10)  # class j drawn, class j+1 asked for
+    assert moved["per_class_reference"] == "heldout" and min(moved["fd_per_class"].values()) > 10.0
+    assert moved["class_accuracy"] == pytest.approx(0.0, abs=0.01)
+    own = D.digits_scores(parts["heldout"], labels=labels)
+    assert max(own["fd_per_class"].values()) == pytest.approx(0.0, abs=1e-9) and own["fd"] == pytest.approx(0, abs=1e-9)
+
+
+def test_shuffled_labels_give_chance_accuracy_and_a_large_per_class_fd(parts):
+    images, labels = parts["heldout"], parts["heldout_labels"]
+    shuffled = np.random.default_rng(3).permutation(labels)
+    result = D.digits_scores(images, labels=shuffled)
+    assert 0.05 < result["class_accuracy"] < 0.18  # chance: sum of squared class shares, ~0.1
+    true = D.digits_scores(images, labels=labels)
+    assert result["fd_class_mean"] > 10.0 > 0.5 > true["fd_class_mean"]
+    assert result["fd"] == true["fd"] and result["confidence"] == true["confidence"]  # labels change no other number
+
+
+def test_only_the_requested_classes_are_scored(parts):
+    three, seven = (parts["heldout"][parts["heldout_labels"] == k] for k in (3, 7))
+    images = np.concatenate([three[:40], seven[:1]])
+    labels = np.array([3] * 40 + [7], np.uint8)
+    result = D.digits_scores(images, labels=labels)
+    assert sorted(result["fd_per_class"]) == ["3", "7"] and result["fd_per_class"]["7"] is None  # one image: no cov
+    assert result["fd_class_mean"] == result["fd_per_class"]["3"]
+    assert "class accuracy" in D.summary(result) and "mean of 1 classes vs heldout" in D.summary(result)
+    assert "class accuracy" not in D.summary(D.digits_scores(images))
+
+
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        (np.zeros(4, np.float32), "labels as integers"),
+        (np.zeros((4, 1), np.int64), "labels as integers"),
+        (np.zeros(3, np.int64), "3 labels for 4 images"),
+        (np.array([0, 1, 10, 2]), "label 10 is not a digit"),
+        (np.array([0, -1, 1, 2]), "label -1 is not a digit"),
+    ],
+)
+def test_bad_labels_are_one_line_errors(labels, needle):
+    with pytest.raises(D.DigitsMetricError, match=needle) as err:
+        D.digits_scores(np.zeros((4, 16, 16), np.uint8), labels=labels)
+    assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- inputs and references
 @pytest.mark.parametrize(
     "images, needle",
@@ -187,6 +266,51 @@ def test_eval_cli_digits_bad_inputs_are_one_line(extra, needle, tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_cli_digits_scores_the_labels_in_arr_1(parts, tmp_path):
+    """An npz as tools/sample.py writes it for a class-conditional model (arr_1: int64 labels [N]): the JSON and the
+    line carry the class scores of the first --num-samples images, as digits_scores computes them."""
+    samples = nearest(parts["heldout"], 2)[..., None]
+    np.savez(tmp_path / "s.npz", samples, parts["heldout_labels"].astype(np.int64))
+    res = run_eval("--metric", "digits", "--samples", str(tmp_path / "s.npz"), "--num-samples", "300", "--ref", "train",
+                   "--out", str(tmp_path / "m.json"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "m.json").read_text())
+    expect = D.digits_scores(samples[:300], reference="train", labels=parts["heldout_labels"][:300])
+    assert result["n"] == 300 and result["class_accuracy"] == expect["class_accuracy"] > 0.95
+    assert result["fd_per_class"] == pytest.approx(expect["fd_per_class"], rel=1e-12)
+    assert result["fd_class_mean"] == pytest.approx(expect["fd_class_mean"], rel=1e-12)
+    assert res.stdout.strip().splitlines()[-1] == D.summary(expect)
+    assert "class accuracy 0.9" in res.stdout and "(mean of 10 classes vs train)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        (np.array([0, 1, 10, 2]), "label 10 is not a digit"),
+        (np.array([0, 1, 2]), "arr_1 holds 3 labels for 4 images"),
+        (np.zeros(4, np.float32), "arr_1 (the class labels) must be integers [N]"),
+        (np.array([0, -3, 1, 1]), "arr_1 holds label -3"),
+    ],
+)
+def test_eval_cli_bad_labels_are_one_line(labels, needle, tmp_path):
+    np.savez(tmp_path / "s.npz", np.zeros((4, 16, 16, 1), np.uint8), labels)
+    res = run_eval("--metric", "digits", "--samples", str(tmp_path / "s.npz"), "--out", str(tmp_path / "m.json"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_cli_fid_checks_the_labels_too(tmp_path):
+    """FID takes no labels but reads and checks arr_1: a mismatched count fails before the Inception network loads
+    (the weights file here is not even a checkpoint)."""
+    np.savez(tmp_path / "s.npz", np.zeros((4, 16, 16, 1), np.uint8), np.arange(5))
+    (tmp_path / "w.ckpt").write_bytes(b"not weights")
+    res = run_eval("--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--inception",
+                   str(tmp_path / "w.ckpt"))  # fmt: skip
+    assert res.returncode == 2 and "arr_1 holds 5 labels for 4 images" in res.stderr, res.stderr
 
 
 def test_eval_cli_fid_still_needs_its_reference_and_weights(tmp_path):

@@ -106,6 +106,8 @@ def test_a_checkpoint_from_before_the_norm_options_still_resumes():
          "diffusion.beta_schedule=cosine", "diffusion.timesteps=500"],
         ["model.attn_resolutions=[]", "diffusion.objective=x0", "diffusion.beta_start=2e-4", "diffusion.beta_end=0.01"],
         ["diffusion.var_type=learned_range", "data.channels=1"],
+        ["model.num_classes=10"],
+        ["model.num_classes=1", "diffusion.var_type=learned_range"],
     ],
 )  # fmt: skip
 def test_configs_translate_both_ways(overrides):
@@ -122,6 +124,8 @@ def test_configs_translate_both_ways(overrides):
     training_only = ("loss_type", "loss_weight", "min_snr_gamma", "vlb_weight")  # a scheduler has no loss
     assert back == {k: v for k, v in cfg["diffusion"].items() if k not in training_only}
     fmt.check_variance_channels(unet, back, source="unet")
+    classes = cfg["model"]["num_classes"]
+    assert unet["num_class_embeds"] == (classes + 1 if classes else None) and unet["class_embed_type"] is None
 
 
 def test_a_learned_variance_unet_needs_a_learned_range_scheduler_and_back():
@@ -167,7 +171,10 @@ def test_every_parameter_has_its_own_diffusers_key():
         ("resnet_time_scale_shift", "scale_shift", "resnet_time_scale_shift"),
         ("time_embedding_type", "fourier", "time_embedding_type"),
         ("center_input_sample", True, "center_input_sample"),
-        ("num_class_embeds", 10, "num_class_embeds"),
+        ("num_class_embeds", 1, "num_class_embeds = 1: ddpm-dist needs an int >= 2"),
+        ("num_class_embeds", 10.0, "num_class_embeds = 10.0"),
+        ("class_embed_type", "timestep", "class_embed_type = 'timestep'"),
+        ("class_embed_type", "identity", "class_embed_type = 'identity'"),
         ("block_out_channels", [128, 192, 256, 256], "192 is not a multiple"),
         ("norm_num_groups", 24, "norm_num_groups = 24"),
         ("up_block_types", ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], "does not mirror"),
@@ -242,6 +249,45 @@ def test_import_of_a_folder_written_without_diffusers(tmp_path):
     assert sorted(arrays) == sorted(weights) and all(np.array_equal(arrays[k], weights[k]) for k in weights)
     assert meta["kind"] == "ddpm-dist/inference" and meta["weights"] == "ema" and meta["source_format"] == "diffusers"
     assert to_dict(imported)["model"] == to_dict(cfg)["model"]
+
+
+def test_num_class_embeds_n_is_n_minus_1_classes_and_the_last_row_is_no_label(tmp_path):
+    """The convention both ways (docs/interop.md), exact, without diffusers: a conditional model folder of N = 4 rows
+    imports as model.num_classes 3 with row 3 ("no label") = diffusers' last row; the export writes 4 rows back."""
+    assert fmt.unet_sections(CIFAR10_32 | {"num_class_embeds": 11}, source="c")[0]["num_classes"] == 10
+    assert fmt.unet_sections(CIFAR10_32, source="c")[0]["num_classes"] == 0
+    cfg = tiny_cfg("model.num_classes=3")
+    weights = random_weights(cfg)
+    folder = diffusers_folder(tmp_path / "model", cfg, weights)
+    config = json.loads((folder / fmt.CONFIG).read_text())
+    assert (config["num_class_embeds"], config["class_embed_type"]) == (4, None)
+    table = load_file(str(folder / fmt.SAFETENSORS))["class_embedding.weight"]
+    assert table.shape == (4, 64) and np.array_equal(table, weights["class_embed.embedding_table"])
+    out, imported = import_diffusers(folder, tmp_path / "m.safetensors")
+    arrays, _ = arrays_and_meta(out)
+    assert imported.model.num_classes == 3 and to_dict(imported)["model"] == to_dict(cfg)["model"]
+    assert sorted(arrays) == sorted(weights) and all(np.array_equal(arrays[k], weights[k]) for k in weights)
+    export_diffusers(out, tmp_path / "exported")
+    again = load_file(str(tmp_path / "exported" / "unet" / fmt.SAFETENSORS))
+    assert np.array_equal(again["class_embedding.weight"], table)
+    assert json.loads((tmp_path / "exported" / "unet" / fmt.CONFIG).read_text())["num_class_embeds"] == 4
+    # an unconditional export is unchanged: no class table, num_class_embeds null
+    plain = to_dict(tiny_cfg())
+    assert fmt.unet_config(plain["model"], plain["data"])["num_class_embeds"] is None
+
+
+def test_a_class_table_without_num_class_embeds_is_refused(tmp_path):
+    """Weights and config disagree: the table is named, nothing is written."""
+    cfg = tiny_cfg("model.num_classes=3")
+    folder = diffusers_folder(tmp_path / "model", cfg, random_weights(cfg))
+    config = json.loads((folder / fmt.CONFIG).read_text())
+    (folder / fmt.CONFIG).write_text(json.dumps(config | {"num_class_embeds": 6}))
+    with pytest.raises(fmt.InteropError, match=r"class_embedding\.weight has shape \(4, 64\); the config needs \("):
+        import_diffusers(folder, tmp_path / "a.ckpt")
+    (folder / fmt.CONFIG).write_text(json.dumps(config | {"num_class_embeds": None}))
+    with pytest.raises(fmt.InteropError, match="tensor class_embedding.weight .* is not part of the network"):
+        import_diffusers(folder, tmp_path / "b.ckpt")
+    assert not list(tmp_path.glob("*.ckpt"))
 
 
 @pytest.mark.parametrize(
@@ -522,3 +568,66 @@ def test_imported_checkpoint_samples_with_tools_sample(small, tmp_path):
     assert res.returncode == 0, res.stderr
     images = np.load(out / "samples.npz")["arr_0"]
     assert images.shape == (2, 16, 16, 1) and images.dtype == np.uint8
+
+
+# ------------------------------------------------------------------- class-conditional: num_class_embeds, labels
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    """Both directions in one diffusers worker run: a random class-conditional small UNet2DModel (num_class_embeds
+    11) with its reference eps for given class labels, imported with tools/import_weights.py; and a ddpm-dist
+    class-conditional model (its own defaults: 32 groups, eps 1e-5, sin first; 4 classes) exported, then loaded and
+    run by diffusers on the same labels."""
+    if not HAVE_DIFFUSERS:
+        pytest.skip("needs PyTorch and diffusers (pip install torch diffusers==0.42.1)")
+    tmp = tmp_path_factory.mktemp("conditional")
+    cfg = no_data(load_config(None, ["data.path=unused", "model.ch=32", "model.ch_mult=[1,2]",
+                                     "model.num_res_blocks=1", "model.attn_resolutions=[8]", "data.image_size=16",
+                                     "data.channels=3", "diffusion.timesteps=200", "model.num_classes=4"]))  # fmt: skip
+    ours = write_inference(tmp / "ours.ckpt", random_weights(cfg, seed=4), cfg, weights="ema", step=3, source="test")
+    res = run(EXPORT, "--to", "diffusers", str(ours), str(tmp / "exported"))
+    assert res.returncode == 0, res.stderr
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp / "inputs.npz", x=x, t=np.array([0, 7, 120, 199]), y=np.array([0, 3, 4, 1]))  # 4: "no label"
+    reference(tmp, [
+        {"task": "make", "preset": "small_cond", "dir": str(tmp / "pipe"), "seed": 2, "ref": str(tmp / "ref.npz")},
+        {"task": "run", "dir": str(tmp / "exported"), "inputs": str(tmp / "inputs.npz"),
+         "ref": str(tmp / "export_ref.npz")},
+    ])  # fmt: skip
+    res = run(IMPORT, "--from", "diffusers", str(tmp / "pipe"), "--output", str(tmp / "imported.ckpt"))
+    assert res.returncode == 0 and "10 classes" in res.stdout, res.stderr
+    return tmp
+
+
+@pytest.mark.slow
+@needs_diffusers
+def test_a_class_conditional_unet_imports_with_diffusers_parity_given_class_labels(conditional):
+    """UNet2DModel(num_class_embeds=11) -> model.num_classes 10; eps(x, t, y) equals diffusers' eps(x, t,
+    class_labels=y) for labels including the last ("no label") row, in eval and train mode, same bound as above."""
+    ref = np.load(conditional / "ref.npz")
+    cfg, net, _ = load_for_sampling(conditional / "imported.ckpt")
+    y = ref["y"]
+    assert cfg.model.num_classes == 10 and 10 in y and len(set(y.tolist())) == len(y)
+    assert_eps_parity(forward(net, ref["x"], ref["t"], y=y), ref)
+    assert_eps_parity(forward(net, ref["x"], ref["t"], y=y, train=True), dict(ref) | {"eps32": ref["eps32_train"]})
+    # the bound has teeth: other labels (every row moved to the next class) miss it by far
+    wrong = forward(net, ref["x"], ref["t"], y=(y + 1) % 11)
+    assert np.abs(wrong - ref["eps32"]).max() > 100 * 1e-4 * np.abs(ref["eps64"]).max()
+
+
+@pytest.mark.slow
+@needs_diffusers
+def test_a_class_conditional_export_loads_in_diffusers_with_parity_and_imports_back_bitwise(conditional, tmp_path):
+    """model.num_classes 4 -> num_class_embeds 5 (row 4 "no label"); UNet2DModel.from_pretrained and the pipeline's
+    U-Net give ddpm-dist's eps for the same class labels; import(export(ckpt)) == ckpt."""
+    ref, inputs = np.load(conditional / "export_ref.npz"), np.load(conditional / "inputs.npz")
+    unet = json.loads(str(ref["unet_config"]))
+    assert (unet["num_class_embeds"], unet["class_embed_type"]) == (5, None)
+    cfg, net, _ = load_for_sampling(conditional / "ours.ckpt")
+    assert_eps_parity(forward(net, inputs["x"], inputs["t"], y=inputs["y"]), dict(ref) | {"t": inputs["t"]})
+    assert np.array_equal(ref["unet_eps32"], ref["eps32"])
+    back, back_cfg = import_diffusers(conditional / "exported", tmp_path / "back.ckpt")
+    ours, _ = arrays_and_meta(conditional / "ours.ckpt")
+    theirs, _ = arrays_and_meta(back)
+    assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    assert to_dict(back_cfg)["model"] == to_dict(cfg)["model"] and back_cfg.model.num_classes == 4

@@ -4,7 +4,9 @@
     python tools/eval.py --samples s.npz --ref fid_stats_cifar10_train.npz --inception weights/fid_inception.ckpt
     ENTRY=tools/eval.py DEVICE_NUM=8 bash launch/run_8p.sh --samples s.npz --ref data/cifar10 --inception w.ckpt
 
---samples: an npz with ``arr_0`` uint8 [N, H, W, C] (what tools/sample.py writes; gray images count as RGB).
+--samples: an npz with ``arr_0`` uint8 [N, H, W, C] (what tools/sample.py writes; gray images count as RGB) and,
+from a class-conditional model, ``arr_1`` int [N] >= 0: the class each image was drawn for (every metric reads and
+checks it; the digits metric scores it, the others ignore it).
 --ref: a prepared data set directory (tools/prepare_data.py), an image npz, or a statistics npz (``mu``, ``sigma``).
 --inception: the checkpoint tools/convert_inception.py makes from pytorch-fid's weights (nothing is downloaded).
 Feature extraction is split across the workers; reference statistics are cached (--cache-dir) under a key that
@@ -15,7 +17,8 @@ and with --out writes them as JSON. Errors print one line, ``error: <message>``,
     python tools/eval.py --metric digits --samples s.npz --ref data/digits                  # vs the training set
 
 --metric digits: the quickstart's yardstick (ddpm_dist/eval/digits.py; numpy only, one process, no --inception):
---ref is ``heldout`` (default), ``train``, a prepared data set directory or an image npz.
+--ref is ``heldout`` (default), ``train``, a prepared data set directory or an image npz. With labels (``arr_1``, in
+0..9) it also reports the classifier's accuracy on them and the per-class Frechet distance (docs/evaluation.md).
 
     python tools/eval.py --metric nll --ckpt cifar_ema.ckpt --data data/cifar10_test --out nll.json
     ENTRY=tools/eval.py DEVICE_NUM=8 bash launch/run_8p.sh --metric nll --ckpt cifar_ema.ckpt --data data/cifar10_test
@@ -45,7 +48,8 @@ _NLL_BATCH = 16
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", help="npz with arr_0 uint8 [N, H, W, C] (fid, digits)")
+    p.add_argument("--samples", help="npz with arr_0 uint8 [N, H, W, C] and optional labels arr_1 int [N] (fid, "
+                   "digits)")  # fmt: skip
     p.add_argument("--metric", choices=METRICS, default="fid",
                    help="fid (FID and IS), digits, or nll (bits/dim of --data under --ckpt)")  # fmt: skip
     add_eval_args(p, required=False)
@@ -122,10 +126,12 @@ def score_fid(args: argparse.Namespace) -> int:
     from ddpm_dist import parallel
     from ddpm_dist.device import setup_device
     from ddpm_dist.eval.evaluate import summary
-    from ddpm_dist.eval.reference import load_images_npz
+    from ddpm_dist.eval.reference import load_images_npz, load_labels_npz
     from ddpm_dist.storage import write_json_atomic
 
-    images = load_images_npz(args.samples)[: args.num_samples]
+    images = load_images_npz(args.samples)
+    load_labels_npz(args.samples, count=len(images))  # checked, not used: FID and IS take no labels
+    images = images[: args.num_samples]
     if len(images) < args.splits:
         raise ValueError(f"{args.samples}: {len(images)} samples, fewer than --splits {args.splits}")
     setup_device(args.device, mode="graph")
@@ -156,11 +162,13 @@ def check_digits_args(args: argparse.Namespace) -> str | None:
 def score_digits(args: argparse.Namespace) -> int:
     """The digits metric in this process (numpy only; no MindSpore, no workers)."""
     from ddpm_dist.eval.digits import digits_scores, resolve_reference, summary
-    from ddpm_dist.eval.reference import load_images_npz
+    from ddpm_dist.eval.reference import load_images_npz, load_labels_npz
     from ddpm_dist.storage import write_json_atomic
 
-    images = load_images_npz(args.samples)[: args.num_samples]
-    result = digits_scores(images, reference=resolve_reference(args.ref or ""))
+    images = load_images_npz(args.samples)
+    labels = load_labels_npz(args.samples, count=len(images))
+    images, labels = images[: args.num_samples], None if labels is None else labels[: args.num_samples]
+    result = digits_scores(images, reference=resolve_reference(args.ref or ""), labels=labels)
     if args.ref not in (None, "", "heldout", "train"):
         result["reference"] = str(args.ref)
     result["samples"] = str(args.samples)

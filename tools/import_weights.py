@@ -7,9 +7,10 @@ PATH is a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.sa
 pipeline folder (``unet/`` + ``scheduler/``, e.g. a downloaded google/ddpm-cifar10-32). The output (``.ckpt`` or
 ``.safetensors``) is what ``tools/convert_ckpt.py`` writes: float32 weights under ddpm-dist's names with the model
 section (from the U-Net's config), diffusion section (from the scheduler's config; DDPMScheduler's defaults without
-one) and data section embedded. Reading ``.safetensors`` needs no PyTorch; ``.bin`` does. A configuration ddpm-dist's
-U-Net cannot express is refused. Errors print one line, ``error: <message>``, on stderr and exit with status 2; no
-output file is left behind.
+one) and data section embedded; a U-Net with ``num_class_embeds`` N becomes a class-conditional model of N - 1
+classes, its last row the "no label" row (docs/interop.md). Reading ``.safetensors`` needs no PyTorch; ``.bin``
+does. A configuration ddpm-dist's U-Net cannot express is refused. Errors print one line, ``error: <message>``, on
+stderr and exit with status 2; no output file is left behind.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         out, cfg = import_diffusers(args.source[1], args.output, overwrite=args.overwrite)
         m, d = cfg.model, cfg.diffusion
+        classes = f', {m.num_classes} classes + "no label"' if m.num_classes else ""
         print(f"wrote {out}: {m.arch} ch {m.ch} ch_mult {list(m.ch_mult)} attention at {list(m.attn_resolutions)}, "
-              f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}; T={d.timesteps} "
+              f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}{classes}; T={d.timesteps} "
               f"{d.beta_schedule} {d.objective} {d.var_type} clip_x0={d.clip_x0}; from {args.source[1]}")  # fmt: skip
         return 0
 

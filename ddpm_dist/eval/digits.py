@@ -16,6 +16,13 @@ features:
   images and of the reference; ``confidence``, the mean of the classifier's top softmax probability; and
   ``class_entropy``, the entropy (nats) of the histogram of predicted classes, log(10) = 2.303 when all ten digits
   are equally frequent (coverage).
+- **with labels** (class-conditional samples: the label each image was drawn for, int [N] in 0..9):
+  ``class_accuracy``, the fraction of images the classifier labels as requested, and ``fd_per_class``, for each
+  requested class k the same Frechet distance between the images drawn for k and the real digits of class k of the
+  labelled reference split (held-out: 49-68 per class, :func:`split`), with ``fd_class_mean`` their mean. With so
+  few reference images per class (fewer than the 64 feature dimensions: a rank-deficient covariance) the per-class
+  FD carries a large finite-sample bias: real digits score about 0.7 against their class, not 0
+  (docs/evaluation.md), so compare per-class FDs only at equal sample counts.
 
 Numbers are comparable only under the same ``PROTOCOL``. The scale (docs/evaluation.md): real held-out digits, noise,
 and the nearest-upsampled training set.
@@ -143,6 +150,50 @@ def _reference_stats(reference: str) -> tuple[np.ndarray, np.ndarray, int]:
     return (*feature_stats(classifier().features(x)), len(x))
 
 
+@functools.lru_cache(maxsize=len(REFERENCES))
+def _class_reference_stats(reference: str) -> tuple[tuple[np.ndarray, np.ndarray, int], ...]:
+    """(mu, sigma, count) of the features of each class 0..9 of the labelled split ``reference``."""
+    s = split()
+    features = classifier().features(to_8x8(s[reference]))
+    labels = s[f"{reference}_labels"]
+    return tuple((*feature_stats(features[labels == k]), int((labels == k).sum())) for k in range(10))
+
+
+def check_labels(labels, n: int) -> np.ndarray:
+    """``labels`` as int64 [n]: the class each of n images was drawn for, in 0..9. Raises DigitsMetricError."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise DigitsMetricError(f"the digits metric needs labels as integers [N] (got {labels.dtype} "
+                                f"{list(labels.shape)})")  # fmt: skip
+    if len(labels) != n:
+        raise DigitsMetricError(f"{len(labels)} labels for {n} images (one label per image)")
+    bad = labels[(labels < 0) | (labels > 9)]
+    if bad.size:
+        raise DigitsMetricError(f"label {int(bad[0])} is not a digit (the digits metric's labels are 0..9)")
+    return labels.astype(np.int64)
+
+
+def class_scores(features: np.ndarray, pred: np.ndarray, labels: np.ndarray, *, reference: str) -> dict:
+    """The scores of images drawn for given classes: features float64 [N, HIDDEN], pred and labels int [N].
+
+    ``class_accuracy``: mean(pred == labels). ``fd_per_class``: ``{"k": FD}`` for every class k among the labels,
+    between the features of the images labelled k and those of the real class-k digits of the split ``reference``
+    (None for a class with a single image: a covariance needs two); ``fd_class_mean``: the mean of those FDs (None
+    if there is none). ``per_class_reference``: the split's name."""
+    stats = _class_reference_stats(reference)
+    per_class = {}
+    for k in np.unique(labels).tolist():
+        mine = features[labels == k]
+        per_class[str(k)] = frechet_distance(*feature_stats(mine), *stats[k][:2]) if len(mine) >= 2 else None
+    values = [v for v in per_class.values() if v is not None]
+    return {
+        "class_accuracy": float((pred == labels).mean()),
+        "fd_per_class": per_class,
+        "fd_class_mean": float(np.mean(values)) if values else None,
+        "per_class_reference": reference,
+    }
+
+
 def heldout_accuracy() -> float:
     """Fraction of the held-out digits the classifier labels correctly."""
     s = split()
@@ -157,16 +208,20 @@ def class_entropy(pred: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one class gives 0.0, not -0.0
 
 
-def digits_scores(images: np.ndarray, *, reference: str | np.ndarray = "heldout") -> dict:
+def digits_scores(images: np.ndarray, *, reference: str | np.ndarray = "heldout", labels=None) -> dict:
     """The digits metric of ``images`` (uint8 [N, H, W] or [N, H, W, 1], H = W = 8k, N >= 2).
 
     ``reference``: ``"heldout"`` (the 597 held-out real digits), ``"train"`` (the classifier's 1200), or images of
     the same kind as ``images`` (e.g. a model's own training set). Returns ``{"fd", "confidence", "class_entropy",
-    "n", "reference", "reference_n", "protocol"}``. Raises DigitsMetricError (or MetricError) with one line.
+    "n", "reference", "reference_n", "protocol"}``. ``labels`` (int [N] in 0..9, the class each image was drawn
+    for): also the keys of :func:`class_scores`, per class against the same split when ``reference`` names one, else
+    against the held-out digits (images carry no labels). Raises DigitsMetricError (or MetricError) with one line.
     """
     x = to_8x8(images)
     if len(x) < 2:
         raise DigitsMetricError(f"the digits metric needs at least 2 images (got {len(x)})")
+    if labels is not None:
+        labels = check_labels(labels, len(x))
     net = classifier()
     if isinstance(reference, str):
         if reference not in REFERENCES:
@@ -179,9 +234,10 @@ def digits_scores(images: np.ndarray, *, reference: str | np.ndarray = "heldout"
             raise DigitsMetricError(f"the digits reference needs at least 2 images (got {len(ref_x)})")
         mu_ref, sigma_ref = feature_stats(net.features(ref_x))
         ref_n, ref_name = len(ref_x), "images"
+    features = net.features(x)
     probs = net.probs(x)
-    return {
-        "fd": frechet_distance(*feature_stats(net.features(x)), mu_ref, sigma_ref),
+    result = {
+        "fd": frechet_distance(*feature_stats(features), mu_ref, sigma_ref),
         "confidence": float(probs.max(axis=1).mean()),
         "class_entropy": class_entropy(probs.argmax(axis=1)),
         "n": int(len(x)),
@@ -189,6 +245,10 @@ def digits_scores(images: np.ndarray, *, reference: str | np.ndarray = "heldout"
         "reference_n": int(ref_n),
         "protocol": PROTOCOL,
     }
+    if labels is not None:
+        split_name = ref_name if ref_name in REFERENCES else "heldout"
+        result.update(class_scores(features, probs.argmax(axis=1), labels, reference=split_name))
+    return result
 
 
 def resolve_reference(ref: str) -> str | np.ndarray:
@@ -205,9 +265,15 @@ def resolve_reference(ref: str) -> str | np.ndarray:
 
 
 def summary(result: dict) -> str:
-    """One line: the numbers and what they were measured against."""
+    """One line: the numbers and what they were measured against (and, for labelled samples, the class scores)."""
+    labelled = ""
+    if "class_accuracy" in result:
+        mean, count = result["fd_class_mean"], sum(v is not None for v in result["fd_per_class"].values())
+        labelled = (f"  class accuracy {result['class_accuracy']:.3f}  per-class FD "
+                    f"{'n/a' if mean is None else f'{mean:.3f}'} (mean of {count} classes vs "
+                    f"{result['per_class_reference']})")  # fmt: skip
     return (
         f"digits FD {result['fd']:.3f}  confidence {result['confidence']:.3f}  class entropy "
-        f"{result['class_entropy']:.3f} (max 2.303) | {result['n']} samples vs {result['reference_n']} "
+        f"{result['class_entropy']:.3f} (max 2.303){labelled} | {result['n']} samples vs {result['reference_n']} "
         f"{result['reference']} digits | {result['protocol']}"
     )

@@ -101,6 +101,29 @@ def load_images_npz(path, *, what: str = "samples") -> np.ndarray:
     return images
 
 
+def load_labels_npz(path, *, count: int) -> np.ndarray | None:
+    """The class labels of a samples npz: ``arr_1`` int [count] (what tools/sample.py writes for a class-conditional
+    model, the layout guided-diffusion's evaluator reads), as int64; None when there is no ``arr_1``. ``count``: the
+    number of images in its ``arr_0``. Raises EvalReferenceError for labels that are not integers >= 0, one per image.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_1" not in data.files:
+                return None
+            labels = data["arr_1"]
+    except Exception as err:  # numpy and zipfile raise many types for a bad file; one line for the user
+        raise _unreadable(path, err) from None
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise EvalReferenceError(f"{path}: arr_1 (the class labels) must be integers [N] (got {labels.dtype} "
+                                 f"{list(labels.shape)})")  # fmt: skip
+    if len(labels) != count:
+        raise EvalReferenceError(f"{path}: arr_1 holds {len(labels)} labels for {count} images in arr_0 (one each)")
+    if labels.size and labels.min() < 0:
+        raise EvalReferenceError(f"{path}: arr_1 holds label {int(labels.min())} (class labels are >= 0)")
+    return labels.astype(np.int64)
+
+
 def open_reference(source, *, limit: int | None = None) -> Reference:
     """Read a reference (see the module doc); ``limit``: use only its first ``limit`` images.
     Raises EvalReferenceError."""

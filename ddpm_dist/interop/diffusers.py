@@ -11,8 +11,10 @@ What maps onto what (checked by ``tests/test_interop.py`` against diffusers itse
   attn_resolutions, ``norm_num_groups`` / ``norm_eps`` = norm_groups / norm_eps, ``dropout``; ``sample_size`` and
   ``in_channels`` go to the ``data`` section. The timestep embedding must be Ho et al.'s (``positional``,
   ``freq_shift`` 1); ``flip_sin_to_cos`` (cos first) is absorbed by permuting the input columns of the first time
-  embedding layer. Everything else that changes the network (multi-head attention, symmetric downsampling padding,
-  scale-shift time conditioning, class embeddings, ...) is refused with :class:`InteropError` naming the setting.
+  embedding layer. ``num_class_embeds`` N (with ``class_embed_type`` null: an ``nn.Embedding`` added to the time
+  embedding) = model.num_classes N - 1, the last row being ddpm-dist's "no label" row (:func:`num_classes`).
+  Everything else that changes the network (multi-head attention, symmetric downsampling padding, scale-shift time
+  conditioning, other class embeddings, ...) is refused with :class:`InteropError` naming the setting.
 - ``DDPMScheduler`` (or ``DDIMScheduler``) -> the ``diffusion`` section: ``num_train_timesteps`` = timesteps,
   ``beta_schedule`` linear (``beta_start``/``beta_end``) or ``squaredcos_cap_v2`` = cosine, ``variance_type``
   fixed_large / fixed_small (or their ``_log`` forms) = var_type fixedlarge / fixedsmall, learned_range =
@@ -106,7 +108,6 @@ _FIXED = {
     "resnet_time_scale_shift": "default",
     "add_attention": True,
     "class_embed_type": None,
-    "num_class_embeds": None,
 }
 
 
@@ -252,9 +253,26 @@ def unet_sections(config: dict, *, source: str) -> tuple[dict, dict, bool]:
         "resamp_with_conv": True,
         "norm_groups": groups,
         "norm_eps": float(c["norm_eps"]),
+        "num_classes": num_classes(c["num_class_embeds"], source=source),
     }
-    data = {"image_size": size, "channels": c["in_channels"]}
-    return model, data, bool(c["flip_sin_to_cos"])
+    return model, {"image_size": size, "channels": c["in_channels"]}, bool(c["flip_sin_to_cos"])
+
+
+def num_classes(num_class_embeds, *, source: str) -> int:
+    """model.num_classes for ``UNet2DModel``'s ``num_class_embeds`` (null: 0, unconditional).
+
+    The convention, both ways: ddpm-dist's table has K + 1 rows, row K being "no label" (classifier-free guidance);
+    it is exported as ``num_class_embeds = K + 1`` and a table of N rows is imported as K = N - 1, its last row taken
+    as "no label". The table size is all a diffusers config says, so this is the one rule under which import and
+    export are exact inverses. A diffusers model trained without a "no label" row imports with its last class in that
+    role (docs/interop.md). N < 2 leaves no class besides "no label" and is refused.
+    """
+    if num_class_embeds is None:
+        return 0
+    if isinstance(num_class_embeds, bool) or not isinstance(num_class_embeds, int) or num_class_embeds < 2:
+        raise InteropError(f"{source}: num_class_embeds = {num_class_embeds!r}: ddpm-dist needs an int >= 2 (K "
+                           "classes and the last row as \"no label\") or null")  # fmt: skip
+    return num_class_embeds - 1
 
 
 def _attention_levels(down: list, up: list, *, source: str) -> list[int]:
@@ -337,12 +355,13 @@ def unet_config(model: dict, data: dict, *, out_channels: int | None = None) -> 
     if any(b % groups for b in boc):
         raise InteropError(f"model.norm_groups = {groups} does not divide every width {boc}; UNet2DModel uses one "
                            "group count for all GroupNorms")  # fmt: skip
-    size = data["image_size"]
+    size, classes = data["image_size"], model.get("num_classes", 0)
     attn = [size // 2**level in model["attn_resolutions"] for level in range(len(mult))]
     return {
         "_class_name": "UNet2DModel",
         "_diffusers_version": DIFFUSERS_VERSION,
         **{k: v for k, v in _FIXED.items()},
+        "num_class_embeds": classes + 1 if classes else None,  # row K: "no label" (see num_classes)
         "sample_size": size,
         "in_channels": data["channels"],
         "out_channels": out_channels or data["channels"],
@@ -402,9 +421,9 @@ _RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2
         "shortcut": "conv_shortcut"}  # fmt: skip
 _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _ATTN_OLD = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}  # diffusers < 0.14 files
-_LEAF = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias"}
+_LEAF = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias", "embedding_table": "weight"}
 _TOP = {"temb.1": "time_embedding.linear_1", "temb.3": "time_embedding.linear_2", "conv_in": "conv_in",
-        "norm_out": "conv_norm_out", "conv_out": "conv_out"}  # fmt: skip
+        "norm_out": "conv_norm_out", "conv_out": "conv_out", "class_embed": "class_embedding"}  # fmt: skip
 
 
 def diffusers_key(name: str, *, num_res_blocks: int) -> str:

@@ -9,12 +9,14 @@ JOB.json is a list of tasks, run in order in this one process (PyTorch and diffu
   gamma/beta mix-up shows) with a ``DDPMScheduler`` (T=1000 linear, that variance, clip), saved with
   ``DDPMPipeline.save_pretrained(D)``. NPZ gets ``x``, ``t`` and the network's eps in eval mode (``eps32``), train
   mode (``eps32_train``; dropout is 0) and float64 (``eps64``, the same weights and inputs in double precision: the
-  exact value the float32 runs approximate).
+  exact value the float32 runs approximate); for a class-conditional preset also the ``class_labels`` given, ``y``
+  (the last row, N - 1, among them).
 - ``{"task": "shapes", "preset": P, "out": JSON}``: the shape of every tensor of a ``UNet2DModel`` built in the
   preset's configuration (``key -> shape``), nothing saved.
 - ``{"task": "run", "dir": D, "inputs": NPZ_IN, "ref": NPZ}``: loads ``DDPMPipeline.from_pretrained(D)`` and
   ``UNet2DModel.from_pretrained(D, subfolder="unet")``; NPZ gets ``eps32``/``eps64`` of both on NPZ_IN's ``x``,
-  ``t`` and ``pipeline_images`` of a 2-step run of the pipeline.
+  ``t`` (and class labels ``y`` if NPZ_IN has them), ``pipeline_images`` of a 2-step run of the pipeline (empty for
+  a class-conditional U-Net, which DDPMPipeline cannot call) and the loaded ``unet_config``.
 - ``{"task": "bin", "dir": D, "out": D2}``: D's U-Net saved again with ``save_pretrained(D2,
   safe_serialization=False)``, i.e. as ``diffusion_pytorch_model.bin``.
 - ``{"task": "steps", "ref": NPZ}``: single sampler steps. DDPMScheduler (T=1000 linear, clip) with fixed_large,
@@ -55,17 +57,20 @@ PRESETS = {
 }  # fmt: skip
 # the small U-Net with learned variances: 2 x in_channels outputs (prediction, variance), for variance learned_range
 PRESETS["small_learned"] = PRESETS["small"] | dict(out_channels=2)
+# the small U-Net, class-conditional: 11 rows = ddpm-dist's 10 classes + the "no label" row
+PRESETS["small_cond"] = PRESETS["small"] | dict(num_class_embeds=11)
 # its reduced-width twin: the same levels, block types and attention layout at 256x256, a quarter of the widths
 PRESETS["church256_ch32"] = PRESETS["church256"] | dict(block_out_channels=(32, 32, 64, 64, 128, 128))
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
 
-def eps(unet, x, t, *, double=False, train=False):
+def eps(unet, x, t, *, double=False, train=False, y=None):
     net = unet.double() if double else unet.float()
     net.train(train)
+    labels = None if y is None else torch.from_numpy(y).long()
     with torch.no_grad():
         dtype = torch.float64 if double else torch.float32
-        out = net(torch.from_numpy(x).to(dtype), torch.from_numpy(t).long()).sample.numpy()
+        out = net(torch.from_numpy(x).to(dtype), torch.from_numpy(t).long(), class_labels=labels).sample.numpy()
     unet.float().eval()
     return out
 
@@ -81,10 +86,14 @@ def make(job):
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(job["dir"])
     rng = np.random.default_rng(job["seed"])
     c, s = unet.config.in_channels, unet.config.sample_size
-    x = rng.standard_normal((4 if job["preset"] == "small" else 2, c, s, s)).astype(np.float32)
+    x = rng.standard_normal((4 if job["preset"] in ("small", "small_cond") else 2, c, s, s)).astype(np.float32)
     t = np.array([0, 999, 500, 17] if len(x) == 4 else [3, 780], np.int64)
-    np.savez(job["ref"], x=x, t=t, eps32=eps(unet, x, t), eps32_train=eps(unet, x, t, train=True),
-             eps64=eps(unet, x, t, double=True))  # fmt: skip
+    y, labelled = None, {}
+    if unet.config.num_class_embeds:  # one label per row, the last row ("no label") among them
+        y = (np.arange(len(x)) * 3 + unet.config.num_class_embeds - 1) % unet.config.num_class_embeds
+        labelled = dict(y=y)
+    np.savez(job["ref"], x=x, t=t, eps32=eps(unet, x, t, y=y), eps32_train=eps(unet, x, t, train=True, y=y),
+             eps64=eps(unet, x, t, double=True, y=y), **labelled)  # fmt: skip
 
 
 def shapes(job):
@@ -95,13 +104,16 @@ def shapes(job):
 
 def run(job):
     inputs = np.load(job["inputs"])
-    x, t = inputs["x"], inputs["t"]
+    x, t, y = inputs["x"], inputs["t"], inputs["y"] if "y" in inputs.files else None
     pipe = DDPMPipeline.from_pretrained(job["dir"])
     unet = UNet2DModel.from_pretrained(job["dir"], subfolder="unet")
-    images = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
-    np.savez(job["ref"], eps32=eps(pipe.unet, x, t), eps64=eps(pipe.unet, x, t, double=True),
-             unet_eps32=eps(unet, x, t), pipeline_images=np.asarray(images.images),
-             scheduler=json.dumps(dict(pipe.scheduler.config)))  # fmt: skip
+    images = np.zeros((0,))  # DDPMPipeline calls its U-Net without class labels: only unconditional ones run
+    if unet.config.num_class_embeds is None:
+        gen = torch.Generator().manual_seed(0)
+        images = np.asarray(pipe(batch_size=1, num_inference_steps=2, generator=gen, output_type="np").images)
+    np.savez(job["ref"], eps32=eps(pipe.unet, x, t, y=y), eps64=eps(pipe.unet, x, t, double=True, y=y),
+             unet_eps32=eps(unet, x, t, y=y), pipeline_images=images,
+             scheduler=json.dumps(dict(pipe.scheduler.config)), unet_config=json.dumps(dict(unet.config)))  # fmt: skip
 
 
 def to_bin(job):
