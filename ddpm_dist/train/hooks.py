@@ -125,7 +125,8 @@ class EMAHooks:
         ``<run dir>/metrics.jsonl`` and TensorBoard scalars - ``eval/fid``, ``eval/is`` (FID and IS against
         ``eval.ref``, default the training data; every rank samples and extracts features, rank 0 computes and
         writes), or ``eval/digits_fd``, ``eval/digits_confidence``, ``eval/digits_class_entropy`` (the digits metric
-        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores), or
+        against ``eval.ref``, default the held-out real digits; every rank samples, rank 0 scores; a class-conditional
+        model samples balanced labels and adds ``eval/digits_class_accuracy`` and ``eval/digits_fd_class_mean``), or
         ``eval/nll_bpd`` (and its ``_prior``, ``_decoder``, ``_kl`` parts: the bound in bits/dim of the first
         ``eval.num_samples`` images of ``eval.ref``, default the training data; no sampling)."""
         e = self.cfg.eval
@@ -164,11 +165,14 @@ class EMAHooks:
             return None
         from ..eval.digits import digits_scores, summary
 
+        k = self.cfg.model.num_classes
+        labels = sample_labels("balanced", num_classes=k, num_samples=len(images)) if k else None
         result = {"step": step, "weights": "ema", "sampler": sampler, "metric": "digits"}
-        result.update(digits_scores(images, reference=self._digits_ref))
+        result.update(digits_scores(images, reference=self._digits_ref, labels=labels))
         if not isinstance(self._digits_ref, str):
             result["reference"] = self.cfg.eval.ref
-        self.tb.scalars({f"eval/digits_{k}": result[k] for k in ("fd", "confidence", "class_entropy")}, step)
+        names = ("fd", "confidence", "class_entropy") + (("class_accuracy", "fd_class_mean") if k else ())
+        self.tb.scalars({f"eval/digits_{name}": result[name] for name in names}, step)
         self._append_metrics(result, summary(result))
         return result
 
