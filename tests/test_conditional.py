@@ -261,3 +261,19 @@ def test_sampling_flags_are_refused_where_they_do_not_apply(cond_runs, tmp_path)
     res = _sample("--ckpt", ckpt, "--out", str(tmp_path / "b"), "--labels", "balanced", "--num-samples", "2")
     assert res.returncode == 2 and "--labels" in res.stderr and "unconditional model" in res.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_conditional_recipes_are_their_unconditional_recipe_plus_the_class_embedding():
+    from ddpm_dist.config import load_config, to_dict
+    from ddpm_dist.models import build_model, count_params
+
+    for cond, plain in (("digits_cond", "digits"), ("cifar_cond", "cifar")):
+        a = to_dict(load_config(str(ROOT / "configs" / f"{cond}.yaml")))
+        b = to_dict(load_config(str(ROOT / "configs" / f"{plain}.yaml")))
+        assert a["model"]["num_classes"] == 10 and b["model"]["num_classes"] == 0
+        assert a["train"]["label_dropout"] == 0.1
+        for section in ("model", "diffusion", "data", "train"):  # nothing else differs
+            diff = {k for k in a[section] if a[section][k] != b[section][k]}
+            assert diff <= {"num_classes", "label_dropout"}, (cond, section, diff)
+    cfg = load_config(str(ROOT / "configs" / "cifar_cond.yaml"))
+    assert count_params(build_model(cfg)) == 35_746_307 + 11 * 4 * 128  # the paper's count + 5,632
