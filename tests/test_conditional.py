@@ -277,3 +277,33 @@ def test_conditional_recipes_are_their_unconditional_recipe_plus_the_class_embed
             assert diff <= {"num_classes", "label_dropout"}, (cond, section, diff)
     cfg = load_config(str(ROOT / "configs" / "cifar_cond.yaml"))
     assert count_params(build_model(cfg)) == 35_746_307 + 11 * 4 * 128  # the paper's count + 5,632
+
+
+@pytest.mark.parametrize("arch", ["ddpm_unet", "convnext_unet"])
+def test_both_unets_take_labels_and_an_unconditional_one_is_unchanged(arch):
+    import mindspore as ms
+
+    from ddpm_dist.config import load_config
+    from ddpm_dist.models import build_model
+
+    def build(k):
+        ms.set_seed(0)
+        net = build_model(load_config(TINY, [f"model.arch={arch}", f"model.num_classes={k}", "model.norm_groups=4"]))
+        net.set_train(False)
+        return net
+
+    plain, cond = build(0), build(10)
+    a = {p.name: p.asnumpy() for p in plain.trainable_params()}
+    b = {p.name: p.asnumpy() for p in cond.trainable_params()}
+    assert set(b) - set(a) == {"class_embed.embedding_table"} and set(a) <= set(b)
+    for name in a:  # the class embedding is built last: every other weight starts where the unconditional one does
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    rng = np.random.default_rng(1)
+    for p in cond.trainable_params():  # leave the zero-initialised output layers
+        p.set_data(Tensor(p.asnumpy() + 0.05 * rng.standard_normal(p.shape).astype(np.float32)))
+    x = Tensor(rng.standard_normal((2, 1, 8, 8)).astype(np.float32))
+    t = Tensor(np.array([3, 60], np.int32))
+    one = cond(x, t, Tensor(np.array([1, 1], np.int32))).asnumpy()
+    two = cond(x, t, Tensor(np.array([1, 9], np.int32))).asnumpy()
+    np.testing.assert_array_equal(one[0], two[0])
+    assert np.abs(one[1] - two[1]).max() > 1e-3
