@@ -67,7 +67,7 @@ def test_each_recipe_holds_the_papers_256_settings(name):
     cfg = to_dict(recipe(name))
     assert cfg["model"] == {"arch": "ddpm_unet", "ch": 128, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
                             "attn_resolutions": [16], "dropout": 0.0, "resamp_with_conv": True, "norm_groups": 32,
-                            "norm_eps": 1e-6, "convnext_mult": 2, "recompute": False}  # fmt: skip
+                            "norm_eps": 1e-6, "convnext_mult": 2, "recompute": False, "num_classes": 0}  # fmt: skip
     d, t = cfg["diffusion"], cfg["train"]
     assert (d["timesteps"], d["beta_schedule"], d["beta_start"], d["beta_end"]) == (1000, "linear", 1e-4, 0.02)
     assert (d["objective"], d["loss_type"], d["loss_weight"], d["var_type"]) == ("eps", "mse", "none", "fixedsmall")
