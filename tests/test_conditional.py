@@ -18,7 +18,7 @@ from train_helpers import ROOT, TINY, env, final_state, free_port, run_msrun, ru
 from ddpm_dist.data import DataError
 from ddpm_dist.data.convert import write_arrays
 from ddpm_dist.data.pipeline import TrainData, manifest_classes, read_manifest
-from ddpm_dist.diffusion.guidance import Guided, grid_labels, sample_labels
+from ddpm_dist.diffusion.guidance import Guided, NoLabel, grid_labels, sample_labels
 
 pytestmark = pytest.mark.usefixtures("cpu_graph")
 
@@ -143,6 +143,7 @@ def test_guidance_mixes_the_conditional_and_no_label_outputs():
     np.testing.assert_array_equal(got[:, 2:], full[:, 2:])  # the variance of the conditional pass
     with pytest.raises(ValueError, match="guidance scale"):
         Guided(net, num_classes=10, channels=2, scale=-1.0)
+    np.testing.assert_array_equal(NoLabel(net, num_classes=10)(x, t).asnumpy(), uncond)  # what the NLL evaluates
 
 
 def test_sample_labels_and_class_grids():
@@ -254,6 +255,10 @@ def test_sampling_flags_are_refused_where_they_do_not_apply(cond_runs, tmp_path)
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
     res = _sample("--ckpt", cond, "--out", str(tmp_path / "a"), "--guidance", "nan")
     assert res.returncode == 2 and "--guidance must be a finite number >= 0" in res.stderr
+    nll = subprocess.run([sys.executable, str(ROOT / "tools" / "eval.py"), "--metric", "nll", "--ckpt", cond, "--data",
+                          str(cond_runs["data"]), "--num-samples", "4", "--nll-steps", "5"],
+                         env=env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert nll.returncode == 0 and "bits/dim over 4 images" in nll.stdout, nll.stderr  # the "no label" model's bound
     plain = run_train("--config", TINY, f"data.path={cond_runs['data']}", f"run.out_dir={tmp_path / 'plain'}",
                       "train.total_steps=1")  # fmt: skip
     assert plain.returncode == 0, plain.stderr

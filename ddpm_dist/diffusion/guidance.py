@@ -58,6 +58,19 @@ class Guided(nn.Cell):
         return ops.concat((guided, cond[:, c:]), axis=1)
 
 
+class NoLabel(nn.Cell):
+    """``construct(x, t)`` -> ``net(x, t, K)``: a class-conditional network as its unconditional ("no label") model,
+    for code that calls ``net(x, t)`` (the likelihood of an image under the model without its class)."""
+
+    def __init__(self, net: nn.Cell, *, num_classes: int):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.null = int(num_classes)
+
+    def construct(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, t, ops.full((x.shape[0],), self.null, dtype=t.dtype))
+
+
 def sample_labels(spec: str, *, num_classes: int, num_samples: int) -> np.ndarray:
     """The label of every sample index 0..N-1 (int64 [N]) for a ``--labels`` spec:
 

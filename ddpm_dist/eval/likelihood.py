@@ -230,9 +230,14 @@ def _terms_label(result: dict) -> str:
 
 def build_likelihood(cfg, net: nn.Cell, *, timesteps=None) -> Likelihood:
     """The :class:`Likelihood` of ``net`` under ``cfg.diffusion`` (schedule, objective, variance, clipping) for
-    ``cfg.data``'s images; ``timesteps``: a strided estimate's steps (default: all T)."""
+    ``cfg.data``'s images; ``timesteps``: a strided estimate's steps (default: all T). A class-conditional network
+    (``model.num_classes`` > 0) is evaluated as its unconditional model, the "no label" row: the bound on log p(x)."""
     from ..diffusion import build_schedule
 
+    if cfg.model.num_classes:
+        from ..diffusion.guidance import NoLabel
+
+        net = NoLabel(net, num_classes=cfg.model.num_classes)
     d, s = cfg.diffusion, cfg.data.image_size
     return Likelihood(model=net, schedule=build_schedule(cfg), objective=d.objective, var_type=d.var_type,
                       clip_x0=d.clip_x0, shape=(cfg.data.channels, s, s), timesteps=timesteps)  # fmt: skip
