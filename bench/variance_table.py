@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import ROOT, BenchError, result_json, run_checked
 
-from ddpm_dist.cli_util import run_main
+from ddpm_dist.cli_util import fail, run_main
 
 VAR_TYPES = ("fixedlarge", "learned_range")
 DEFAULT_SETTINGS = "ddpm-25,ddpm-50,ddpm-100,ddim-50,dpm++2m-15"
@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.steps < 1 or args.num_samples < 2 or min(args.nll_steps, args.nll_num, args.nll_check) < 0:
+        return fail("--steps must be >= 1, --num-samples >= 2, --nll-steps, --nll-num and --nll-check >= 0")
+    if args.nll_steps == 1 or args.nll_batch < 1:
+        return fail("--nll-steps must be 0 (the full bound) or >= 2, --nll-batch >= 1")
     return run_main(lambda: report(args), one_line_faults=(BenchError,))
 
 
@@ -79,8 +83,6 @@ def report(args) -> int:
 
 def measure(args) -> dict:
     """Prepare, train both models, evaluate both; the JSON document (without ``measured``). Raises BenchError."""
-    if args.steps < 1 or args.num_samples < 2 or args.nll_steps < 0 or args.nll_num < 0:
-        raise BenchError("--steps >= 1, --num-samples >= 2, --nll-steps >= 0 and --nll-num >= 0 are needed")
     work = Path(args.work_dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
