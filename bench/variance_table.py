@@ -1,6 +1,7 @@
 """Fixed vs learned reverse variances on the digits quickstart budget: likelihood and sample quality (issue #26).
 
     python bench/variance_table.py --work-dir runs/variance_table --out bench/results/variance_table_digits.json
+    python bench/variance_table.py --jobs 2 --num-samples 500 --nll-steps 100 --nll-check 32     # the docs' table
     python bench/variance_table.py --work-dir /tmp/vt --steps 20 --num-samples 50 --nll-steps 5 --nll-num 16 \\
         --settings ddpm-5,ddim-5                                                             # a two-minute smoke run
 
@@ -22,8 +23,9 @@
 Every step keeps its output in ``--work-dir`` and is skipped when run again with the same command (a trained
 checkpoint, a result JSON holding its command), so an interrupted run continues. Prints one JSON object
 (``--out``: also written there): per model ``nll`` (bits/dim, its standard error, the terms), per setting the FD of
-each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL difference; the seconds
-of every step. Errors print one line, ``error: <message>``, on stderr and exit non-zero.
+each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL difference; the floor
+(``--num-samples`` real training digits scored like the samples); the seconds of every step (0: reused). Errors
+print one line, ``error: <message>``, on stderr and exit non-zero.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nll-check", type=int, default=0, help="with --nll-steps: also the full bound of the first N "
                    "held-out images, to measure the estimate's error on these models (default 0: no)")  # fmt: skip
     p.add_argument("--nll-batch", type=int, default=64, help="NLL images per network call (default 64)")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: train and evaluate the two models at "
+                   "the same time (their seconds then overlap; default 1)")  # fmt: skip
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("overrides", nargs="*", help="further config overrides for both models (KEY=VALUE)")
     return p.parse_args(argv)
@@ -87,24 +92,14 @@ def measure(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = {split: prepare(work / "data" / split, split) for split in ("fit", "test")}
-    models = {}
-    for var_type in VAR_TYPES:
-        ckpt, train_s = train(args, work / var_type, data["fit"], var_type)
-        models[var_type] = {"train_s": train_s, "checkpoint": str(ckpt)}
-    for var_type in VAR_TYPES:  # evaluation after both trainings: a failure in one leaves both checkpoints
-        ckpt = Path(models[var_type]["checkpoint"])
-        models[var_type]["nll"], models[var_type]["nll_s"] = nll(args, ckpt, data["test"], work / var_type)
-        if args.nll_steps and args.nll_check:
-            models[var_type]["nll_check"] = nll_check(args, ckpt, data["test"], work / var_type,
-                                                      models[var_type]["nll"])  # fmt: skip
-    for var_type in VAR_TYPES:
-        models[var_type]["settings"], models[var_type]["sample_s"] = {}, 0.0
-    for setting in filter(None, (part.strip() for part in args.settings.split(","))):  # both models per setting
-        for var_type in VAR_TYPES:
-            ckpt = Path(models[var_type]["checkpoint"])
-            entry, seconds = quality(args, ckpt, work / var_type, setting)
-            models[var_type]["settings"][setting] = entry
-            models[var_type]["sample_s"] = round(models[var_type]["sample_s"] + seconds, 1)
+
+    def one_model(var_type: str) -> dict:
+        trained = train(args, work / var_type, data["fit"], var_type)
+        return evaluate(args, trained, data["test"], work / var_type)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # a thread only waits on its model's child processes
+        models = dict(zip(VAR_TYPES, pool.map(one_model, VAR_TYPES), strict=True))
+    floor = real_floor(data["fit"], args.num_samples, args.seeds)
     difference = paired_difference(models)
     for entry in models.values():
         entry["nll"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry["nll"].items()
@@ -118,11 +113,27 @@ def measure(args) -> dict:
         "num_samples": args.num_samples,
         "seeds": [int(s) for s in args.seeds.split(",")],
         "nll_terms": args.nll_steps or "full",
+        "jobs": args.jobs,
         "models": models,
         "nll_learned_minus_fixed": difference,
+        "floor": floor,
         "total_wall_s": round(time.perf_counter() - t0, 1),
         "work_dir": str(work),
     }
+
+
+def evaluate(args, trained: tuple[Path, float], test: Path, run_dir: Path) -> dict:
+    """One model's entry: its training seconds, the bound on ``test`` (and its check), the sampler settings."""
+    ckpt, train_s = trained
+    model = {"train_s": train_s, "checkpoint": str(ckpt)}
+    model["nll"], model["nll_s"] = nll(args, ckpt, test, run_dir)
+    if args.nll_steps and args.nll_check:
+        model["nll_check"] = nll_check(args, ckpt, test, run_dir, model["nll"])
+    model["settings"], model["sample_s"] = {}, 0.0
+    for setting in filter(None, (part.strip() for part in args.settings.split(","))):
+        model["settings"][setting], seconds = quality(args, ckpt, run_dir, setting)
+        model["sample_s"] = round(model["sample_s"] + seconds, 1)
+    return model
 
 
 def prepare(out: Path, split: str) -> Path:
@@ -212,6 +223,20 @@ def quality(args, ckpt: Path, run_dir: Path, setting: str) -> tuple[dict, float]
         "class_entropy_mean": round(entry["class_entropy_mean"], 4),
         "seconds": entry["seconds"],
     }, seconds
+
+
+def real_floor(fit: Path, num_samples: int, seeds: str) -> dict:
+    """What a perfect model of the training data would score: ``num_samples`` (at most 1200) real ``fit`` digits
+    drawn per seed (``numpy.random.default_rng(seed)``) against the held-out digits, like the samples."""
+    from ddpm_dist.eval.digits import digits_scores, resolve_reference
+
+    images = resolve_reference(str(fit))
+    n = min(num_samples, len(images))
+    fds = []
+    for seed in (int(s) for s in seeds.split(",")):
+        pick = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+        fds.append(round(digits_scores(images[pick])["fd"], 4))
+    return {"num_images": n, "fd": fds, "fd_mean": round(float(np.mean(fds)), 4)}
 
 
 def paired_difference(models: dict) -> dict:

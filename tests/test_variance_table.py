@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = str(ROOT / "bench" / "variance_table.py")
 TINY = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--steps", "3", "--num-samples", "8", "--seeds", "0,1",
-        "--nll-steps", "3", "--nll-num", "6", "--nll-check", "2", "--nll-batch", "8", "--settings", "ddpm-3",
+        "--nll-steps", "3", "--nll-num", "6", "--nll-check", "2", "--nll-batch", "8", "--settings", "ddpm-3", "--jobs", "2",
         "data.image_size=16", "model.attn_resolutions=[8]", "diffusion.timesteps=20", "train.ckpt_every=3"]  # fmt: skip
 
 
@@ -52,6 +52,7 @@ def test_the_bench_trains_both_variances_on_the_fit_split_and_scores_them(tiny_r
         assert 0.1 <= entry["confidence_mean"] <= 1
     manifests = {s: json.loads((work / "data" / s / "manifest.json").read_text()) for s in ("fit", "test")}
     assert (manifests["fit"]["count"], manifests["test"]["count"]) == (1200, 597)
+    assert doc["floor"]["num_images"] == 8 and len(doc["floor"]["fd"]) == 2 and 0 < doc["floor"]["fd_mean"] < 20
     fixed, learned = doc["models"]["fixedlarge"]["nll"], doc["models"]["learned_range"]["nll"]
     diff = doc["nll_learned_minus_fixed"]["mean_bpd"]  # paired per image: its mean is the difference of the means
     assert diff == pytest.approx(learned["nll_bpd"] - fixed["nll_bpd"], abs=2e-4)
@@ -63,7 +64,7 @@ def test_a_second_run_reuses_every_step(tiny_run):
     for var_type, model in again["models"].items():
         assert (model["train_s"], model["nll_s"], model["sample_s"], model["nll_check"]["seconds"]) == (0, 0, 0, 0)
         for key in ("nll", "settings"):
-            assert model[key] == {k: v for k, v in doc["models"][var_type][key].items()}
+            assert model[key] == doc["models"][var_type][key]
 
 
 @pytest.mark.parametrize(
