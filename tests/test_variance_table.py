@@ -15,8 +15,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = str(ROOT / "bench" / "variance_table.py")
 TINY = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--steps", "3", "--num-samples", "8", "--seeds", "0,1",
-        "--nll-steps", "3", "--nll-num", "6", "--nll-check", "2", "--nll-batch", "8", "--settings", "ddpm-3", "--jobs", "2",
-        "data.image_size=16", "model.attn_resolutions=[8]", "diffusion.timesteps=20", "train.ckpt_every=3"]  # fmt: skip
+        "--nll-steps", "3", "--nll-num", "6", "--nll-check", "2", "--nll-batch", "8", "--settings", "ddpm-3",
+        "--jobs", "2", "data.image_size=16", "model.attn_resolutions=[8]", "diffusion.timesteps=20",
+        "train.ckpt_every=3"]  # fmt: skip
 
 
 def run_bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
