@@ -157,6 +157,47 @@ def test_digits_are_upsampled_nearest_by_default_or_bicubic_on_request(tmp_path)
     assert not Path("x").exists() and not Path("y").exists()
 
 
+def test_digits_fit_and_test_splits_are_the_digits_metrics_split(tmp_path):
+    """--split fit / test: disjoint, together all 1797 digits, and test is exactly the metric's held-out 597 (its
+    images at 8x8 and its labels, in the metric's order); train stays all 1797."""
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    from ddpm_dist.eval.digits import split
+
+    source = np.clip(np.rint(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)
+    parts = {}
+    for name in ("fit", "test"):
+        m = convert(source="digits", input_path=None, output=name, image_size=8, split=name)
+        assert m["split"] == name
+        images, labels, index = read_back(Path(name))
+        np.testing.assert_array_equal(index, np.arange(len(images)))
+        parts[name] = (images[..., 0], labels)
+    assert (len(parts["fit"][0]), len(parts["test"][0])) == (1200, 597)
+    metric = split()
+    np.testing.assert_array_equal(parts["test"][0], metric["heldout"])
+    np.testing.assert_array_equal(parts["test"][1], metric["heldout_labels"])
+    np.testing.assert_array_equal(parts["fit"][0], metric["train"])
+    np.testing.assert_array_equal(parts["fit"][1], metric["train_labels"])
+    order = np.random.default_rng(0).permutation(1797)  # the metric's documented split, written out independently
+    idx = {"fit": order[:1200], "test": order[1200:]}
+    assert np.intersect1d(idx["fit"], idx["test"]).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([idx["fit"], idx["test"]])), np.arange(1797))
+    for name in ("fit", "test"):  # every row is the source image (and label) its index names
+        np.testing.assert_array_equal(parts[name][0], source[idx[name]])
+        np.testing.assert_array_equal(parts[name][1], load_digits().target[idx[name]])
+    assert convert(source="digits", input_path=None, output="all", image_size=8)["count"] == 1797
+
+
+def test_the_fit_split_is_for_digits_only(tmp_path):
+    make_idx(tmp_path / "m", n=4, gz=False)
+    with pytest.raises(DataError, match="--split fit applies to --source digits only"):
+        convert(source="mnist", input_path=str(tmp_path / "m"), output="out", split="fit")
+    with pytest.raises(DataError, match="unknown split 'val'"):
+        convert(source="digits", input_path=None, output="out", split="val")
+    assert_nothing_written(tmp_path)
+
+
 def test_shards_hold_contiguous_indices(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
@@ -429,6 +470,19 @@ def test_cli_truncated_batch_exits_2_with_one_line(tmp_path, repo_root):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "test_batch.bin: truncated" in lines[0]
     assert_nothing_written(tmp_path)
+
+
+def test_cli_digits_splits_and_a_bad_combination(tmp_path, repo_root):
+    result = run_cli(repo_root, "--source", "digits", "--split", "test", "--output", "out")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 597 images (16x16x1, digits test)" in result.stdout
+    make_idx(tmp_path / "m", n=4, gz=False)
+    bad = run_cli(repo_root, "--source", "mnist", "--input", str(tmp_path / "m"), "--split", "fit", "--output", "x")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "error: --split fit applies to --source digits only (choose train or test for mnist)"
+    ]
+    assert not (tmp_path / "x").exists() and no_leftovers(tmp_path) == []
 
 
 def test_cli_converts(tmp_path, repo_root):

@@ -1,6 +1,7 @@
 """Convert a data set into MindRecord files + manifest.json for ddpm-dist training.
 
     python tools/prepare_data.py --source digits --output data/digits
+    python tools/prepare_data.py --source digits --split fit --output data/digits_fit    # + --split test: held out
     python tools/prepare_data.py --source cifar10 --input cifar-10-python.tar.gz --output data/cifar10
     python tools/prepare_data.py --source mnist --input fashion-mnist/ --output data/fmnist --image-size 32
     python tools/prepare_data.py --source folder --input photos/ --output data/photos --image-size 64
@@ -28,7 +29,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--upsample", choices=("nearest", "bicubic"), help="digits only: how 8x8 becomes --image-size (default nearest)"
     )
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: the source's own (folder: 3)")
-    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument(
+        "--split",
+        choices=("train", "fit", "test"),
+        default="train",
+        help="cifar10, mnist: the train or test files; digits: train = all 1797 images, fit = the digits metric's 1200 "
+        "classifier images, test = its 597 held-out ones (docs/data.md) (default train)",
+    )
     p.add_argument("--shards", type=int, help="number of MindRecord files (default: about 256 MiB of pixels each)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output data set")
     p.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")

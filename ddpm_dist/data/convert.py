@@ -9,7 +9,8 @@ Sources:
 - ``folder``: png/jpg/jpeg/webp files under a directory, recursively (hidden files and folders are ignored). The label
   is the index of the top-level sub-folder in sorted order, 0 when the images lie directly in the directory.
 - ``lsun``: an LSUN category LMDB export (``church_outdoor_train_lmdb/``), label 0; see :mod:`ddpm_dist.data.lsun`.
-- ``digits``: scikit-learn's 1797 UCI digits, see :mod:`ddpm_dist.data.digits`.
+- ``digits``: scikit-learn's 1797 UCI digits, see :mod:`ddpm_dist.data.digits`; split ``train`` (all), ``fit`` (the
+  digits metric's 1200) or ``test`` (its 597 held-out images), the only source with a ``fit`` split.
 
 Every image that is not already ``image_size`` x ``image_size`` is fitted by one rule, the paper's: crop the centered
 square, resize it with Lanczos (see :mod:`ddpm_dist.data.decode`).
@@ -476,6 +477,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 _NATIVE = {"cifar10": (32, 3), "mnist": (28, 1), "digits": (16, 1), "folder": (None, 3), "lsun": (None, 3)}
 _STREAMED = ("folder", "lsun")  # decoded one image at a time: --limit applies
+# train | test; digits also fit (its train is all 1797, fit + test the digits metric's 1200 + 597: data/digits.py)
+SPLIT_NAMES = ("train", "fit", "test")
 
 
 def convert(
@@ -507,8 +510,8 @@ def convert(
     """
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} (choose {', '.join(SOURCES)})")
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r} (choose train or test)")
+    if split not in SPLIT_NAMES:
+        raise DataError(f"unknown split {split!r} (choose {', '.join(SPLIT_NAMES)})")
     native_size, native_channels = _NATIVE[source]
     image_size = native_size if image_size is None else image_size
     channels = native_channels if channels is None else channels
@@ -553,19 +556,22 @@ def _check_streaming(source: str, *, limit: int | None, workers: int | None) -> 
 def _check_input(source: str, *, input_path: str | None, split: str, upsample: str | None):
     """(absolute input path or None for digits, digits' upsampling mode or None); DataError on a bad combination."""
     if source != "digits":
+        if split not in ("train", "test"):
+            raise DataError(f"--split {split} applies to --source digits only (choose train or test for {source})")
         if not input_path:
             raise DataError(f"--input is required for --source {source}")
         if not Path(input_path).exists():
             raise DataError(f"input not found: {input_path}")
         return str(Path(input_path).absolute()), None
     from ddpm_dist.data.digits import DEFAULT_UPSAMPLE, UPSAMPLE_MODES
+    from ddpm_dist.data.digits import SPLITS as DIGITS_SPLITS
 
     if input_path:
         raise DataError(
             f"--input does not apply to --source digits (the digits are embedded; got --input {input_path})"
         )
-    if split != "train":
-        raise DataError("the digits data set has only a train split (all 1797 images)")
+    if split not in DIGITS_SPLITS:
+        raise DataError(f"unknown digits split {split!r} (choose {', '.join(DIGITS_SPLITS)})")
     upsample = upsample or DEFAULT_UPSAMPLE
     if upsample not in UPSAMPLE_MODES:
         raise DataError(f"unknown --upsample {upsample!r} (choose {', '.join(UPSAMPLE_MODES)})")
@@ -598,7 +604,7 @@ def _open_source(
     readers: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
         "cifar10": lambda: read_cifar10(input_path, split),
         "mnist": lambda: read_idx(input_path, split),
-        "digits": lambda: _read_digits(image_size, upsample),
+        "digits": lambda: _read_digits(image_size, upsample, split),
     }
     images, labels, fmt = readers[source]()
     info: dict = {"num_classes": int(labels.max()) + 1 if labels.size else 0}
@@ -607,8 +613,8 @@ def _open_source(
     return _array_source(images, labels, image_size=image_size, channels=channels, info=info), fmt
 
 
-def _read_digits(image_size: int, upsample: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_digits(image_size: int, upsample: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:
     from ddpm_dist.data.digits import load_digits_images
 
-    images, labels = load_digits_images(image_size=image_size, upsample=upsample)
+    images, labels = load_digits_images(image_size=image_size, upsample=upsample, split=split)
     return images, labels, "sklearn-digits"

@@ -5,7 +5,9 @@ trained on one fixed part of scikit-learn's 1797 UCI digits, and samples are com
 features:
 
 - **split**: a permutation of the 1797 indices by ``numpy.random.default_rng(SPLIT_SEED)``; the first ``NUM_TRAIN``
-  train the classifier (reference ``"train"``), the other 597 are held out (reference ``"heldout"``).
+  train the classifier (reference ``"train"``), the other 597 are held out (reference ``"heldout"``). The split is
+  owned by :mod:`ddpm_dist.data.digits` (``split_indices``), so ``tools/prepare_data.py --source digits --split
+  fit`` / ``--split test`` write exactly these two parts as data sets.
 - **input**: uint8 images [N, H, W] or [N, H, W, 1] with H = W a multiple of 8 are area-downsampled to 8x8 (the mean
   of each block: the exact inverse of nearest-neighbour upsampling) and scaled to [0, 1].
 - **classifier**: an MLP 64 -> ``HIDDEN`` (tanh) -> 10, initialised from ``MLP_SEED`` and trained full-batch with Adam
@@ -34,12 +36,13 @@ import functools
 
 import numpy as np
 
+from ddpm_dist.data.digits import NUM_FIT, SPLIT_SEED, split_indices  # noqa: F401 (SPLIT_SEED: part of PROTOCOL)
+
 from . import EvalError
 from .metrics import feature_stats, frechet_distance
 
 PROTOCOL = "digits-mlp-v1"
-SPLIT_SEED = 0
-NUM_TRAIN = 1200
+NUM_TRAIN = NUM_FIT
 MLP_SEED = 1
 HIDDEN = 64
 EPOCHS = 400
@@ -80,8 +83,8 @@ def split() -> dict:
         images, labels = source_digits()
     except DataError as err:
         raise DigitsMetricError(str(err)) from None
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
-    tr, ho = order[:NUM_TRAIN], order[NUM_TRAIN:]
+    parts = split_indices(len(images))
+    tr, ho = parts["fit"], parts["test"]
     return {"train": images[tr], "train_labels": labels[tr], "heldout": images[ho], "heldout_labels": labels[ho]}
 
 
