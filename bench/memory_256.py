@@ -256,12 +256,8 @@ def run_case(args) -> int:
 
     from ddpm_dist.config import load_config
     from ddpm_dist.device import setup_device
-    from ddpm_dist.diffusion import build_diffusion
     from ddpm_dist.models import build_model, count_params
-    from ddpm_dist.train.amp import LossScaler
-    from ddpm_dist.train.ema import EMA
-    from ddpm_dist.train.optim import build_optimizer
-    from ddpm_dist.train.step import TrainStep
+    from ddpm_dist.train.step import build_train_step
 
     batch, recompute = (int(v) for v in args.case.split(","))
     cfg = load_config(str(CONFIG), ["data.path=unused", *overrides_of(args), f"model.recompute={bool(recompute)}"])
@@ -269,16 +265,7 @@ def run_case(args) -> int:
     rss_start = _status_mb()["VmRSS"]
     ms.set_seed(cfg.run.seed)
     net = build_model(cfg)
-    t = cfg.train
-    step = TrainStep(
-        net=net,
-        diffusion=build_diffusion(cfg),
-        optimizer=build_optimizer(cfg, net.trainable_params()),
-        scaler=LossScaler(mode=t.loss_scale, value=t.loss_scale_value, window=t.loss_scale_window),
-        ema=EMA(net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup),
-        grad_clip=t.grad_clip,
-        grad_accum=1,
-    )
+    step = build_train_step(cfg, net, grad_accum=1)
     step.set_train(True)
     rss_built = _status_mb()["VmRSS"]
     c, s, T = cfg.data.channels, cfg.data.image_size, cfg.diffusion.timesteps

@@ -226,12 +226,8 @@ def build_mindspore_steps(cfg, *, batch: int, fwd_batch: int) -> dict:
     import numpy as np
     from mindspore import nn, ops
 
-    from ddpm_dist.diffusion import build_diffusion
     from ddpm_dist.models import build_model, count_params
-    from ddpm_dist.train.amp import LossScaler
-    from ddpm_dist.train.ema import EMA
-    from ddpm_dist.train.optim import build_optimizer
-    from ddpm_dist.train.step import TrainStep
+    from ddpm_dist.train.step import build_train_step
 
     class BareStep(nn.Cell):
         def __init__(self, net: nn.Cell, opt: nn.Optimizer, clip: float) -> None:
@@ -265,18 +261,7 @@ def build_mindspore_steps(cfg, *, batch: int, fwd_batch: int) -> dict:
     bare.set_train(True)
 
     net = build_model(cfg)
-    train_cfg = cfg.train
-    framework = TrainStep(
-        net=net,
-        diffusion=build_diffusion(cfg),
-        optimizer=build_optimizer(cfg, net.trainable_params()),
-        scaler=LossScaler(
-            mode=train_cfg.loss_scale, value=train_cfg.loss_scale_value, window=train_cfg.loss_scale_window
-        ),
-        ema=EMA(net.trainable_params(), decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup),
-        grad_clip=train_cfg.grad_clip,
-        grad_accum=1,
-    )
+    framework = build_train_step(cfg, net, grad_accum=1)
     framework.set_train(True)
     train_batch, fwd_inputs = batch_of(batch), batch_of(fwd_batch)[:2]
 

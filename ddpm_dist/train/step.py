@@ -32,8 +32,10 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .. import parallel
+from ..diffusion import build_diffusion
 from .amp import LossScaler
 from .ema import EMA
+from .optim import build_optimizer
 from .overflow import FiniteCheck, GlobalNorm, overflow_mode  # noqa: F401 - GlobalNorm is imported from here too
 
 STAT_NAMES = (
@@ -167,6 +169,27 @@ class TrainStep(nn.Cell):
         onehot = ops.one_hot(q, 4, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))  # [B, 4]
         sums = (onehot * per_sample.reshape(-1, 1)).sum(0)
         return sums, onehot.sum(0)
+
+
+def build_train_step(cfg, net, *, grad_accum: int | None = None) -> TrainStep:
+    """The train step of ``cfg`` for ``net``: its diffusion, optimizer (over ``net``'s trainable parameters), loss
+    scaler, EMA, gradient clip and accumulation (``grad_accum``: instead of ``train.grad_accum``), built in this order
+    as training builds them. The parts are the step's attributes (``diffusion``, ``optimizer``, ``scaler``, ``ema``).
+    Mixed precision is the caller's: apply it to ``net`` first."""
+    t = cfg.train
+    diffusion = build_diffusion(cfg)
+    optimizer = build_optimizer(cfg, net.trainable_params())
+    scaler = LossScaler(mode=t.loss_scale, value=t.loss_scale_value, window=t.loss_scale_window)
+    ema = EMA(net.trainable_params(), decay=t.ema_decay, warmup=t.ema_warmup)
+    return TrainStep(
+        net=net,
+        diffusion=diffusion,
+        optimizer=optimizer,
+        scaler=scaler,
+        ema=ema,
+        grad_clip=t.grad_clip,
+        grad_accum=t.grad_accum if grad_accum is None else grad_accum,
+    )
 
 
 class ReadStats(nn.Cell):

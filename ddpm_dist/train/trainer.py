@@ -26,20 +26,18 @@ from ..checkpoint.io import embedded_config, embedded_value, load_into
 from ..checkpoint.lock import RunLock
 from ..config import Config, ConfigError, per_worker_batch, step_timeout_seconds, to_dict, to_yaml
 from ..device import auto_fallback_note
-from ..diffusion import build_diffusion
 from ..diffusion.keyed_noise import check_keyed_noise
 from ..errors import INPUT_ERRORS, UserError
 from ..logging import ProgressLine, TensorBoard, info, warn
 from ..models import build_model, fp32_cells
 from ..restarts import read_records as read_restart_records
 from ..storage import probe_writable, write_text_atomic
-from .amp import LossScaler, apply_amp, resolve_amp_level
-from .ema import EMA
+from .amp import apply_amp, resolve_amp_level
 from .hooks import EMAHooks
-from .optim import build_optimizer, lr_at
+from .optim import lr_at
 from .overflow import OverflowCheckError, check_overflow_detection
 from .profiling import build_profiler
-from .step import STAT_NAMES, ReadStats, TrainStep
+from .step import STAT_NAMES, ReadStats, build_train_step
 from .watchdog import Watchdog
 
 RANK0_LINE_FIRST_S = 5.0
@@ -193,21 +191,9 @@ class Trainer:
         self.amp_level = resolve_amp_level(train_cfg.amp_level, device=device)
         apply_amp(self.net, level=self.amp_level, fp32_cells=fp32_cells())
 
-        self.diffusion = build_diffusion(cfg)
-        self.optimizer = build_optimizer(cfg, self.net.trainable_params())
-        self.scaler = LossScaler(
-            mode=train_cfg.loss_scale, value=train_cfg.loss_scale_value, window=train_cfg.loss_scale_window
-        )
-        self.ema = EMA(self.net.trainable_params(), decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup)
-        self.train_step = TrainStep(
-            net=self.net,
-            diffusion=self.diffusion,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            ema=self.ema,
-            grad_clip=train_cfg.grad_clip,
-            grad_accum=train_cfg.grad_accum,
-        )
+        self.train_step = build_train_step(cfg, self.net)
+        self.diffusion, self.optimizer = self.train_step.diffusion, self.train_step.optimizer
+        self.scaler, self.ema = self.train_step.scaler, self.train_step.ema
         self.train_step.set_train(True)
         self._device_self_checks()
         self._read_stats = ReadStats(self.train_step.stats)
