@@ -376,6 +376,11 @@ def validate(cfg: Config, source: str = "<config>", *, training: bool = True) ->
         )
     if training:
         _check_sample_steps(cfg, source)
+        if not cfg.model.num_classes and cfg.run.guidance != 1.0:  # as tools/sample.py refuses --guidance
+            raise ConfigError(
+                f"{source}: run.guidance: {cfg.run.guidance:g} needs a class-conditional model, and this one is "
+                "unconditional (model.num_classes 0)"
+            )
     return cfg
 
 

@@ -39,6 +39,8 @@ def digits8(tmp_path_factory):
         ("diffusion.beta_schedule=quad", "diffusion.beta_schedule: must be one of linear, cosine, sigmoid"),
         ("run.sampler=plms", "run.sampler: must be one of ddpm, ddim, dpm++2m"),
         ("eval.sampler=dpm", "eval.sampler: must be one of"),
+        ("run.guidance=2", "run.guidance: 2 needs a class-conditional model"),
+        ("train.label_dropout=1", "train.label_dropout: must be in [0, 1)"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override, needle):
