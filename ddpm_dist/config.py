@@ -141,7 +141,7 @@ class RunConfig:
     sampler: str = "ddim"  # ddim | dpm++2m | ddpm : the sampler of that grid (docs/sampling.md)
     sample_steps: int = 50  # its steps (0: full ancestral DDPM, whatever run.sampler says)
     # class-conditional models: classifier-free guidance scale S of the grids and evaluations (1: the conditional
-    # model alone, 0: unconditional; docs/sampling.md)
+    # model alone, 0: unconditional; docs/sampling.md); an unconditional model refuses any other value than 1
     guidance: float = 1.0
     barrier_timeout: int = 600  # seconds other ranks wait for rank 0's checkpoint write
     step_timeout: str = "auto"  # hang watchdog: auto (50 x median step time, >= 300 s) | seconds | 0 (off)
