@@ -14,8 +14,11 @@ workers; a worker (``MS_ROLE=MS_WORKER``) writes one small JSON file there, ``ra
     {"rank": 1, "pid": 4242, "time": T, "state": "training"}                    the stop handler is installed
     {"rank": 1, "pid": 4242, "time": T, "state": "exited", "code": 2, "line": "error: ..."}  main returned or raised
 
-(``time``: seconds since the epoch). Outside msrun (no ``DDPM_STATUS_DIR``) nothing is written. A failed write is
-ignored: the launcher then falls back to msrun's own report of the worker's exit code and the worker's log.
+(``time``: seconds since the epoch). Outside a launcher (no ``DDPM_STATUS_DIR``) nothing is written. A failed write
+is ignored: the launcher then falls back to msrun's own report of the worker's exit code and the worker's log.
+``launch/run_mpi.sh`` forwards ``DDPM_STATUS_DIR`` to mpirun's ranks too (``rank_<OMPI_COMM_WORLD_RANK>.json``): it
+reads them after a fault for its restart decision (``python -m ddpm_dist.restarts``); only ranks on its own node
+write where it reads, unless the directory is on a shared file system.
 """
 
 from __future__ import annotations
@@ -39,14 +42,22 @@ def signal_exit_code(signum: int) -> int:
 
 def _record_path() -> Path | None:
     where = os.environ.get(STATUS_DIR_VAR)
-    if not where or os.environ.get("MS_ROLE") != "MS_WORKER":  # msrun's scheduler runs the same script: not a worker
+    if not where:
         return None
-    name = os.environ.get("RANK_ID") or f"pid{os.getpid()}"
-    return Path(where) / f"rank_{name}.json"
+    role = os.environ.get("MS_ROLE")
+    if role is not None:  # msrun: its scheduler (MS_SCHED) runs the same script and is not a worker
+        if role != "MS_WORKER":
+            return None
+        name = os.environ.get("RANK_ID")
+    else:  # mpirun (launch/run_mpi.sh): every process it starts is a rank
+        name = os.environ.get("OMPI_COMM_WORLD_RANK")
+        if name is None:
+            return None
+    return Path(where) / f"rank_{name or f'pid{os.getpid()}'}.json"
 
 
 def active() -> bool:
-    """True in an msrun worker started by the launcher (its records are read)."""
+    """True in a worker started by a launcher that reads the records (run_8p.sh's msrun, run_mpi.sh's mpirun)."""
     return _record_path() is not None
 
 
@@ -55,7 +66,7 @@ def write(state: str, **fields) -> None:
     path = _record_path()
     if path is None:
         return
-    rank = os.environ.get("RANK_ID")
+    rank = os.environ.get("RANK_ID") or os.environ.get("OMPI_COMM_WORLD_RANK")
     record = {
         "rank": int(rank) if rank and rank.isdigit() else None,
         "pid": os.getpid(),

@@ -12,6 +12,9 @@ reported (``job_status`` records) or the newest checkpoint's - ends the job with
 
 Every restart is one console line, one JSON line in ``RUN/restarts.jsonl`` (the trainer logs their count as the
 TensorBoard scalar ``run/restarts``) - no MindSpore import here.
+
+``launch/run_mpi.sh`` runs its own loop around mpirun and asks :func:`main` (``python -m ddpm_dist.restarts``) after
+each fault; :func:`mpirun_failure` reads the ranks' records of that attempt the way the supervisor reads msrun's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,3 +168,62 @@ def wait_for_port_closed(addr: str, port: int, *, timeout: float, poll: float = 
             return True
         time.sleep(poll)
     return False
+
+
+# ---------------------------------------------------------------- launch/run_mpi.sh's restart decision
+def mpirun_failure(code: int, status_dir: Path | None, run_dir: Path | None) -> Failure:
+    """The failure of an mpirun attempt that exited ``code``: the rank that recorded a non-zero exit first (its cause
+    and line) in ``status_dir`` (``job_status``), else the status alone (a rank killed by a signal leaves no record);
+    the step reached is the furthest a rank reported, or the newest checkpoint's if further."""
+    records = list(job_status.read_all(status_dir).values()) if status_dir is not None else []
+    steps = [int(r["step"]) for r in records if isinstance(r.get("step"), int)]
+    newest = newest_checkpoint_step(run_dir)
+    reached = max([*steps, *([newest] if newest is not None else [])], default=None)
+    failed = sorted((r for r in records if r.get("state") == "exited" and r.get("code")), key=lambda r: r["time"])
+    signal_name = None
+    if code > 128:
+        try:
+            signal_name = signal.Signals(code - 128).name
+        except ValueError:
+            pass
+    if failed:
+        first = failed[0]
+        rec_code = int(first["code"])
+        cause = first.get("cause") or ("input_error" if rec_code == job_status.EXIT_INPUT else "worker_failed")
+        return Failure(code, cause, first.get("rank"), None, str(first.get("line", "")), reached)
+    return Failure(code, "worker_killed" if signal_name else "mpirun_failed", None, signal_name, "", reached)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddpm_dist.restarts --state F --max-restarts N --code RC [--status-dir D] [--run-dir R]``: after
+    mpirun exited ``RC`` (a fault), print this module's line and exit 0 to run it again, 3 not to. ``F`` keeps the
+    restarts used and the last failure between the calls of one launch (a crash loop is the same failure twice in a
+    row)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ddpm_dist.restarts", description=main.__doc__)
+    p.add_argument("--state", type=Path, required=True)
+    p.add_argument("--max-restarts", type=int, required=True)
+    p.add_argument("--code", type=int, required=True)
+    p.add_argument("--status-dir", type=Path)
+    p.add_argument("--run-dir", type=Path)
+    args = p.parse_args(argv)
+    try:
+        state = json.loads(args.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    run_dir = args.run_dir if args.run_dir and str(args.run_dir) else None
+    policy = RestartPolicy(args.max_restarts, run_dir=run_dir, log_dir=args.state.parent,
+                           restarts=int(state.get("restarts", 0)))  # fmt: skip
+    if isinstance(state.get("last"), dict):
+        policy.history.append(Failure(**state["last"]))
+    failure = mpirun_failure(args.code, args.status_dir, run_dir)
+    again, line = policy.decide(failure, stop_requested=False)
+    args.state.write_text(json.dumps({"restarts": policy.restarts, "last": failure.__dict__}), encoding="utf-8")
+    if line:
+        print(line, file=sys.stdout if again else sys.stderr, flush=True)
+    return 0 if again else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,6 +96,23 @@ def test_a_workers_record_carries_the_cause_it_failed_with(tmp_path, monkeypatch
     assert "cause" not in record
 
 
+def test_mpirun_ranks_write_records_and_msruns_scheduler_does_not(tmp_path, monkeypatch):
+    """Under mpirun (no MS_ROLE) every rank records under its OMPI_COMM_WORLD_RANK; under msrun only MS_WORKER."""
+    from ddpm_dist import job_status
+
+    monkeypatch.setenv("DDPM_STATUS_DIR", str(tmp_path))
+    monkeypatch.delenv("MS_ROLE", raising=False)
+    monkeypatch.delenv("RANK_ID", raising=False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_RANK", raising=False)
+    job_status.write("training", step=3)  # neither launcher's process: nothing
+    assert job_status.read_all(tmp_path) == {}
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    job_status.write("training", step=3)
+    assert (tmp_path / "rank_3.json").is_file() and job_status.read_all(tmp_path)[os.getpid()]["rank"] == 3
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")  # msrun's scheduler runs the same script
+    assert not job_status.active()
+
+
 # ---------------------------------------------------------------- real msrun, 2 workers
 @pytest.fixture(scope="module")
 def reference(digits8, tmp_path_factory):  # noqa: F811
@@ -284,31 +301,78 @@ def test_an_input_error_and_a_sigterm_are_not_retried(digits8, tmp_path):  # noq
 
 
 # ---------------------------------------------------------------- run_mpi.sh (mpirun does not start on CPU)
-@pytest.mark.parametrize("codes, rc, calls", [([137, 1, 0], 0, 3), ([137, 2], 2, 2), ([143], 143, 1), ([1, 1], 1, 2)])
-def test_run_mpi_restarts_mpirun_after_a_fault_only(tmp_path, codes, rc, calls):
-    """A stand-in ``mpirun`` on PATH exits with ``codes`` in turn: faults are retried up to MAX_RESTARTS=1 or 3,
-    never 2 (input) or 143 (a stop)."""
+def _run_mpi(tmp_path, attempts: list[tuple[int, str]], max_restarts: int):
+    """run_mpi.sh with a stand-in ``mpirun`` on PATH: attempt i writes ``attempts[i][1]`` (a rank record, or nothing
+    if empty) into the DDPM_STATUS_DIR it was given, then exits ``attempts[i][0]``. (result, calls, run dir)."""
     import subprocess
 
     from train_helpers import env
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (tmp_path / "codes").write_text("\n".join(map(str, codes)))
+    (tmp_path / "codes").write_text("\n".join(str(code) for code, _ in attempts) + "\n")
+    for i, (_, record) in enumerate(attempts):
+        (tmp_path / f"record_{i + 1}").write_text(record)
     (bin_dir / "mpirun").write_text(
-        f'#!/bin/bash\nprintf "%s\\n" "$*" >> {tmp_path}/calls\nn=$(wc -l < {tmp_path}/calls)\n'
+        f'#!/bin/bash\nprintf "%s|%s\\n" "$DDPM_STATUS_DIR" "$*" >> {tmp_path}/calls\nn=$(wc -l < {tmp_path}/calls)\n'
+        f'[ -s {tmp_path}/record_$n ] && cp {tmp_path}/record_$n "$DDPM_STATUS_DIR/rank_0.json"\n'
         f'exit $(sed -n "${{n}}p" {tmp_path}/codes)\n'
     )
     (bin_dir / "mpirun").chmod(0o755)
-    e = env() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MAX_RESTARTS": "1" if codes == [1, 1] else "3"}
-    res = subprocess.run(["bash", str(ROOT / "launch" / "run_mpi.sh"), TINY], env=e, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    e = env() | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MAX_RESTARTS": str(max_restarts)}
+    res = subprocess.run(["bash", str(ROOT / "launch" / "run_mpi.sh"), TINY, f"run.out_dir={run}"], env=e,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return res, calls, run
+
+
+@pytest.mark.parametrize("codes, rc, calls", [([137, 1, 0], 0, 3), ([137, 2], 2, 2), ([143], 143, 1), ([1, 1], 1, 2)])
+def test_run_mpi_restarts_mpirun_after_a_fault_only(tmp_path, codes, rc, calls):
+    """Faults are retried up to MAX_RESTARTS=1 or 3, never 2 (input) or 143 (a stop); each attempt gets a fresh
+    DDPM_STATUS_DIR, passed on to the ranks (-x)."""
+    res, made, run = _run_mpi(tmp_path, [(c, "") for c in codes], 1 if codes == [1, 1] else 3)
     assert res.returncode == rc, res.stderr
-    assert len((tmp_path / "calls").read_text().splitlines()) == calls
-    restarts = [ln for ln in res.stderr.splitlines() if ln.startswith("restart ")]
-    assert len(restarts) == (calls - 1 if codes != [1, 1] else 1), res.stderr
+    assert len(made) == calls
+    dirs = [line.split("|")[0] for line in made]
+    assert len(set(dirs)) == calls and all("-x DDPM_STATUS_DIR" in line for line in made), made
+    restarts = [ln for ln in res.stdout.splitlines() if ln.startswith("restart ")]
+    assert len(restarts) == (calls - 1 if codes != [1, 1] else 1), res.stdout + res.stderr
+    assert len(read_records(run)) == len(restarts)
+    if codes == [137, 1, 0]:
+        assert restarts[0].startswith("restart 1 of 3: worker_killed (SIGKILL), exit 137; step reached unknown")
     if codes == [1, 1]:
         assert res.stderr.strip().splitlines()[-1] == "error: giving up after 1 restart(s) (MAX_RESTARTS=1)"
+
+
+def _rank0(step: int, **exited) -> str:
+    state = {"state": "exited", **exited} if exited else {"state": "training"}
+    return json.dumps({"rank": 0, "pid": 4242, "time": 1.0, "step": step, **state}) + "\n"
+
+
+def test_run_mpi_ends_a_crash_loop_with_one_line_and_records_its_restarts(tmp_path):
+    """The same failure at the same step twice in a row ends the job although restarts are left; a failure that got
+    further is restarted. The cause and line come from the rank's record."""
+    boom = dict(code=1, line="error: RuntimeError: boom (a fault; the traceback is in this worker's log)")
+    res, made, run = _run_mpi(tmp_path, [(1, _rank0(5, **boom)), (1, _rank0(9, **boom)), (1, _rank0(9, **boom))], 5)
+    assert res.returncode == 1 and len(made) == 3, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("restart ")]
+    assert [ln.split(":")[0] for ln in lines] == ["restart 1 of 5", "restart 2 of 5"], res.stdout
+    assert "worker_failed of rank 0, exit 1; step reached 5" in lines[0]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: crash loop: worker_failed of rank 0, exit 1 at step 9 twice in a row"), last
+    records = read_records(run)
+    assert [r["step_reached"] for r in records] == [5, 9] and records[0]["line"] == boom["line"]
+
+
+def test_run_mpi_sigkilled_ranks_at_one_step_are_a_crash_loop_too(tmp_path):
+    res, made, run = _run_mpi(tmp_path, [(137, _rank0(7)), (137, _rank0(7))], 3)
+    assert res.returncode == 137 and len(made) == 2, res.stdout + res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    want = "error: crash loop: worker_killed (SIGKILL), exit 137 at step 7 twice in a row; not restarting again "
+    assert last.startswith(want + "(restart 1 of 3 used)"), last
+    assert len(read_records(run)) == 1
 
 
 @pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
