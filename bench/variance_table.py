@@ -23,7 +23,7 @@
 Every step keeps its output in ``--work-dir`` and is skipped when run again with the same command (a trained
 checkpoint, a result JSON holding its command), so an interrupted run continues. Prints one JSON object
 (``--out``: also written there): per model ``nll`` (bits/dim, its standard error, the terms), per setting the FD of
-each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL difference; the floor
+each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL and FD differences; the floor
 (``--num-samples`` real training digits scored like the samples); the seconds of every step (0: reused). Errors
 print one line, ``error: <message>``, on stderr and exit non-zero.
 """
@@ -116,6 +116,7 @@ def measure(args) -> dict:
         "jobs": args.jobs,
         "models": models,
         "nll_learned_minus_fixed": difference,
+        "fd_learned_minus_fixed": fd_difference(models),
         "floor": floor,
         "total_wall_s": round(time.perf_counter() - t0, 1),
         "work_dir": str(work),
@@ -246,6 +247,19 @@ def paired_difference(models: dict) -> dict:
     d = a - b
     stderr = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
     return {"mean_bpd": round(float(d.mean()), 4), "stderr_bpd": None if stderr is None else round(stderr, 4)}
+
+
+def fd_difference(models: dict) -> dict:
+    """Per sampler setting, learned_range's digits FD minus fixedlarge's, seed by seed (a seed gives both models the
+    same keyed noise, so the pairs share their randomness), and their mean."""
+    out = {}
+    for setting, fixed in models["fixedlarge"]["settings"].items():
+        learned = models["learned_range"]["settings"].get(setting)
+        if learned is None:
+            continue
+        per_seed = [round(a - b, 4) for a, b in zip(learned["fd"], fixed["fd"], strict=True)]
+        out[setting] = {"per_seed": per_seed, "mean": round(float(np.mean(per_seed)), 4)}
+    return out
 
 
 if __name__ == "__main__":

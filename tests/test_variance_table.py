@@ -57,6 +57,10 @@ def test_the_bench_trains_both_variances_on_the_fit_split_and_scores_them(tiny_r
     fixed, learned = doc["models"]["fixedlarge"]["nll"], doc["models"]["learned_range"]["nll"]
     diff = doc["nll_learned_minus_fixed"]["mean_bpd"]  # paired per image: its mean is the difference of the means
     assert diff == pytest.approx(learned["nll_bpd"] - fixed["nll_bpd"], abs=2e-4)
+    fd_fixed, fd_learned = (doc["models"][v]["settings"]["ddpm-3"]["fd"] for v in ("fixedlarge", "learned_range"))
+    fd_diff = doc["fd_learned_minus_fixed"]["ddpm-3"]
+    assert fd_diff["per_seed"] == pytest.approx([a - b for a, b in zip(fd_learned, fd_fixed, strict=True)], abs=2e-4)
+    assert fd_diff["mean"] == pytest.approx(sum(fd_diff["per_seed"]) / 2, abs=1e-4)
 
 
 @pytest.mark.slow
