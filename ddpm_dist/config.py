@@ -320,6 +320,15 @@ def _check_sample_steps(cfg: Config, source: str) -> None:
             )
 
 
+def _check_guidance(cfg: Config, source: str) -> None:
+    """A guidance scale other than 1 means nothing without labels: refused, as tools/sample.py refuses --guidance."""
+    if not cfg.model.num_classes and cfg.run.guidance != 1.0:
+        raise ConfigError(
+            f"{source}: run.guidance: {cfg.run.guidance:g} needs a class-conditional model, and this one is "
+            "unconditional (model.num_classes 0)"
+        )
+
+
 def validate(cfg: Config, source: str = "<config>", *, training: bool = True) -> Config:
     """Check choices, ranges and cross-field rules; raise ConfigError naming the key and ``source``. ``training``:
     also the rules between the run / eval sections and the model's (off for a checkpoint's embedded config)."""
@@ -376,11 +385,7 @@ def validate(cfg: Config, source: str = "<config>", *, training: bool = True) ->
         )
     if training:
         _check_sample_steps(cfg, source)
-        if not cfg.model.num_classes and cfg.run.guidance != 1.0:  # as tools/sample.py refuses --guidance
-            raise ConfigError(
-                f"{source}: run.guidance: {cfg.run.guidance:g} needs a class-conditional model, and this one is "
-                "unconditional (model.num_classes 0)"
-            )
+        _check_guidance(cfg, source)
     return cfg
 
 
