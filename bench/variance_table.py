@@ -23,9 +23,9 @@
 Every step keeps its output in ``--work-dir`` and is skipped when run again with the same command (a trained
 checkpoint, a result JSON holding its command), so an interrupted run continues. Prints one JSON object
 (``--out``: also written there): per model ``nll`` (bits/dim, its standard error, the terms), per setting the FD of
-each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL and FD differences; the floor
-(``--num-samples`` real training digits scored like the samples); the seconds of every step (0: reused). Errors
-print one line, ``error: <message>``, on stderr and exit non-zero.
+each seed (``fd``), ``fd_mean``, ``confidence_mean``, ``class_entropy_mean``; the paired NLL and FD differences; the
+floor (``--num-samples`` real training digits scored like the samples); the seconds of every step (0: reused).
+Errors print one line, ``error: <message>``, on stderr and exit non-zero.
 """
 
 from __future__ import annotations

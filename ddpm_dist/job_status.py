@@ -66,7 +66,7 @@ def write(state: str, **fields) -> None:
     path = _record_path()
     if path is None:
         return
-    rank = os.environ.get("RANK_ID") or os.environ.get("OMPI_COMM_WORLD_RANK")
+    rank = path.stem.removeprefix("rank_")  # RANK_ID (msrun) or OMPI_COMM_WORLD_RANK (mpirun); "pid<N>" if unknown
     record = {
         "rank": int(rank) if rank and rank.isdigit() else None,
         "pid": os.getpid(),

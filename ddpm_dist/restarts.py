@@ -212,12 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads(args.state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
-    run_dir = args.run_dir if args.run_dir and str(args.run_dir) else None
-    policy = RestartPolicy(args.max_restarts, run_dir=run_dir, log_dir=args.state.parent,
+    policy = RestartPolicy(args.max_restarts, run_dir=args.run_dir, log_dir=args.state.parent,
                            restarts=int(state.get("restarts", 0)))  # fmt: skip
     if isinstance(state.get("last"), dict):
         policy.history.append(Failure(**state["last"]))
-    failure = mpirun_failure(args.code, args.status_dir, run_dir)
+    failure = mpirun_failure(args.code, args.status_dir, args.run_dir)
     again, line = policy.decide(failure, stop_requested=False)
     args.state.write_text(json.dumps({"restarts": policy.restarts, "last": failure.__dict__}), encoding="utf-8")
     if line:
